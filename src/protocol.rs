@@ -1,0 +1,866 @@
+//! Wire frames of the chat protocol: parsing and encoding, nothing else.
+//!
+//! The protocol is line-based UTF-8 text; docs/PROTOCOL.md is its reference.
+//! Every frame is one line: a verb, then space-separated fields, the last of
+//! which may be free text running to the end of the line.
+//!
+//! This module is pure: no sockets, no clocks, no allocation while parsing
+//! (parsed frames borrow the line). Parsers never panic on any input; they
+//! return a [`ParseError`] that names what was wrong. Deciding what a frame
+//! *means* (who may send it, what it does) belongs to the server and client.
+
+use std::fmt::{self, Write as _};
+use std::net::IpAddr;
+
+/// Protocol version exchanged in `HELLO` at connect.
+pub const VERSION: u32 = 1;
+
+/// Longest accepted line in bytes, newline included. Large enough for any
+/// chat message a person types, small enough that a hostile peer cannot make
+/// a reader buffer much.
+pub const MAX_LINE: usize = 4096;
+
+/// Longest accepted username in bytes.
+pub const MAX_NAME: usize = 32;
+
+/// Whether `name` is a valid username: 1 to [`MAX_NAME`] bytes of printable
+/// ASCII other than space. Keeping names this plain means they can never
+/// break a frame or a terminal.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Why a line could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// The line was empty or whitespace only.
+    Empty,
+    /// The verb is not one this side understands.
+    UnknownVerb,
+    /// A required field is missing.
+    MissingField(&'static str),
+    /// A field is present but malformed.
+    BadField(&'static str),
+    /// Fields were left over after the last expected one.
+    TrailingData,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Empty => f.write_str("empty line"),
+            ParseError::UnknownVerb => f.write_str("unknown verb"),
+            ParseError::MissingField(name) => write!(f, "missing {name}"),
+            ParseError::BadField(name) => write!(f, "bad {name}"),
+            ParseError::TrailingData => f.write_str("unexpected extra fields"),
+        }
+    }
+}
+
+/// Splits the next space-separated field off `rest`.
+fn field<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseError> {
+    let s = rest.trim_start_matches(' ');
+    if s.is_empty() {
+        return Err(ParseError::MissingField(name));
+    }
+    let end = s.find(' ').unwrap_or(s.len());
+    let (head, tail) = s.split_at(end);
+    *rest = tail;
+    Ok(head)
+}
+
+/// Takes the rest of the line as free text (one separating space removed).
+fn text<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseError> {
+    let s = rest.strip_prefix(' ').unwrap_or(rest);
+    *rest = "";
+    if s.trim().is_empty() {
+        return Err(ParseError::MissingField(name));
+    }
+    Ok(s)
+}
+
+fn name_field<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseError> {
+    let value = field(rest, name)?;
+    if valid_name(value) {
+        Ok(value)
+    } else {
+        Err(ParseError::BadField(name))
+    }
+}
+
+fn number_field<T: std::str::FromStr>(
+    rest: &mut &str,
+    name: &'static str,
+) -> Result<T, ParseError> {
+    let value = field(rest, name)?;
+    // Only plain decimal digits: FromStr would also accept a leading '+'.
+    if !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParseError::BadField(name));
+    }
+    value.parse().map_err(|_| ParseError::BadField(name))
+}
+
+fn finish(rest: &str) -> Result<(), ParseError> {
+    if rest.trim_matches(' ').is_empty() {
+        Ok(())
+    } else {
+        Err(ParseError::TrailingData)
+    }
+}
+
+/// Strips one trailing `\n` and an optional `\r` before it.
+pub fn trim_line_end(line: &str) -> &str {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    line.strip_suffix('\r').unwrap_or(line)
+}
+
+/// Splits a line into its verb and the rest.
+fn verb(line: &str) -> Result<(&str, &str), ParseError> {
+    let line = trim_line_end(line).trim_start_matches(' ');
+    if line.trim().is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let end = line.find(' ').unwrap_or(line.len());
+    Ok(line.split_at(end))
+}
+
+// ---------------------------------------------------------------------------
+// Client to server
+
+/// A frame a client sends to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMsg<'a> {
+    /// The client's protocol version, sent once right after connecting.
+    Hello { version: u32 },
+    /// Log in; `p2p_port` is where this client accepts private messages.
+    Login { user: &'a str, p2p_port: u16, password: &'a str },
+    /// A direct message, saved for later if the recipient is offline.
+    Message { to: &'a str, text: &'a str },
+    /// A message to every online user.
+    Broadcast { text: &'a str },
+    /// Ask who is online.
+    Online,
+    Block { user: &'a str },
+    Unblock { user: &'a str },
+    /// Ask `user` for consent to learn their peer-to-peer address.
+    GetAddress { user: &'a str },
+    /// Grant `user` (who asked) this client's peer-to-peer address.
+    Consent { user: &'a str },
+    Logout,
+    /// Keep-alive; the server answers nothing.
+    Ping,
+    /// Acknowledge every delivered message up to and including `seq`.
+    Ack { seq: u64 },
+}
+
+impl<'a> ClientMsg<'a> {
+    /// Parses one line (with or without its line ending).
+    pub fn parse(line: &'a str) -> Result<Self, ParseError> {
+        let (verb, mut rest) = verb(line)?;
+        let rest = &mut rest;
+        let msg = match verb {
+            "HELLO" => ClientMsg::Hello { version: number_field(rest, "version")? },
+            "LOGIN" => {
+                let user = name_field(rest, "username")?;
+                let p2p_port = number_field(rest, "port")?;
+                let password = field(rest, "password")?;
+                ClientMsg::Login { user, p2p_port, password }
+            }
+            "MESSAGE" => {
+                let to = name_field(rest, "username")?;
+                ClientMsg::Message { to, text: text(rest, "message")? }
+            }
+            "BROADCAST" => ClientMsg::Broadcast { text: text(rest, "message")? },
+            "ONLINE" => ClientMsg::Online,
+            "BLOCK" => ClientMsg::Block { user: name_field(rest, "username")? },
+            "UNBLOCK" => ClientMsg::Unblock { user: name_field(rest, "username")? },
+            "GETADDRESS" => ClientMsg::GetAddress { user: name_field(rest, "username")? },
+            "CONSENT" => ClientMsg::Consent { user: name_field(rest, "username")? },
+            "LOGOUT" => ClientMsg::Logout,
+            "PING" => ClientMsg::Ping,
+            "ACK" => ClientMsg::Ack { seq: number_field(rest, "sequence number")? },
+            _ => return Err(ParseError::UnknownVerb),
+        };
+        finish(rest)?;
+        Ok(msg)
+    }
+
+    /// Appends this frame, newline included, to `out`.
+    pub fn encode(&self, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = match self {
+            ClientMsg::Hello { version } => writeln!(out, "HELLO {version}"),
+            ClientMsg::Login { user, p2p_port, password } => {
+                writeln!(out, "LOGIN {user} {p2p_port} {password}")
+            }
+            ClientMsg::Message { to, text } => writeln!(out, "MESSAGE {to} {text}"),
+            ClientMsg::Broadcast { text } => writeln!(out, "BROADCAST {text}"),
+            ClientMsg::Online => writeln!(out, "ONLINE"),
+            ClientMsg::Block { user } => writeln!(out, "BLOCK {user}"),
+            ClientMsg::Unblock { user } => writeln!(out, "UNBLOCK {user}"),
+            ClientMsg::GetAddress { user } => writeln!(out, "GETADDRESS {user}"),
+            ClientMsg::Consent { user } => writeln!(out, "CONSENT {user}"),
+            ClientMsg::Logout => writeln!(out, "LOGOUT"),
+            ClientMsg::Ping => writeln!(out, "PING"),
+            ClientMsg::Ack { seq } => writeln!(out, "ACK {seq}"),
+        };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server to client
+
+/// How a delivered chat message reached its recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsgKind {
+    /// A direct message delivered while the recipient was online.
+    Direct,
+    /// A direct message saved while the recipient was offline.
+    Offline,
+    /// A copy of a broadcast.
+    Broadcast,
+}
+
+impl MsgKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MsgKind::Direct => "direct",
+            MsgKind::Offline => "offline",
+            MsgKind::Broadcast => "broadcast",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, ParseError> {
+        match s {
+            "direct" => Ok(MsgKind::Direct),
+            "offline" => Ok(MsgKind::Offline),
+            "broadcast" => Ok(MsgKind::Broadcast),
+            _ => Err(ParseError::BadField("kind")),
+        }
+    }
+}
+
+/// Why a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// Wrong password; the user may try again.
+    BadPassword,
+    /// Wrong password for the last allowed time: the account is now locked.
+    NowLocked,
+    /// The account is still locked after earlier failures.
+    Locked,
+    /// No such user in the credentials file.
+    UnknownUser,
+}
+
+impl DenyReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::BadPassword => "bad-password",
+            DenyReason::NowLocked => "now-locked",
+            DenyReason::Locked => "locked",
+            DenyReason::UnknownUser => "unknown-user",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, ParseError> {
+        match s {
+            "bad-password" => Ok(DenyReason::BadPassword),
+            "now-locked" => Ok(DenyReason::NowLocked),
+            "locked" => Ok(DenyReason::Locked),
+            "unknown-user" => Ok(DenyReason::UnknownUser),
+            _ => Err(ParseError::BadField("reason")),
+        }
+    }
+}
+
+/// Why the server ends a connection. One type, so that the message the
+/// client shows and the server's log line come from the same place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByeReason {
+    /// The user logged out.
+    Logout,
+    /// The same user logged in from another client.
+    Replaced,
+    /// The server is shutting down.
+    Shutdown,
+    /// Nothing arrived within the heartbeat timeout.
+    Timeout,
+    /// The client did not read its output fast enough.
+    TooSlow,
+    /// The client broke the protocol in a way that cannot be recovered.
+    ProtocolError,
+}
+
+impl ByeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ByeReason::Logout => "logout",
+            ByeReason::Replaced => "replaced",
+            ByeReason::Shutdown => "shutdown",
+            ByeReason::Timeout => "timeout",
+            ByeReason::TooSlow => "too-slow",
+            ByeReason::ProtocolError => "protocol-error",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, ParseError> {
+        match s {
+            "logout" => Ok(ByeReason::Logout),
+            "replaced" => Ok(ByeReason::Replaced),
+            "shutdown" => Ok(ByeReason::Shutdown),
+            "timeout" => Ok(ByeReason::Timeout),
+            "too-slow" => Ok(ByeReason::TooSlow),
+            "protocol-error" => Ok(ByeReason::ProtocolError),
+            _ => Err(ParseError::BadField("reason")),
+        }
+    }
+}
+
+/// A refused or failed request, sent back to the client that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure<'a> {
+    /// The recipient of a direct message has blocked the sender.
+    BlockedBy { user: &'a str },
+    /// A broadcast did not reach recipients that blocked the sender.
+    PartialBroadcast,
+    /// A getaddress request was refused: the user is offline, unknown, or
+    /// has blocked the requester.
+    GetAddress { user: &'a str },
+    /// The named user does not exist.
+    UnknownUser { user: &'a str },
+    /// The command names the sender itself where that makes no sense.
+    NotYourself,
+    /// `consent` for a user who has not asked.
+    NoRequest { user: &'a str },
+    /// `unblock` for a user who is not blocked.
+    NotBlocked { user: &'a str },
+    /// A chat command before login.
+    NotLoggedIn,
+    /// LOGIN or HELLO on a connection that is already past it.
+    AlreadyLoggedIn,
+    /// The client speaks a protocol version this server does not.
+    Version,
+    /// The line exceeded [`MAX_LINE`] and was discarded.
+    LineTooLong,
+    /// The line was not valid UTF-8.
+    BadEncoding,
+    /// The line did not parse; `detail` says why.
+    BadCommand { detail: &'a str },
+}
+
+impl Failure<'_> {
+    fn encode(&self, out: &mut String) -> fmt::Result {
+        match self {
+            Failure::BlockedBy { user } => write!(out, "blocked-by {user}"),
+            Failure::PartialBroadcast => out.write_str("partial-broadcast"),
+            Failure::GetAddress { user } => write!(out, "getaddress {user}"),
+            Failure::UnknownUser { user } => write!(out, "unknown-user {user}"),
+            Failure::NotYourself => out.write_str("not-yourself"),
+            Failure::NoRequest { user } => write!(out, "no-request {user}"),
+            Failure::NotBlocked { user } => write!(out, "not-blocked {user}"),
+            Failure::NotLoggedIn => out.write_str("not-logged-in"),
+            Failure::AlreadyLoggedIn => out.write_str("already-logged-in"),
+            Failure::Version => out.write_str("version"),
+            Failure::LineTooLong => out.write_str("line-too-long"),
+            Failure::BadEncoding => out.write_str("bad-encoding"),
+            Failure::BadCommand { detail } => write!(out, "bad-command {detail}"),
+        }
+    }
+
+    fn parse<'a>(rest: &mut &'a str) -> Result<Failure<'a>, ParseError> {
+        let code = field(rest, "code")?;
+        Ok(match code {
+            "blocked-by" => Failure::BlockedBy { user: name_field(rest, "username")? },
+            "partial-broadcast" => Failure::PartialBroadcast,
+            "getaddress" => Failure::GetAddress { user: name_field(rest, "username")? },
+            "unknown-user" => Failure::UnknownUser { user: name_field(rest, "username")? },
+            "not-yourself" => Failure::NotYourself,
+            "no-request" => Failure::NoRequest { user: name_field(rest, "username")? },
+            "not-blocked" => Failure::NotBlocked { user: name_field(rest, "username")? },
+            "not-logged-in" => Failure::NotLoggedIn,
+            "already-logged-in" => Failure::AlreadyLoggedIn,
+            "version" => Failure::Version,
+            "line-too-long" => Failure::LineTooLong,
+            "bad-encoding" => Failure::BadEncoding,
+            "bad-command" => Failure::BadCommand { detail: text(rest, "detail")? },
+            _ => return Err(ParseError::BadField("code")),
+        })
+    }
+}
+
+/// A frame the server sends to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMsg<'a> {
+    /// First frame on every connection: protocol version and the heartbeat
+    /// timeout in seconds (the client pings well within it).
+    Hello { version: u32, timeout_secs: u64 },
+    /// Login accepted.
+    Welcome { user: &'a str },
+    /// Login refused.
+    Denied { reason: DenyReason },
+    /// A chat message; the client acknowledges `seq` with `ACK`.
+    Msg { seq: u64, kind: MsgKind, from: &'a str, text: &'a str },
+    /// `user` logged on (`online == true`) or out.
+    Presence { user: &'a str, online: bool },
+    /// Answer to ONLINE: the users listed, possibly none.
+    Online { users: Vec<&'a str> },
+    Blocked { user: &'a str },
+    Unblocked { user: &'a str },
+    /// Confirms to the requester that `user` was asked for consent.
+    ConsentAsked { user: &'a str },
+    /// Tells a user that `user` asks for their address.
+    ConsentRequest { user: &'a str },
+    /// `user` granted their peer-to-peer address.
+    Address { user: &'a str, ip: IpAddr, port: u16 },
+    /// `user` logged in again: the address held for them is stale.
+    AddressChanged { user: &'a str },
+    /// A request failed.
+    Fail(Failure<'a>),
+    /// The server ends this connection, for `reason`.
+    Bye { reason: ByeReason },
+}
+
+impl<'a> ServerMsg<'a> {
+    /// Parses one line (with or without its line ending).
+    pub fn parse(line: &'a str) -> Result<Self, ParseError> {
+        let (verb, mut rest) = verb(line)?;
+        let rest = &mut rest;
+        let msg = match verb {
+            "HELLO" => ServerMsg::Hello {
+                version: number_field(rest, "version")?,
+                timeout_secs: number_field(rest, "timeout")?,
+            },
+            "WELCOME" => ServerMsg::Welcome { user: name_field(rest, "username")? },
+            "DENIED" => ServerMsg::Denied { reason: DenyReason::parse(field(rest, "reason")?)? },
+            "MSG" => ServerMsg::Msg {
+                seq: number_field(rest, "sequence number")?,
+                kind: MsgKind::parse(field(rest, "kind")?)?,
+                from: name_field(rest, "username")?,
+                text: text(rest, "message")?,
+            },
+            "PRESENCE" => {
+                let user = name_field(rest, "username")?;
+                let online = match field(rest, "state")? {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(ParseError::BadField("state")),
+                };
+                ServerMsg::Presence { user, online }
+            }
+            "ONLINE" => {
+                let mut users = Vec::new();
+                while !rest.trim_matches(' ').is_empty() {
+                    users.push(name_field(rest, "username")?);
+                }
+                ServerMsg::Online { users }
+            }
+            "BLOCKED" => ServerMsg::Blocked { user: name_field(rest, "username")? },
+            "UNBLOCKED" => ServerMsg::Unblocked { user: name_field(rest, "username")? },
+            "CONSENT-ASKED" => ServerMsg::ConsentAsked { user: name_field(rest, "username")? },
+            "CONSENT-REQUEST" => ServerMsg::ConsentRequest { user: name_field(rest, "username")? },
+            "ADDRESS" => ServerMsg::Address {
+                user: name_field(rest, "username")?,
+                ip: field(rest, "ip")?.parse().map_err(|_| ParseError::BadField("ip"))?,
+                port: number_field(rest, "port")?,
+            },
+            "ADDRESS-CHANGED" => ServerMsg::AddressChanged { user: name_field(rest, "username")? },
+            "FAIL" => ServerMsg::Fail(Failure::parse(rest)?),
+            "BYE" => ServerMsg::Bye { reason: ByeReason::parse(field(rest, "reason")?)? },
+            _ => return Err(ParseError::UnknownVerb),
+        };
+        finish(rest)?;
+        Ok(msg)
+    }
+
+    /// Appends this frame, newline included, to `out`.
+    pub fn encode(&self, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = self.encode_fields(out);
+        out.push('\n');
+    }
+
+    fn encode_fields(&self, out: &mut String) -> fmt::Result {
+        match self {
+            ServerMsg::Hello { version, timeout_secs } => {
+                write!(out, "HELLO {version} {timeout_secs}")
+            }
+            ServerMsg::Welcome { user } => write!(out, "WELCOME {user}"),
+            ServerMsg::Denied { reason } => write!(out, "DENIED {}", reason.as_str()),
+            ServerMsg::Msg { seq, kind, from, text } => {
+                write!(out, "MSG {seq} {} {from} {text}", kind.as_str())
+            }
+            ServerMsg::Presence { user, online } => {
+                write!(out, "PRESENCE {user} {}", if *online { "on" } else { "off" })
+            }
+            ServerMsg::Online { users } => {
+                out.write_str("ONLINE")?;
+                users.iter().try_for_each(|user| write!(out, " {user}"))
+            }
+            ServerMsg::Blocked { user } => write!(out, "BLOCKED {user}"),
+            ServerMsg::Unblocked { user } => write!(out, "UNBLOCKED {user}"),
+            ServerMsg::ConsentAsked { user } => write!(out, "CONSENT-ASKED {user}"),
+            ServerMsg::ConsentRequest { user } => write!(out, "CONSENT-REQUEST {user}"),
+            ServerMsg::Address { user, ip, port } => write!(out, "ADDRESS {user} {ip} {port}"),
+            ServerMsg::AddressChanged { user } => write!(out, "ADDRESS-CHANGED {user}"),
+            ServerMsg::Fail(failure) => {
+                out.write_str("FAIL ")?;
+                failure.encode(out)
+            }
+            ServerMsg::Bye { reason } => write!(out, "BYE {}", reason.as_str()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client to client (peer-to-peer private messages)
+
+/// A frame one client sends another over a peer-to-peer connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMsg<'a> {
+    /// First frame on a peer connection: version and the sender's name.
+    Hello { version: u32, from: &'a str },
+    /// A private message from the connection's sender.
+    Private { text: &'a str },
+}
+
+impl<'a> PeerMsg<'a> {
+    /// Parses one line (with or without its line ending).
+    pub fn parse(line: &'a str) -> Result<Self, ParseError> {
+        let (verb, mut rest) = verb(line)?;
+        let rest = &mut rest;
+        let msg = match verb {
+            "PEER" => PeerMsg::Hello {
+                version: number_field(rest, "version")?,
+                from: name_field(rest, "username")?,
+            },
+            "PRIVATE" => PeerMsg::Private { text: text(rest, "message")? },
+            _ => return Err(ParseError::UnknownVerb),
+        };
+        finish(rest)?;
+        Ok(msg)
+    }
+
+    /// Appends this frame, newline included, to `out`.
+    pub fn encode(&self, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = match self {
+            PeerMsg::Hello { version, from } => writeln!(out, "PEER {version} {from}"),
+            PeerMsg::Private { text } => writeln!(out, "PRIVATE {text}"),
+        };
+    }
+}
+
+/// Splits complete lines off the front of a byte buffer, enforcing
+/// [`MAX_LINE`]. Shared by every reader of the protocol so that framing
+/// rules are the same on both ends.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    buf: Vec<u8>,
+    /// Start of the not-yet-returned data in `buf`.
+    start: usize,
+    /// True while skipping the rest of an over-long line.
+    discarding: bool,
+}
+
+/// One item split off a [`LineBuffer`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// A complete line, line ending removed. May be invalid UTF-8.
+    Complete(&'a [u8]),
+    /// A line exceeded [`MAX_LINE`]; its bytes were dropped.
+    TooLong,
+}
+
+impl LineBuffer {
+    /// Room to read into: at most what keeps a partial line within
+    /// [`MAX_LINE`], so an endless line never grows the buffer.
+    pub fn read_space(&mut self) -> &mut [u8] {
+        self.compact();
+        let len = self.buf.len();
+        let want = MAX_LINE.saturating_sub(len).max(1);
+        self.buf.resize(len + want, 0);
+        &mut self.buf[len..]
+    }
+
+    /// Records that `n` bytes were read into the slice from [`read_space`].
+    ///
+    /// [`read_space`]: LineBuffer::read_space
+    pub fn commit(&mut self, n: usize, space: usize) {
+        let len = self.buf.len();
+        self.buf.truncate(len - space + n);
+    }
+
+    /// Appends bytes (for callers that already hold them).
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held that are not yet part of a returned line.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Releases the buffer's memory when it holds nothing (idle connections
+    /// then cost no buffer at all).
+    pub fn shrink_if_empty(&mut self) {
+        if self.pending() == 0 {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
+    /// Returns the next complete line or over-long marker, if any.
+    pub fn next_line(&mut self) -> Option<Line<'_>> {
+        loop {
+            let data = &self.buf[self.start..];
+            match data.iter().position(|&b| b == b'\n') {
+                Some(pos) => {
+                    let begin = self.start;
+                    self.start += pos + 1;
+                    if self.discarding {
+                        self.discarding = false;
+                        continue;
+                    }
+                    if pos + 1 > MAX_LINE {
+                        return Some(Line::TooLong);
+                    }
+                    let mut line = &self.buf[begin..begin + pos];
+                    if let Some(stripped) = line.strip_suffix(b"\r") {
+                        line = stripped;
+                    }
+                    return Some(Line::Complete(line));
+                }
+                None if data.len() >= MAX_LINE => {
+                    // Too long already: drop it now instead of buffering it.
+                    self.start = self.buf.len();
+                    let first_report = !self.discarding;
+                    self.discarding = true;
+                    return first_report.then_some(Line::TooLong);
+                }
+                None => return None,
+            }
+        }
+    }
+
+    /// At end of input: the unterminated last line, if any, still counts.
+    pub fn take_last(&mut self) -> Option<Line<'_>> {
+        if self.pending() == 0 || self.discarding {
+            return None;
+        }
+        let begin = self.start;
+        self.start = self.buf.len();
+        Some(Line::Complete(&self.buf[begin..]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip_client(msg: ClientMsg<'_>) {
+        let mut out = String::new();
+        msg.encode(&mut out);
+        assert!(out.ends_with('\n'));
+        assert_eq!(ClientMsg::parse(&out), Ok(msg));
+    }
+
+    fn round_trip_server(msg: ServerMsg<'_>) {
+        let mut out = String::new();
+        msg.encode(&mut out);
+        assert!(out.ends_with('\n'));
+        assert_eq!(ServerMsg::parse(&out), Ok(msg));
+    }
+
+    #[test]
+    fn client_frames_round_trip() {
+        round_trip_client(ClientMsg::Hello { version: 1 });
+        round_trip_client(ClientMsg::Login { user: "A", p2p_port: 51791, password: "A_pwd" });
+        round_trip_client(ClientMsg::Message { to: "B", text: "hi  there! " });
+        round_trip_client(ClientMsg::Broadcast { text: "hello all" });
+        round_trip_client(ClientMsg::Online);
+        round_trip_client(ClientMsg::Block { user: "B" });
+        round_trip_client(ClientMsg::Unblock { user: "B" });
+        round_trip_client(ClientMsg::GetAddress { user: "A" });
+        round_trip_client(ClientMsg::Consent { user: "B" });
+        round_trip_client(ClientMsg::Logout);
+        round_trip_client(ClientMsg::Ping);
+        round_trip_client(ClientMsg::Ack { seq: u64::MAX });
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        round_trip_server(ServerMsg::Hello { version: 1, timeout_secs: 35 });
+        round_trip_server(ServerMsg::Welcome { user: "A" });
+        for reason in [
+            DenyReason::BadPassword,
+            DenyReason::NowLocked,
+            DenyReason::Locked,
+            DenyReason::UnknownUser,
+        ] {
+            round_trip_server(ServerMsg::Denied { reason });
+        }
+        for kind in [MsgKind::Direct, MsgKind::Offline, MsgKind::Broadcast] {
+            round_trip_server(ServerMsg::Msg { seq: 7, kind, from: "A", text: "it's me" });
+        }
+        round_trip_server(ServerMsg::Presence { user: "B", online: true });
+        round_trip_server(ServerMsg::Presence { user: "B", online: false });
+        round_trip_server(ServerMsg::Online { users: vec![] });
+        round_trip_server(ServerMsg::Online { users: vec!["A", "C"] });
+        round_trip_server(ServerMsg::Blocked { user: "B" });
+        round_trip_server(ServerMsg::Unblocked { user: "B" });
+        round_trip_server(ServerMsg::ConsentAsked { user: "A" });
+        round_trip_server(ServerMsg::ConsentRequest { user: "B" });
+        round_trip_server(ServerMsg::Address {
+            user: "A",
+            ip: "129.35.26.1".parse().unwrap(),
+            port: 51791,
+        });
+        round_trip_server(ServerMsg::Address { user: "A", ip: "::1".parse().unwrap(), port: 1 });
+        round_trip_server(ServerMsg::AddressChanged { user: "A" });
+        for failure in [
+            Failure::BlockedBy { user: "A" },
+            Failure::PartialBroadcast,
+            Failure::GetAddress { user: "C" },
+            Failure::UnknownUser { user: "Z" },
+            Failure::NotYourself,
+            Failure::NoRequest { user: "B" },
+            Failure::NotBlocked { user: "B" },
+            Failure::NotLoggedIn,
+            Failure::AlreadyLoggedIn,
+            Failure::Version,
+            Failure::LineTooLong,
+            Failure::BadEncoding,
+            Failure::BadCommand { detail: "missing username" },
+        ] {
+            round_trip_server(ServerMsg::Fail(failure));
+        }
+        for reason in [
+            ByeReason::Logout,
+            ByeReason::Replaced,
+            ByeReason::Shutdown,
+            ByeReason::Timeout,
+            ByeReason::TooSlow,
+            ByeReason::ProtocolError,
+        ] {
+            round_trip_server(ServerMsg::Bye { reason });
+        }
+    }
+
+    #[test]
+    fn peer_frames_round_trip() {
+        for msg in [PeerMsg::Hello { version: 1, from: "B" }, PeerMsg::Private { text: "hello" }] {
+            let mut out = String::new();
+            msg.encode(&mut out);
+            assert_eq!(PeerMsg::parse(&out), Ok(msg));
+        }
+    }
+
+    #[test]
+    fn message_text_keeps_inner_spaces_and_accepts_crlf() {
+        assert_eq!(
+            ClientMsg::parse("MESSAGE B it's  user C.\r\n"),
+            Ok(ClientMsg::Message { to: "B", text: "it's  user C." })
+        );
+    }
+
+    #[test]
+    fn malformed_lines_are_errors_not_panics() {
+        assert_eq!(ClientMsg::parse(""), Err(ParseError::Empty));
+        assert_eq!(ClientMsg::parse("   \r\n"), Err(ParseError::Empty));
+        assert_eq!(ClientMsg::parse("FROB"), Err(ParseError::UnknownVerb));
+        assert_eq!(ClientMsg::parse("message B hi"), Err(ParseError::UnknownVerb));
+        assert_eq!(ClientMsg::parse("MESSAGE"), Err(ParseError::MissingField("username")));
+        assert_eq!(ClientMsg::parse("MESSAGE B"), Err(ParseError::MissingField("message")));
+        assert_eq!(ClientMsg::parse("MESSAGE B   "), Err(ParseError::MissingField("message")));
+        assert_eq!(ClientMsg::parse("ONLINE now"), Err(ParseError::TrailingData));
+        assert_eq!(ClientMsg::parse("ACK -1"), Err(ParseError::BadField("sequence number")));
+        assert_eq!(ClientMsg::parse("ACK +1"), Err(ParseError::BadField("sequence number")));
+        assert_eq!(
+            ClientMsg::parse("ACK 99999999999999999999999"),
+            Err(ParseError::BadField("sequence number"))
+        );
+        assert_eq!(ClientMsg::parse("LOGIN A 70000 pw"), Err(ParseError::BadField("port")));
+        assert_eq!(ClientMsg::parse("BLOCK a\tb"), Err(ParseError::BadField("username")));
+        let long = "x".repeat(MAX_NAME + 1);
+        assert_eq!(
+            ClientMsg::parse(&format!("BLOCK {long}")),
+            Err(ParseError::BadField("username"))
+        );
+        assert_eq!(ServerMsg::parse("DENIED maybe"), Err(ParseError::BadField("reason")));
+        assert_eq!(ServerMsg::parse("PRESENCE A sideways"), Err(ParseError::BadField("state")));
+        assert_eq!(ServerMsg::parse("ADDRESS A nowhere 1"), Err(ParseError::BadField("ip")));
+        assert_eq!(ServerMsg::parse("MSG 1 carrier A hi"), Err(ParseError::BadField("kind")));
+        assert_eq!(ServerMsg::parse("FAIL whatever"), Err(ParseError::BadField("code")));
+    }
+
+    #[test]
+    fn names_are_plain_printable_ascii() {
+        assert!(valid_name("hans"));
+        assert!(valid_name("wise@!man"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("two words"));
+        assert!(!valid_name("tab\there"));
+        assert!(!valid_name("nul\0"));
+        assert!(!valid_name("é"));
+    }
+
+    fn lines(buf: &mut LineBuffer) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(line) = buf.next_line() {
+            out.push(match line {
+                Line::Complete(bytes) => bytes.to_vec(),
+                Line::TooLong => b"<too long>".to_vec(),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn line_buffer_splits_partial_reads() {
+        let mut buf = LineBuffer::default();
+        buf.extend(b"PING\r\nONL");
+        assert_eq!(lines(&mut buf), vec![b"PING".to_vec()]);
+        buf.extend(b"INE\n");
+        assert_eq!(lines(&mut buf), vec![b"ONLINE".to_vec()]);
+        assert_eq!(buf.pending(), 0);
+        buf.extend(b"LOGOUT");
+        assert_eq!(lines(&mut buf), Vec::<Vec<u8>>::new());
+        assert_eq!(buf.take_last(), Some(Line::Complete(b"LOGOUT")));
+        assert_eq!(buf.take_last(), None);
+    }
+
+    #[test]
+    fn line_buffer_drops_over_long_lines_without_holding_them() {
+        let mut buf = LineBuffer::default();
+        let space = buf.read_space();
+        let n = space.len();
+        assert_eq!(n, MAX_LINE);
+        space.fill(b'x');
+        buf.commit(n, n);
+        assert_eq!(lines(&mut buf), vec![b"<too long>".to_vec()]);
+        assert_eq!(buf.pending(), 0);
+        // The rest of the long line is skipped, and reported only once.
+        buf.extend(&[b'x'; 100]);
+        assert_eq!(lines(&mut buf), Vec::<Vec<u8>>::new());
+        buf.extend(b"xx\nPING\n");
+        assert_eq!(lines(&mut buf), vec![b"PING".to_vec()]);
+    }
+
+    #[test]
+    fn line_buffer_read_space_is_bounded() {
+        let mut buf = LineBuffer::default();
+        buf.extend(b"partial");
+        let space = buf.read_space().len();
+        assert_eq!(space, MAX_LINE - 7);
+        buf.commit(0, space);
+        assert_eq!(buf.pending(), 7);
+    }
+}
