@@ -1,1 +1,58 @@
-fn main(){}
+//! `chat-server`: parses flags and runs the server.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The chat server: one event loop serving every client.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Credentials file: one `username password` per line.
+    #[arg(long, value_name = "PATH", default_value = "credentials.txt")]
+    credentials: PathBuf,
+    /// Seconds an account stays locked after 3 failed logins.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    block_time: u64,
+    /// Seconds of silence after which a client is considered gone.
+    #[arg(long, value_name = "SECS", default_value_t = 35,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout: u64,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Log level on stderr: error, warn, info, debug, trace or off.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: log::LevelFilter,
+    /// Port to listen on; 0 picks a free one (printed on the first line).
+    port: u16,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = simple_logger::SimpleLogger::new()
+        .with_level(args.log_level)
+        .init()
+    {
+        eprintln!("chat-server: cannot start logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    let config = chat::server::Config {
+        credentials: args.credentials,
+        bind: args.bind,
+        port: args.port,
+        timeout: Duration::from_secs(args.timeout),
+        block_time: Duration::from_secs(args.block_time),
+    };
+    match chat::server::run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! The command table and the chat commands a logged-in user can run.
+//!
+//! [`phase`] declares, for every frame a client may send, whether it is
+//! allowed before login, after login, or always; the core enforces it before
+//! any handler runs, so handlers can rely on a logged-in user. Argument
+//! counts and formats are enforced earlier still, by the protocol parser.
+//!
+//! Handlers only update state and queue replies; they never touch sockets.
+
+use super::core::{ConnId, Core, Stored, UserId};
+use crate::protocol::{ClientMsg, Failure, MsgKind, ServerMsg};
+
+/// When a frame may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Only before login.
+    BeforeLogin,
+    /// Only after login.
+    LoggedIn,
+    /// At any time.
+    Any,
+}
+
+/// The command table: which frames are allowed when.
+pub fn phase(msg: &ClientMsg<'_>) -> Phase {
+    match msg {
+        ClientMsg::Hello { .. } | ClientMsg::Login { .. } => Phase::BeforeLogin,
+        ClientMsg::Ping => Phase::Any,
+        ClientMsg::Message { .. }
+        | ClientMsg::Broadcast { .. }
+        | ClientMsg::Online
+        | ClientMsg::Block { .. }
+        | ClientMsg::Unblock { .. }
+        | ClientMsg::GetAddress { .. }
+        | ClientMsg::Consent { .. }
+        | ClientMsg::Logout
+        | ClientMsg::Ack { .. } => Phase::LoggedIn,
+    }
+}
+
+impl Core {
+    /// Runs a logged-in command for `user` on `conn`.
+    pub(super) fn command(&mut self, conn: ConnId, user: UserId, msg: ClientMsg<'_>) {
+        match msg {
+            ClientMsg::Message { to, text } => self.message(conn, user, to, text),
+            ClientMsg::Broadcast { text } => self.broadcast(conn, user, text),
+            ClientMsg::Online => self.list_online(conn, user),
+            ClientMsg::Block { user: target } => self.block(conn, user, target),
+            ClientMsg::Unblock { user: target } => self.unblock(conn, user, target),
+            ClientMsg::GetAddress { user: target } => self.get_address(conn, user, target),
+            ClientMsg::Consent { user: target } => self.consent(conn, user, target),
+            ClientMsg::Logout => self.logout(conn, user),
+            ClientMsg::Ack { seq } => self.acknowledge(user, seq),
+            ClientMsg::Hello { .. } | ClientMsg::Login { .. } | ClientMsg::Ping => {}
+        }
+    }
+
+    /// Resolves `name` to another existing user, or answers the failure.
+    fn other_user(&mut self, conn: ConnId, me: UserId, name: &str) -> Option<UserId> {
+        match self.user_id(name) {
+            None => self.refuse(conn, Failure::UnknownUser { user: name }),
+            Some(target) if target == me => self.refuse(conn, Failure::NotYourself),
+            Some(target) => return Some(target),
+        }
+        None
+    }
+
+    fn has_blocked(&self, user: UserId, other: UserId) -> bool {
+        self.users[user].blocked.contains(&other)
+    }
+
+    /// Puts a message in `to`'s outbox and sends it now if `to` is online.
+    /// It stays in the outbox until acknowledged.
+    fn deliver(&mut self, to: UserId, from: UserId, live_kind: MsgKind, text: &str) {
+        let recipient = &mut self.users[to];
+        let seq = recipient.next_seq;
+        recipient.next_seq += 1;
+        let kind = if recipient.session.is_some() {
+            live_kind
+        } else {
+            MsgKind::Offline
+        };
+        recipient.outbox.push_back(Stored {
+            seq,
+            kind,
+            from,
+            text: text.into(),
+        });
+        if let Some(conn) = recipient.session {
+            let msg = ServerMsg::Msg {
+                seq,
+                kind,
+                from: &self.users[from].name,
+                text,
+            };
+            let mut line = String::new();
+            msg.encode(&mut line);
+            self.push_line(conn, line);
+        }
+    }
+
+    fn message(&mut self, conn: ConnId, me: UserId, to: &str, text: &str) {
+        let Some(to) = self.other_user(conn, me, to) else {
+            return;
+        };
+        if self.has_blocked(to, me) {
+            let name = self.name(to).to_owned();
+            self.refuse(conn, Failure::BlockedBy { user: &name });
+            return;
+        }
+        log::debug!("message {} -> {}", self.name(me), self.name(to));
+        self.deliver(to, me, MsgKind::Direct, text);
+    }
+
+    fn broadcast(&mut self, conn: ConnId, me: UserId, text: &str) {
+        let mut someone_blocked = false;
+        let recipients: Vec<UserId> = self.online.iter().copied().filter(|&u| u != me).collect();
+        for to in recipients {
+            if self.has_blocked(to, me) {
+                someone_blocked = true;
+            } else {
+                self.deliver(to, me, MsgKind::Broadcast, text);
+            }
+        }
+        if someone_blocked {
+            self.fail(conn, Failure::PartialBroadcast);
+        }
+    }
+
+    fn list_online(&mut self, conn: ConnId, me: UserId) {
+        let users: Vec<&str> = self
+            .online
+            .iter()
+            .copied()
+            .filter(|&u| u != me && !self.has_blocked(u, me))
+            .map(|u| self.users[u].name.as_str())
+            .collect();
+        let mut line = String::new();
+        ServerMsg::Online { users }.encode(&mut line);
+        self.push_line(conn, line);
+    }
+
+    fn block(&mut self, conn: ConnId, me: UserId, name: &str) {
+        let Some(target) = self.other_user(conn, me, name) else {
+            return;
+        };
+        self.users[me].blocked.insert(target);
+        log::info!("user {} blocked {name}", self.name(me));
+        self.send(conn, &ServerMsg::Blocked { user: name });
+    }
+
+    fn unblock(&mut self, conn: ConnId, me: UserId, name: &str) {
+        let Some(target) = self.other_user(conn, me, name) else {
+            return;
+        };
+        if self.users[me].blocked.remove(&target) {
+            log::info!("user {} unblocked {name}", self.name(me));
+            self.send(conn, &ServerMsg::Unblocked { user: name });
+        } else {
+            self.refuse(conn, Failure::NotBlocked { user: name });
+        }
+    }
+
+    /// `me` asks `name` for their peer-to-peer address.
+    fn get_address(&mut self, conn: ConnId, me: UserId, name: &str) {
+        let Some(target) = self.other_user(conn, me, name) else {
+            return;
+        };
+        if !self.online.contains(&target) || self.has_blocked(target, me) {
+            self.refuse(conn, Failure::GetAddress { user: name });
+            return;
+        }
+        self.users[target].asked_by.insert(me);
+        self.users[me].asking.insert(target);
+        self.send(conn, &ServerMsg::ConsentAsked { user: name });
+        let asker = self.name(me).to_owned();
+        self.send_to_user(target, &ServerMsg::ConsentRequest { user: &asker });
+    }
+
+    /// `me` grants `name`, who asked earlier, their peer-to-peer address.
+    fn consent(&mut self, conn: ConnId, me: UserId, name: &str) {
+        let Some(asker) = self.other_user(conn, me, name) else {
+            return;
+        };
+        if !self.users[me].asked_by.remove(&asker) {
+            self.refuse(conn, Failure::NoRequest { user: name });
+            return;
+        }
+        self.users[asker].asking.remove(&me);
+        let Some(state) = self.conns.get(&conn) else {
+            return;
+        };
+        let (ip, port) = (state.ip, state.p2p_port);
+        self.users[me].address_holders.insert(asker);
+        log::info!("user {} gave their address to {name}", self.name(me));
+        let granter = self.name(me).to_owned();
+        self.send_to_user(
+            asker,
+            &ServerMsg::Address {
+                user: &granter,
+                ip,
+                port,
+            },
+        );
+    }
+
+    /// Drops every outbox entry up to and including `seq`.
+    fn acknowledge(&mut self, me: UserId, seq: u64) {
+        let outbox = &mut self.users[me].outbox;
+        while outbox.front().is_some_and(|stored| stored.seq <= seq) {
+            outbox.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::core::tests::Harness;
+
+    #[test]
+    fn message_live_then_acknowledged_is_not_sent_again() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(1, "MESSAGE B hi there!");
+        assert_eq!(h.take(), vec![(2, "MSG 1 direct A hi there!".into())]);
+        h.line(2, "ACK 1");
+        h.line(2, "LOGOUT");
+        h.connect(3);
+        h.take();
+        h.line(3, "LOGIN B 1 B_pwd");
+        assert_eq!(h.to(3), vec!["WELCOME B"]);
+    }
+
+    #[test]
+    fn offline_messages_arrive_in_order_at_login() {
+        let mut h = Harness::new();
+        h.login(1, "B");
+        h.line(1, "MESSAGE A one");
+        h.line(1, "MESSAGE A two");
+        assert_eq!(h.take(), vec![], "the sender sees nothing, as in the seed");
+        h.connect(2);
+        h.take();
+        h.line(2, "LOGIN A 1 A_pwd");
+        assert_eq!(
+            h.take(),
+            vec![
+                (2, "WELCOME A".into()),
+                (2, "MSG 1 offline B one".into()),
+                (2, "MSG 2 offline B two".into()),
+                (1, "PRESENCE A on".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn identity_comes_from_the_connection_not_the_frame() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        // There is no sender field to forge: whatever the text says, the
+        // message is from the connection's user.
+        h.line(1, "MESSAGE B C: I am C");
+        assert_eq!(h.take(), vec![(2, "MSG 1 direct A C: I am C".into())]);
+    }
+
+    #[test]
+    fn blocking_is_one_way() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(1, "BLOCK B");
+        assert_eq!(h.to(1), vec!["BLOCKED B"]);
+        h.line(2, "MESSAGE A hi");
+        assert_eq!(h.take(), vec![(2, "FAIL blocked-by A".into())]);
+        h.line(1, "MESSAGE B don't reply");
+        assert_eq!(h.take(), vec![(2, "MSG 1 direct A don't reply".into())]);
+        h.line(1, "UNBLOCK B");
+        assert_eq!(h.to(1), vec!["UNBLOCKED B"]);
+        h.line(2, "MESSAGE A hi");
+        assert_eq!(h.take(), vec![(1, "MSG 1 direct B hi".into())]);
+    }
+
+    #[test]
+    fn block_and_unblock_errors() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.line(1, "BLOCK A");
+        h.line(1, "BLOCK Zed");
+        h.line(1, "UNBLOCK B");
+        h.line(1, "MESSAGE A me");
+        h.line(1, "MESSAGE Zed hi");
+        assert_eq!(
+            h.to(1),
+            vec![
+                "FAIL not-yourself",
+                "FAIL unknown-user Zed",
+                "FAIL not-blocked B",
+                "FAIL not-yourself",
+                "FAIL unknown-user Zed"
+            ]
+        );
+    }
+
+    #[test]
+    fn broadcast_skips_blockers_and_tells_the_sender() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.login(3, "C");
+        h.line(1, "BLOCK C");
+        h.take();
+        h.line(3, "BROADCAST hello all");
+        assert_eq!(
+            h.take(),
+            vec![
+                (2, "MSG 1 broadcast C hello all".into()),
+                (3, "FAIL partial-broadcast".into())
+            ]
+        );
+        h.line(2, "BROADCAST hi");
+        let mut sent = h.take();
+        sent.sort();
+        assert_eq!(
+            sent,
+            vec![
+                (1, "MSG 1 broadcast B hi".into()),
+                (3, "MSG 1 broadcast B hi".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn broadcast_is_not_stored_for_offline_users() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.line(1, "BROADCAST anyone?");
+        assert_eq!(h.take(), vec![]);
+        h.connect(2);
+        h.take();
+        h.line(2, "LOGIN B 1 B_pwd");
+        assert_eq!(h.to(2), vec!["WELCOME B"]);
+    }
+
+    #[test]
+    fn online_lists_others_sorted_without_blockers() {
+        let mut h = Harness::new();
+        h.login(3, "C");
+        h.login(1, "A");
+        h.login(2, "B");
+        h.login(4, "D");
+        h.line(4, "BLOCK B");
+        h.take();
+        h.line(2, "ONLINE");
+        assert_eq!(h.to(2), vec!["ONLINE A C"]);
+        h.line(4, "LOGOUT");
+        h.line(3, "LOGOUT");
+        h.line(1, "LOGOUT");
+        h.take();
+        h.line(2, "ONLINE");
+        assert_eq!(h.to(2), vec!["ONLINE"]);
+    }
+
+    #[test]
+    fn logout_is_announced_except_to_users_the_leaver_blocked() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.login(3, "C");
+        h.line(3, "BLOCK B");
+        h.take();
+        h.line(3, "LOGOUT");
+        assert_eq!(
+            h.take(),
+            vec![(3, "BYE logout".into()), (1, "PRESENCE C off".into())]
+        );
+        assert_eq!(h.closed, vec![3]);
+    }
+
+    #[test]
+    fn login_is_not_announced_to_users_the_newcomer_blocked() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(2, "BLOCK A");
+        h.line(2, "LOGOUT");
+        h.login(3, "C");
+        h.connect(4);
+        h.take();
+        h.line(4, "LOGIN B 1 B_pwd");
+        assert_eq!(
+            h.take(),
+            vec![(4, "WELCOME B".into()), (3, "PRESENCE B on".into())]
+        );
+    }
+
+    #[test]
+    fn disconnect_without_logout_is_silent() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.core.disconnected(1);
+        assert_eq!(h.take(), vec![]);
+        h.line(2, "MESSAGE A saved");
+        assert_eq!(h.take(), vec![]);
+        assert_eq!(h.core.users[0].outbox.len(), 1);
+    }
+
+    #[test]
+    fn address_is_given_only_after_consent() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(2, "GETADDRESS A");
+        assert_eq!(
+            h.take(),
+            vec![
+                (2, "CONSENT-ASKED A".into()),
+                (1, "CONSENT-REQUEST B".into())
+            ]
+        );
+        h.line(1, "CONSENT B");
+        assert_eq!(h.take(), vec![(2, "ADDRESS A 127.0.0.1 5001".into())]);
+        h.line(1, "CONSENT B");
+        assert_eq!(
+            h.take(),
+            vec![(1, "FAIL no-request B".into())],
+            "consent is used up"
+        );
+    }
+
+    #[test]
+    fn getaddress_fails_when_blocked_offline_or_unknown() {
+        let mut h = Harness::new();
+        h.login(2, "B");
+        h.login(3, "C");
+        h.line(3, "BLOCK B");
+        h.take();
+        h.line(2, "GETADDRESS C");
+        h.line(2, "GETADDRESS A");
+        h.line(2, "GETADDRESS Zed");
+        h.line(2, "GETADDRESS B");
+        assert_eq!(
+            h.to(2),
+            vec![
+                "FAIL getaddress C",
+                "FAIL getaddress A",
+                "FAIL unknown-user Zed",
+                "FAIL not-yourself"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_request_lapses_when_the_asker_leaves() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(2, "GETADDRESS A");
+        h.core.disconnected(2);
+        h.take();
+        h.line(1, "CONSENT B");
+        assert_eq!(h.to(1), vec!["FAIL no-request B"]);
+    }
+
+    #[test]
+    fn address_holders_hear_of_a_new_login() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(2, "GETADDRESS A");
+        h.line(1, "CONSENT B");
+        h.core.disconnected(1);
+        h.connect(3);
+        h.take();
+        h.line(3, "LOGIN A 7 A_pwd");
+        assert_eq!(
+            h.take(),
+            vec![
+                (3, "WELCOME A".into()),
+                (2, "ADDRESS-CHANGED A".into()),
+                (2, "PRESENCE A on".into())
+            ]
+        );
+        h.core.disconnected(3);
+        h.connect(4);
+        h.take();
+        h.line(4, "LOGIN A 8 A_pwd");
+        assert_eq!(
+            h.take(),
+            vec![(4, "WELCOME A".into()), (2, "PRESENCE A on".into())]
+        );
+    }
+
+    #[test]
+    fn ack_drops_only_what_it_covers() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        for text in ["one", "two", "three"] {
+            h.line(1, &format!("MESSAGE B {text}"));
+        }
+        h.line(2, "ACK 2");
+        h.core.disconnected(2);
+        h.connect(3);
+        h.take();
+        h.line(3, "LOGIN B 1 B_pwd");
+        assert_eq!(h.to(3), vec!["WELCOME B", "MSG 3 direct A three"]);
+    }
+}

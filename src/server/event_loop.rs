@@ -1,0 +1,452 @@
+//! The server's event loop: one `mio::Poll` on one thread.
+//!
+//! It accepts connections into a slab (token = slab key), reads bytes into
+//! each connection's line buffer, hands complete lines to the [`Core`],
+//! and writes what the core queued. It knows nothing of the chat protocol
+//! beyond line framing. Timers live in a [`TimerWheel`] whose next deadline
+//! sets the poll timeout; SIGINT and SIGTERM arrive as poll events through
+//! `signal-hook-mio`, so the handler does nothing but wake the loop.
+//!
+//! Writing follows Redis: replies are written directly at the end of each
+//! pass, and WRITABLE interest is registered only for what is left over.
+//! A connection is marked for closing and freed at the end of the pass,
+//! never in the middle of one.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use super::core::{Core, Effect, Timer};
+use super::timer_wheel::TimerWheel;
+use crate::protocol::{Line, LineBuffer};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Most bytes queued for one client before it is dropped as too slow.
+/// Everything queued is chat text already kept in the recipient's outbox
+/// until acknowledged, so dropping the connection loses nothing, while
+/// letting the buffer grow would let one stalled reader eat the server's
+/// memory.
+const MAX_PENDING_OUTPUT: usize = 256 * 1024;
+
+/// Most bytes read from one connection per pass, so one flooding client
+/// cannot starve the others.
+const READ_BUDGET: usize = 64 * 1024;
+
+/// How long to wait before accepting again after running out of file
+/// descriptors: long enough not to spin, short enough to recover quickly.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long shutdown waits for goodbyes to be written.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// One client connection's I/O state.
+struct Connection {
+    stream: TcpStream,
+    input: LineBuffer,
+    output: Vec<u8>,
+    /// Bytes of `output` already written.
+    written: usize,
+    /// WRITABLE interest is registered (only while output is left over).
+    wants_writable: bool,
+    /// Close once `output` is flushed; set by the core or on end of input.
+    closing: bool,
+    /// The socket is unusable: free it at the end of the pass.
+    dead: bool,
+}
+
+impl Connection {
+    fn pending_output(&self) -> usize {
+        self.output.len() - self.written
+    }
+}
+
+/// The server: listener, connections, timers, and the chat core.
+pub struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    signals: Signals,
+    conns: Slab<Connection>,
+    core: Core,
+    timers: TimerWheel<Timer>,
+    /// Accepting is paused until then after file descriptors ran out.
+    accept_paused_until: Option<Instant>,
+    shutting_down: bool,
+    /// Connections with output queued in this pass, to write before sleeping.
+    pending_writes: Vec<usize>,
+    /// Connections whose read budget ran out with data possibly left.
+    unfinished_reads: Vec<usize>,
+    /// Connections marked closing or dead, freed once nothing is left to write.
+    closing: Vec<usize>,
+}
+
+impl EventLoop {
+    /// Wraps a bound listener; fails only if polling cannot be set up.
+    pub fn new(mut listener: TcpListener, core: Core) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        Ok(EventLoop {
+            poll,
+            listener,
+            signals,
+            conns: Slab::new(),
+            core,
+            timers: TimerWheel::new(Instant::now()),
+            accept_paused_until: None,
+            shutting_down: false,
+            pending_writes: Vec::new(),
+            unfinished_reads: Vec::new(),
+            closing: Vec::new(),
+        })
+    }
+
+    /// Serves until SIGINT or SIGTERM; then call [`EventLoop::shutdown`].
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        while !self.shutting_down {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
+                if error.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    SIGNALS => self.take_signals(),
+                    Token(key) => {
+                        if event.is_writable() {
+                            self.pending_writes.push(key);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(key);
+                        }
+                    }
+                }
+            }
+            self.finish_pass();
+        }
+        Ok(())
+    }
+
+    /// Time until the next thing the loop must do without being woken.
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.unfinished_reads.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        [self.timers.next_deadline(), self.accept_paused_until]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Work done after every poll: leftover reads, timers, effects, writes,
+    /// and freeing closed connections.
+    fn finish_pass(&mut self) {
+        let now = Instant::now();
+        for key in std::mem::take(&mut self.unfinished_reads) {
+            self.read(key);
+        }
+        if self.accept_paused_until.is_some_and(|until| until <= now) {
+            self.accept_paused_until = None;
+            self.accept();
+        }
+        let mut fired = Vec::new();
+        self.timers.expire(now, &mut fired);
+        for timer in fired {
+            self.core.timer_fired(timer, now);
+        }
+        self.apply_effects();
+        self.flush_all();
+        self.free_closed();
+    }
+
+    fn take_signals(&mut self) {
+        for signal in self.signals.pending() {
+            info!("received signal {signal}; shutting down");
+            self.shutting_down = true;
+        }
+    }
+
+    /// Accepts until the backlog is empty; survives running out of file
+    /// descriptors by pausing instead of exiting or spinning.
+    fn accept(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.add_connection(stream, peer),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if is_out_of_resources(&e) => {
+                    warn!("cannot accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) => debug!("accept failed: {e}"),
+            }
+        }
+    }
+
+    fn add_connection(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
+        // Lines are small and interactive: send them at once.
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!("set_nodelay for {peer}: {e}");
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE)
+        {
+            warn!("cannot register connection from {peer}: {e}");
+            return;
+        }
+        entry.insert(Connection {
+            stream,
+            input: LineBuffer::default(),
+            output: Vec::new(),
+            written: 0,
+            wants_writable: false,
+            closing: false,
+            dead: false,
+        });
+        self.core.connected(key, peer, Instant::now());
+    }
+
+    /// Reads what the socket has (within the budget) and feeds whole lines
+    /// to the core.
+    fn read(&mut self, key: usize) {
+        let now = Instant::now();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.closing || conn.dead {
+            return;
+        }
+        let mut total = 0;
+        let mut ended = false;
+        while total < READ_BUDGET {
+            let space = conn.input.read_space();
+            let room = space.len();
+            match conn.stream.read(space) {
+                Ok(0) => {
+                    conn.input.commit(0, room);
+                    ended = true;
+                    break;
+                }
+                Ok(n) => {
+                    conn.input.commit(n, room);
+                    total += n;
+                    feed_lines(&mut conn.input, &mut self.core, key, now);
+                }
+                Err(e) => {
+                    conn.input.commit(0, room);
+                    match e.kind() {
+                        ErrorKind::WouldBlock => break,
+                        ErrorKind::Interrupted => continue,
+                        _ => {
+                            debug!("read from connection {key}: {e}");
+                            ended = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        conn.input.shrink_if_empty();
+        if ended {
+            conn.closing = true;
+            self.closing.push(key);
+            self.core.disconnected(key);
+        } else if total >= READ_BUDGET {
+            self.unfinished_reads.push(key);
+        }
+    }
+
+    /// Carries out what the core asked for.
+    fn apply_effects(&mut self) {
+        let mut too_slow = Vec::new();
+        for effect in self.core.effects() {
+            match effect {
+                Effect::Send { conn: key, line } => {
+                    let Some(conn) = self.conns.get_mut(key) else {
+                        continue;
+                    };
+                    if conn.dead {
+                        continue;
+                    }
+                    if conn.pending_output() + line.len() > MAX_PENDING_OUTPUT {
+                        // Its messages wait in the outbox for its next login.
+                        info!("connection {key} reads too slowly; dropping it");
+                        conn.dead = true;
+                        too_slow.push(key);
+                        continue;
+                    }
+                    if conn.pending_output() == 0 {
+                        self.pending_writes.push(key);
+                    }
+                    conn.output.extend_from_slice(line.as_bytes());
+                }
+                Effect::Close { conn: key } => {
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.closing = true;
+                        self.closing.push(key);
+                    }
+                }
+                Effect::Arm { at, timer } => self.timers.insert(at, timer),
+            }
+        }
+        for key in too_slow {
+            self.core.disconnected(key);
+            self.closing.push(key);
+        }
+    }
+
+    /// Writes the output queued this pass; registers WRITABLE only for
+    /// connections that still have some left.
+    fn flush_all(&mut self) {
+        for key in std::mem::take(&mut self.pending_writes) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.dead {
+                continue;
+            }
+            flush(key, conn);
+            let wants = conn.pending_output() > 0 && !conn.dead;
+            if wants != conn.wants_writable {
+                let interest = if wants {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                if let Err(e) =
+                    self.poll
+                        .registry()
+                        .reregister(&mut conn.stream, Token(key), interest)
+                {
+                    debug!("reregister connection {key}: {e}");
+                    conn.dead = true;
+                }
+                conn.wants_writable = wants;
+            }
+            if conn.dead {
+                self.closing.push(key);
+            }
+        }
+    }
+
+    /// Frees connections that are dead, or closing with nothing left to
+    /// write; the rest wait for their WRITABLE events.
+    fn free_closed(&mut self) {
+        let mut waiting = Vec::new();
+        for key in std::mem::take(&mut self.closing) {
+            let Some(conn) = self.conns.get(key) else {
+                continue;
+            };
+            if !conn.dead && conn.pending_output() > 0 {
+                if !waiting.contains(&key) {
+                    waiting.push(key);
+                }
+                continue;
+            }
+            let mut conn = self.conns.remove(key);
+            if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
+                debug!("deregister connection {key}: {e}");
+            }
+            // A core that still knows the connection (dead socket) is told.
+            self.core.disconnected(key);
+        }
+        self.closing = waiting;
+    }
+
+    /// Tells every client the server is going away, waits a bounded time for
+    /// those goodbyes to be written, and closes everything.
+    pub fn shutdown(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(64);
+        self.core.shutdown();
+        self.apply_effects();
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        loop {
+            self.flush_all();
+            self.free_closed();
+            let now = Instant::now();
+            if self.conns.is_empty() || now >= deadline {
+                break;
+            }
+            match self.poll.poll(&mut events, Some(deadline - now)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.conns.is_empty() {
+            warn!(
+                "{} clients did not take their shutdown notice in time",
+                self.conns.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Hands every complete line in `input` to the core.
+fn feed_lines(input: &mut LineBuffer, core: &mut Core, key: usize, now: Instant) {
+    while let Some(line) = input.next_line() {
+        match line {
+            Line::Complete(bytes) => core.received(key, bytes, now),
+            Line::TooLong => core.line_too_long(key, now),
+        }
+    }
+}
+
+/// Writes as much pending output as the socket takes.
+fn flush(key: usize, conn: &mut Connection) {
+    while conn.pending_output() > 0 {
+        match conn.stream.write(&conn.output[conn.written..]) {
+            Ok(0) => {
+                conn.dead = true;
+                return;
+            }
+            Ok(n) => conn.written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                debug!("write to connection {key}: {e}");
+                conn.dead = true;
+                return;
+            }
+        }
+    }
+    // All written: release the buffer so idle connections hold no memory.
+    conn.output = Vec::new();
+    conn.written = 0;
+}
+
+/// Linux errno values meaning the process or system ran out of something
+/// (descriptors, buffers, memory): worth a pause, not an exit.
+fn is_out_of_resources(error: &io::Error) -> bool {
+    const ENOMEM: i32 = 12;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const ENOBUFS: i32 = 105;
+    matches!(
+        error.raw_os_error(),
+        Some(ENOMEM | ENFILE | EMFILE | ENOBUFS)
+    )
+}

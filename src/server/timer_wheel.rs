@@ -1,0 +1,169 @@
+//! A hashed timer wheel with one-second buckets.
+//!
+//! Heartbeat timeouts and lockout expiries only need second precision, so a
+//! deadline is rounded up to the next whole second after the wheel's start
+//! and hashed into one of a fixed number of slots. Insertion is O(1);
+//! expiry visits only the slots of the seconds that passed. Entries further
+//! away than one turn of the wheel wait in their slot for later turns.
+//!
+//! The wheel does not cancel entries: owners validate a fired entry against
+//! their own state (a stale heartbeat timer is simply ignored), which keeps
+//! the wheel free of handles and bookkeeping.
+
+use std::time::{Duration, Instant};
+
+/// Slots in the wheel; one turn covers this many seconds. Deadlines in this
+/// server are at most a few minutes away, so most entries fire in their
+/// first turn.
+const SLOTS: u64 = 64;
+
+/// Deadlines of type `T`, fired in one-second steps.
+#[derive(Debug)]
+pub struct TimerWheel<T> {
+    start: Instant,
+    slots: Vec<Vec<(u64, T)>>,
+    /// Every tick up to and including this one has been expired.
+    done: u64,
+    len: usize,
+}
+
+impl<T> TimerWheel<T> {
+    pub fn new(start: Instant) -> Self {
+        TimerWheel {
+            start,
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            done: 0,
+            len: 0,
+        }
+    }
+
+    /// The tick at or after `at` (deadlines are never fired early).
+    fn tick_at_or_after(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.start);
+        since.as_secs() + u64::from(since.subsec_nanos() > 0)
+    }
+
+    /// The last tick that has fully passed at `now`.
+    fn tick_before(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_secs()
+    }
+
+    fn slot(tick: u64) -> usize {
+        // The remainder is below SLOTS, so it fits in usize.
+        (tick % SLOTS) as usize
+    }
+
+    /// Schedules `value` to fire at `at` (rounded up to the next second).
+    pub fn insert(&mut self, at: Instant, value: T) {
+        let tick = self.tick_at_or_after(at).max(self.done + 1);
+        self.slots[Self::slot(tick)].push((tick, value));
+        self.len += 1;
+    }
+
+    /// Moves every entry due at `now` into `fired`, in no particular order.
+    pub fn expire(&mut self, now: Instant, fired: &mut Vec<T>) {
+        let target = self.tick_before(now);
+        if target <= self.done {
+            return;
+        }
+        let steps = (target - self.done).min(SLOTS);
+        for tick in self.done + 1..=self.done + steps {
+            let slot = &mut self.slots[Self::slot(tick)];
+            let mut index = 0;
+            while index < slot.len() {
+                if slot[index].0 <= target {
+                    fired.push(slot.swap_remove(index).1);
+                    self.len -= 1;
+                } else {
+                    index += 1;
+                }
+            }
+        }
+        self.done = target;
+    }
+
+    /// When the earliest non-empty slot comes due: the poll timeout. It may
+    /// be early for an entry that waits for a later turn, never late.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.len == 0 {
+            return None;
+        }
+        (self.done + 1..=self.done + SLOTS)
+            .find(|&tick| !self.slots[Self::slot(tick)].is_empty())
+            .map(|tick| self.start + Duration::from_secs(tick))
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    fn expire(wheel: &mut TimerWheel<u32>, now: Instant) -> Vec<u32> {
+        let mut fired = Vec::new();
+        wheel.expire(now, &mut fired);
+        fired.sort_unstable();
+        fired
+    }
+
+    #[test]
+    fn fires_at_or_after_the_deadline_never_before() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0);
+        wheel.insert(t0 + secs(2.5), 1);
+        wheel.insert(t0 + secs(3.0), 2);
+        assert_eq!(wheel.next_deadline(), Some(t0 + secs(3.0)));
+        assert_eq!(expire(&mut wheel, t0 + secs(2.9)), Vec::<u32>::new());
+        assert_eq!(expire(&mut wheel, t0 + secs(3.0)), vec![1, 2]);
+        assert!(wheel.is_empty());
+        assert_eq!(wheel.next_deadline(), None);
+    }
+
+    #[test]
+    fn entries_beyond_one_turn_wait_for_their_turn() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0);
+        wheel.insert(t0 + secs(SLOTS as f64 + 5.0), 7);
+        wheel.insert(t0 + secs(5.0), 3);
+        assert_eq!(expire(&mut wheel, t0 + secs(5.0)), vec![3]);
+        assert_eq!(
+            expire(&mut wheel, t0 + secs(SLOTS as f64 + 4.0)),
+            Vec::<u32>::new()
+        );
+        assert_eq!(wheel.len(), 1);
+        assert_eq!(expire(&mut wheel, t0 + secs(SLOTS as f64 + 5.0)), vec![7]);
+    }
+
+    #[test]
+    fn a_long_jump_fires_everything_due() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0);
+        for i in 0..200u32 {
+            wheel.insert(t0 + secs(f64::from(i) * 1.5), i);
+        }
+        let fired = expire(&mut wheel, t0 + secs(1000.0));
+        assert_eq!(fired, (0..200).collect::<Vec<_>>());
+        assert!(wheel.is_empty());
+    }
+
+    #[test]
+    fn past_deadlines_fire_on_the_next_tick() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0);
+        assert_eq!(expire(&mut wheel, t0 + secs(10.0)), Vec::<u32>::new());
+        wheel.insert(t0 + secs(1.0), 9);
+        assert_eq!(wheel.next_deadline(), Some(t0 + secs(11.0)));
+        assert_eq!(expire(&mut wheel, t0 + secs(11.0)), vec![9]);
+    }
+}
