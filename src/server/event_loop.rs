@@ -44,6 +44,10 @@ const READ_BUDGET: usize = 64 * 1024;
 /// descriptors: long enough not to spin, short enough to recover quickly.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How long a closing connection may take to read its last lines (a
+/// goodbye) before it is dropped anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// How long shutdown waits for goodbyes to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -56,8 +60,9 @@ struct Connection {
     written: usize,
     /// WRITABLE interest is registered (only while output is left over).
     wants_writable: bool,
-    /// Close once `output` is flushed; set by the core or on end of input.
-    closing: bool,
+    /// Close once `output` is flushed, or at this time at the latest; set
+    /// by the core or on end of input.
+    close_by: Option<Instant>,
     /// The socket is unusable: free it at the end of the pass.
     dead: bool,
 }
@@ -65,6 +70,19 @@ struct Connection {
 impl Connection {
     fn pending_output(&self) -> usize {
         self.output.len() - self.written
+    }
+
+    fn closing(&self) -> bool {
+        self.close_by.is_some()
+    }
+
+    /// Marks the connection for closing; true the first time.
+    fn mark_closing(&mut self, now: Instant) -> bool {
+        let first = self.close_by.is_none();
+        if first {
+            self.close_by = Some(now + CLOSE_GRACE);
+        }
+        first
     }
 }
 
@@ -146,7 +164,8 @@ impl EventLoop {
         if !self.unfinished_reads.is_empty() {
             return Some(Duration::ZERO);
         }
-        [self.timers.next_deadline(), self.accept_paused_until]
+        let close_by = self.closing.iter().filter_map(|&k| self.conns.get(k)?.close_by).min();
+        [self.timers.next_deadline(), self.accept_paused_until, close_by]
             .into_iter()
             .flatten()
             .min()
@@ -222,7 +241,7 @@ impl EventLoop {
             output: Vec::new(),
             written: 0,
             wants_writable: false,
-            closing: false,
+            close_by: None,
             dead: false,
         });
         self.core.connected(key, peer, Instant::now());
@@ -235,7 +254,7 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.closing || conn.dead {
+        if conn.closing() || conn.dead {
             return;
         }
         let mut total = 0;
@@ -270,8 +289,9 @@ impl EventLoop {
         }
         conn.input.shrink_if_empty();
         if ended {
-            conn.closing = true;
-            self.closing.push(key);
+            if conn.mark_closing(now) {
+                self.closing.push(key);
+            }
             self.core.disconnected(key);
         } else if total >= READ_BUDGET {
             self.unfinished_reads.push(key);
@@ -280,6 +300,7 @@ impl EventLoop {
 
     /// Carries out what the core asked for.
     fn apply_effects(&mut self) {
+        let now = Instant::now();
         let mut too_slow = Vec::new();
         for effect in self.core.effects() {
             match effect {
@@ -303,8 +324,7 @@ impl EventLoop {
                     conn.output.extend_from_slice(line.as_bytes());
                 }
                 Effect::Close { conn: key } => {
-                    if let Some(conn) = self.conns.get_mut(key) {
-                        conn.closing = true;
+                    if self.conns.get_mut(key).is_some_and(|c| c.mark_closing(now)) {
                         self.closing.push(key);
                     }
                 }
