@@ -164,12 +164,20 @@ impl EventLoop {
         if !self.unfinished_reads.is_empty() {
             return Some(Duration::ZERO);
         }
-        let close_by = self.closing.iter().filter_map(|&k| self.conns.get(k)?.close_by).min();
-        [self.timers.next_deadline(), self.accept_paused_until, close_by]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| at.saturating_duration_since(now))
+        let close_by = self
+            .closing
+            .iter()
+            .filter_map(|&k| self.conns.get(k)?.close_by)
+            .min();
+        [
+            self.timers.next_deadline(),
+            self.accept_paused_until,
+            close_by,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(now))
     }
 
     /// Work done after every poll: leftover reads, timers, effects, writes,
@@ -210,12 +218,22 @@ impl EventLoop {
             match self.listener.accept() {
                 Ok((stream, peer)) => self.add_connection(stream, peer),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if is_out_of_resources(&e) => {
+                // The peer gave up before we got to it: nothing to do.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionAborted | ErrorKind::Interrupted
+                    ) =>
+                {
+                    debug!("accept: {e}")
+                }
+                // Out of descriptors, or anything unexpected: retrying at
+                // once would spin, exiting would drop every client.
+                Err(e) => {
                     warn!("cannot accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
-                Err(e) => debug!("accept failed: {e}"),
             }
         }
     }
@@ -456,17 +474,4 @@ fn flush(key: usize, conn: &mut Connection) {
     // All written: release the buffer so idle connections hold no memory.
     conn.output = Vec::new();
     conn.written = 0;
-}
-
-/// Linux errno values meaning the process or system ran out of something
-/// (descriptors, buffers, memory): worth a pause, not an exit.
-fn is_out_of_resources(error: &io::Error) -> bool {
-    const ENOMEM: i32 = 12;
-    const ENFILE: i32 = 23;
-    const EMFILE: i32 = 24;
-    const ENOBUFS: i32 = 105;
-    matches!(
-        error.raw_os_error(),
-        Some(ENOMEM | ENFILE | EMFILE | ENOBUFS)
-    )
 }
