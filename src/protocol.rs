@@ -23,6 +23,10 @@ pub const MAX_LINE: usize = 4096;
 /// Longest accepted username in bytes.
 pub const MAX_NAME: usize = 32;
 
+/// Most names in one `ONLINE` frame: with [`MAX_NAME`] this keeps the
+/// frame well under [`MAX_LINE`].
+pub const ONLINE_NAMES_PER_FRAME: usize = 64;
+
 /// Whether `name` is a valid username: 1 to [`MAX_NAME`] bytes of printable
 /// ASCII other than space. Keeping names this plain means they can never
 /// break a frame or a terminal.
@@ -180,47 +184,26 @@ impl<'a> ClientMsg<'a> {
         let (verb, mut rest) = verb(line)?;
         let rest = &mut rest;
         let msg = match verb {
-            "HELLO" => ClientMsg::Hello {
-                version: number_field(rest, "version")?,
-            },
+            "HELLO" => ClientMsg::Hello { version: number_field(rest, "version")? },
             "LOGIN" => {
                 let user = name_field(rest, "username")?;
                 let p2p_port = number_field(rest, "port")?;
                 let password = field(rest, "password")?;
-                ClientMsg::Login {
-                    user,
-                    p2p_port,
-                    password,
-                }
+                ClientMsg::Login { user, p2p_port, password }
             }
             "MESSAGE" => {
                 let to = name_field(rest, "username")?;
-                ClientMsg::Message {
-                    to,
-                    text: text(rest, "message")?,
-                }
+                ClientMsg::Message { to, text: text(rest, "message")? }
             }
-            "BROADCAST" => ClientMsg::Broadcast {
-                text: text(rest, "message")?,
-            },
+            "BROADCAST" => ClientMsg::Broadcast { text: text(rest, "message")? },
             "ONLINE" => ClientMsg::Online,
-            "BLOCK" => ClientMsg::Block {
-                user: name_field(rest, "username")?,
-            },
-            "UNBLOCK" => ClientMsg::Unblock {
-                user: name_field(rest, "username")?,
-            },
-            "GETADDRESS" => ClientMsg::GetAddress {
-                user: name_field(rest, "username")?,
-            },
-            "CONSENT" => ClientMsg::Consent {
-                user: name_field(rest, "username")?,
-            },
+            "BLOCK" => ClientMsg::Block { user: name_field(rest, "username")? },
+            "UNBLOCK" => ClientMsg::Unblock { user: name_field(rest, "username")? },
+            "GETADDRESS" => ClientMsg::GetAddress { user: name_field(rest, "username")? },
+            "CONSENT" => ClientMsg::Consent { user: name_field(rest, "username")? },
             "LOGOUT" => ClientMsg::Logout,
             "PING" => ClientMsg::Ping,
-            "ACK" => ClientMsg::Ack {
-                seq: number_field(rest, "sequence number")?,
-            },
+            "ACK" => ClientMsg::Ack { seq: number_field(rest, "sequence number")? },
             _ => return Err(ParseError::UnknownVerb),
         };
         finish(rest)?;
@@ -232,11 +215,7 @@ impl<'a> ClientMsg<'a> {
         // Writing to a String cannot fail.
         let _ = match self {
             ClientMsg::Hello { version } => writeln!(out, "HELLO {version}"),
-            ClientMsg::Login {
-                user,
-                p2p_port,
-                password,
-            } => {
+            ClientMsg::Login { user, p2p_port, password } => {
                 writeln!(out, "LOGIN {user} {p2p_port} {password}")
             }
             ClientMsg::Message { to, text } => writeln!(out, "MESSAGE {to} {text}"),
@@ -417,31 +396,19 @@ impl Failure<'_> {
     fn parse<'a>(rest: &mut &'a str) -> Result<Failure<'a>, ParseError> {
         let code = field(rest, "code")?;
         Ok(match code {
-            "blocked-by" => Failure::BlockedBy {
-                user: name_field(rest, "username")?,
-            },
+            "blocked-by" => Failure::BlockedBy { user: name_field(rest, "username")? },
             "partial-broadcast" => Failure::PartialBroadcast,
-            "getaddress" => Failure::GetAddress {
-                user: name_field(rest, "username")?,
-            },
-            "unknown-user" => Failure::UnknownUser {
-                user: name_field(rest, "username")?,
-            },
+            "getaddress" => Failure::GetAddress { user: name_field(rest, "username")? },
+            "unknown-user" => Failure::UnknownUser { user: name_field(rest, "username")? },
             "not-yourself" => Failure::NotYourself,
-            "no-request" => Failure::NoRequest {
-                user: name_field(rest, "username")?,
-            },
-            "not-blocked" => Failure::NotBlocked {
-                user: name_field(rest, "username")?,
-            },
+            "no-request" => Failure::NoRequest { user: name_field(rest, "username")? },
+            "not-blocked" => Failure::NotBlocked { user: name_field(rest, "username")? },
             "not-logged-in" => Failure::NotLoggedIn,
             "already-logged-in" => Failure::AlreadyLoggedIn,
             "version" => Failure::Version,
             "line-too-long" => Failure::LineTooLong,
             "bad-encoding" => Failure::BadEncoding,
-            "bad-command" => Failure::BadCommand {
-                detail: text(rest, "detail")?,
-            },
+            "bad-command" => Failure::BadCommand { detail: text(rest, "detail")? },
             _ => return Err(ParseError::BadField("code")),
         })
     }
@@ -476,9 +443,12 @@ pub enum ServerMsg<'a> {
         user: &'a str,
         online: bool,
     },
-    /// Answer to ONLINE: the users listed, possibly none.
+    /// Answer to ONLINE: some of the users listed, possibly none. A long
+    /// list comes in several frames so that no line exceeds [`MAX_LINE`]:
+    /// every frame but the last has `more` set (verb `ONLINE-MORE`).
     Online {
         users: Vec<&'a str>,
+        more: bool,
     },
     Blocked {
         user: &'a str,
@@ -522,12 +492,8 @@ impl<'a> ServerMsg<'a> {
                 version: number_field(rest, "version")?,
                 timeout_secs: number_field(rest, "timeout")?,
             },
-            "WELCOME" => ServerMsg::Welcome {
-                user: name_field(rest, "username")?,
-            },
-            "DENIED" => ServerMsg::Denied {
-                reason: DenyReason::parse(field(rest, "reason")?)?,
-            },
+            "WELCOME" => ServerMsg::Welcome { user: name_field(rest, "username")? },
+            "DENIED" => ServerMsg::Denied { reason: DenyReason::parse(field(rest, "reason")?)? },
             "MSG" => ServerMsg::Msg {
                 seq: number_field(rest, "sequence number")?,
                 kind: MsgKind::parse(field(rest, "kind")?)?,
@@ -543,39 +509,25 @@ impl<'a> ServerMsg<'a> {
                 };
                 ServerMsg::Presence { user, online }
             }
-            "ONLINE" => {
+            "ONLINE" | "ONLINE-MORE" => {
                 let mut users = Vec::new();
                 while !rest.trim_matches(' ').is_empty() {
                     users.push(name_field(rest, "username")?);
                 }
-                ServerMsg::Online { users }
+                ServerMsg::Online { users, more: verb == "ONLINE-MORE" }
             }
-            "BLOCKED" => ServerMsg::Blocked {
-                user: name_field(rest, "username")?,
-            },
-            "UNBLOCKED" => ServerMsg::Unblocked {
-                user: name_field(rest, "username")?,
-            },
-            "CONSENT-ASKED" => ServerMsg::ConsentAsked {
-                user: name_field(rest, "username")?,
-            },
-            "CONSENT-REQUEST" => ServerMsg::ConsentRequest {
-                user: name_field(rest, "username")?,
-            },
+            "BLOCKED" => ServerMsg::Blocked { user: name_field(rest, "username")? },
+            "UNBLOCKED" => ServerMsg::Unblocked { user: name_field(rest, "username")? },
+            "CONSENT-ASKED" => ServerMsg::ConsentAsked { user: name_field(rest, "username")? },
+            "CONSENT-REQUEST" => ServerMsg::ConsentRequest { user: name_field(rest, "username")? },
             "ADDRESS" => ServerMsg::Address {
                 user: name_field(rest, "username")?,
-                ip: field(rest, "ip")?
-                    .parse()
-                    .map_err(|_| ParseError::BadField("ip"))?,
+                ip: field(rest, "ip")?.parse().map_err(|_| ParseError::BadField("ip"))?,
                 port: number_field(rest, "port")?,
             },
-            "ADDRESS-CHANGED" => ServerMsg::AddressChanged {
-                user: name_field(rest, "username")?,
-            },
+            "ADDRESS-CHANGED" => ServerMsg::AddressChanged { user: name_field(rest, "username")? },
             "FAIL" => ServerMsg::Fail(Failure::parse(rest)?),
-            "BYE" => ServerMsg::Bye {
-                reason: ByeReason::parse(field(rest, "reason")?)?,
-            },
+            "BYE" => ServerMsg::Bye { reason: ByeReason::parse(field(rest, "reason")?)? },
             _ => return Err(ParseError::UnknownVerb),
         };
         finish(rest)?;
@@ -591,31 +543,19 @@ impl<'a> ServerMsg<'a> {
 
     fn encode_fields(&self, out: &mut String) -> fmt::Result {
         match self {
-            ServerMsg::Hello {
-                version,
-                timeout_secs,
-            } => {
+            ServerMsg::Hello { version, timeout_secs } => {
                 write!(out, "HELLO {version} {timeout_secs}")
             }
             ServerMsg::Welcome { user } => write!(out, "WELCOME {user}"),
             ServerMsg::Denied { reason } => write!(out, "DENIED {}", reason.as_str()),
-            ServerMsg::Msg {
-                seq,
-                kind,
-                from,
-                text,
-            } => {
+            ServerMsg::Msg { seq, kind, from, text } => {
                 write!(out, "MSG {seq} {} {from} {text}", kind.as_str())
             }
             ServerMsg::Presence { user, online } => {
-                write!(
-                    out,
-                    "PRESENCE {user} {}",
-                    if *online { "on" } else { "off" }
-                )
+                write!(out, "PRESENCE {user} {}", if *online { "on" } else { "off" })
             }
-            ServerMsg::Online { users } => {
-                out.write_str("ONLINE")?;
+            ServerMsg::Online { users, more } => {
+                out.write_str(if *more { "ONLINE-MORE" } else { "ONLINE" })?;
                 users.iter().try_for_each(|user| write!(out, " {user}"))
             }
             ServerMsg::Blocked { user } => write!(out, "BLOCKED {user}"),
@@ -655,9 +595,7 @@ impl<'a> PeerMsg<'a> {
                 version: number_field(rest, "version")?,
                 from: name_field(rest, "username")?,
             },
-            "PRIVATE" => PeerMsg::Private {
-                text: text(rest, "message")?,
-            },
+            "PRIVATE" => PeerMsg::Private { text: text(rest, "message")? },
             _ => return Err(ParseError::UnknownVerb),
         };
         finish(rest)?;
@@ -805,15 +743,8 @@ mod tests {
     #[test]
     fn client_frames_round_trip() {
         round_trip_client(ClientMsg::Hello { version: 1 });
-        round_trip_client(ClientMsg::Login {
-            user: "A",
-            p2p_port: 51791,
-            password: "A_pwd",
-        });
-        round_trip_client(ClientMsg::Message {
-            to: "B",
-            text: "hi  there! ",
-        });
+        round_trip_client(ClientMsg::Login { user: "A", p2p_port: 51791, password: "A_pwd" });
+        round_trip_client(ClientMsg::Message { to: "B", text: "hi  there! " });
         round_trip_client(ClientMsg::Broadcast { text: "hello all" });
         round_trip_client(ClientMsg::Online);
         round_trip_client(ClientMsg::Block { user: "B" });
@@ -827,10 +758,7 @@ mod tests {
 
     #[test]
     fn server_frames_round_trip() {
-        round_trip_server(ServerMsg::Hello {
-            version: 1,
-            timeout_secs: 35,
-        });
+        round_trip_server(ServerMsg::Hello { version: 1, timeout_secs: 35 });
         round_trip_server(ServerMsg::Welcome { user: "A" });
         for reason in [
             DenyReason::BadPassword,
@@ -841,25 +769,13 @@ mod tests {
             round_trip_server(ServerMsg::Denied { reason });
         }
         for kind in [MsgKind::Direct, MsgKind::Offline, MsgKind::Broadcast] {
-            round_trip_server(ServerMsg::Msg {
-                seq: 7,
-                kind,
-                from: "A",
-                text: "it's me",
-            });
+            round_trip_server(ServerMsg::Msg { seq: 7, kind, from: "A", text: "it's me" });
         }
-        round_trip_server(ServerMsg::Presence {
-            user: "B",
-            online: true,
-        });
-        round_trip_server(ServerMsg::Presence {
-            user: "B",
-            online: false,
-        });
-        round_trip_server(ServerMsg::Online { users: vec![] });
-        round_trip_server(ServerMsg::Online {
-            users: vec!["A", "C"],
-        });
+        round_trip_server(ServerMsg::Presence { user: "B", online: true });
+        round_trip_server(ServerMsg::Presence { user: "B", online: false });
+        round_trip_server(ServerMsg::Online { users: vec![], more: false });
+        round_trip_server(ServerMsg::Online { users: vec!["A", "C"], more: false });
+        round_trip_server(ServerMsg::Online { users: vec!["A"], more: true });
         round_trip_server(ServerMsg::Blocked { user: "B" });
         round_trip_server(ServerMsg::Unblocked { user: "B" });
         round_trip_server(ServerMsg::ConsentAsked { user: "A" });
@@ -869,11 +785,7 @@ mod tests {
             ip: "129.35.26.1".parse().unwrap(),
             port: 51791,
         });
-        round_trip_server(ServerMsg::Address {
-            user: "A",
-            ip: "::1".parse().unwrap(),
-            port: 1,
-        });
+        round_trip_server(ServerMsg::Address { user: "A", ip: "::1".parse().unwrap(), port: 1 });
         round_trip_server(ServerMsg::AddressChanged { user: "A" });
         for failure in [
             Failure::BlockedBy { user: "A" },
@@ -888,9 +800,7 @@ mod tests {
             Failure::Version,
             Failure::LineTooLong,
             Failure::BadEncoding,
-            Failure::BadCommand {
-                detail: "missing username",
-            },
+            Failure::BadCommand { detail: "missing username" },
         ] {
             round_trip_server(ServerMsg::Fail(failure));
         }
@@ -908,13 +818,7 @@ mod tests {
 
     #[test]
     fn peer_frames_round_trip() {
-        for msg in [
-            PeerMsg::Hello {
-                version: 1,
-                from: "B",
-            },
-            PeerMsg::Private { text: "hello" },
-        ] {
+        for msg in [PeerMsg::Hello { version: 1, from: "B" }, PeerMsg::Private { text: "hello" }] {
             let mut out = String::new();
             msg.encode(&mut out);
             assert_eq!(PeerMsg::parse(&out), Ok(msg));
@@ -925,10 +829,7 @@ mod tests {
     fn message_text_keeps_inner_spaces_and_accepts_crlf() {
         assert_eq!(
             ClientMsg::parse("MESSAGE B it's  user C.\r\n"),
-            Ok(ClientMsg::Message {
-                to: "B",
-                text: "it's  user C."
-            })
+            Ok(ClientMsg::Message { to: "B", text: "it's  user C." })
         );
     }
 
@@ -937,71 +838,29 @@ mod tests {
         assert_eq!(ClientMsg::parse(""), Err(ParseError::Empty));
         assert_eq!(ClientMsg::parse("   \r\n"), Err(ParseError::Empty));
         assert_eq!(ClientMsg::parse("FROB"), Err(ParseError::UnknownVerb));
-        assert_eq!(
-            ClientMsg::parse("message B hi"),
-            Err(ParseError::UnknownVerb)
-        );
-        assert_eq!(
-            ClientMsg::parse("MESSAGE"),
-            Err(ParseError::MissingField("username"))
-        );
-        assert_eq!(
-            ClientMsg::parse("MESSAGE B"),
-            Err(ParseError::MissingField("message"))
-        );
-        assert_eq!(
-            ClientMsg::parse("MESSAGE B   "),
-            Err(ParseError::MissingField("message"))
-        );
-        assert_eq!(
-            ClientMsg::parse("ONLINE now"),
-            Err(ParseError::TrailingData)
-        );
-        assert_eq!(
-            ClientMsg::parse("ACK -1"),
-            Err(ParseError::BadField("sequence number"))
-        );
-        assert_eq!(
-            ClientMsg::parse("ACK +1"),
-            Err(ParseError::BadField("sequence number"))
-        );
+        assert_eq!(ClientMsg::parse("message B hi"), Err(ParseError::UnknownVerb));
+        assert_eq!(ClientMsg::parse("MESSAGE"), Err(ParseError::MissingField("username")));
+        assert_eq!(ClientMsg::parse("MESSAGE B"), Err(ParseError::MissingField("message")));
+        assert_eq!(ClientMsg::parse("MESSAGE B   "), Err(ParseError::MissingField("message")));
+        assert_eq!(ClientMsg::parse("ONLINE now"), Err(ParseError::TrailingData));
+        assert_eq!(ClientMsg::parse("ACK -1"), Err(ParseError::BadField("sequence number")));
+        assert_eq!(ClientMsg::parse("ACK +1"), Err(ParseError::BadField("sequence number")));
         assert_eq!(
             ClientMsg::parse("ACK 99999999999999999999999"),
             Err(ParseError::BadField("sequence number"))
         );
-        assert_eq!(
-            ClientMsg::parse("LOGIN A 70000 pw"),
-            Err(ParseError::BadField("port"))
-        );
-        assert_eq!(
-            ClientMsg::parse("BLOCK a\tb"),
-            Err(ParseError::BadField("username"))
-        );
+        assert_eq!(ClientMsg::parse("LOGIN A 70000 pw"), Err(ParseError::BadField("port")));
+        assert_eq!(ClientMsg::parse("BLOCK a\tb"), Err(ParseError::BadField("username")));
         let long = "x".repeat(MAX_NAME + 1);
         assert_eq!(
             ClientMsg::parse(&format!("BLOCK {long}")),
             Err(ParseError::BadField("username"))
         );
-        assert_eq!(
-            ServerMsg::parse("DENIED maybe"),
-            Err(ParseError::BadField("reason"))
-        );
-        assert_eq!(
-            ServerMsg::parse("PRESENCE A sideways"),
-            Err(ParseError::BadField("state"))
-        );
-        assert_eq!(
-            ServerMsg::parse("ADDRESS A nowhere 1"),
-            Err(ParseError::BadField("ip"))
-        );
-        assert_eq!(
-            ServerMsg::parse("MSG 1 carrier A hi"),
-            Err(ParseError::BadField("kind"))
-        );
-        assert_eq!(
-            ServerMsg::parse("FAIL whatever"),
-            Err(ParseError::BadField("code"))
-        );
+        assert_eq!(ServerMsg::parse("DENIED maybe"), Err(ParseError::BadField("reason")));
+        assert_eq!(ServerMsg::parse("PRESENCE A sideways"), Err(ParseError::BadField("state")));
+        assert_eq!(ServerMsg::parse("ADDRESS A nowhere 1"), Err(ParseError::BadField("ip")));
+        assert_eq!(ServerMsg::parse("MSG 1 carrier A hi"), Err(ParseError::BadField("kind")));
+        assert_eq!(ServerMsg::parse("FAIL whatever"), Err(ParseError::BadField("code")));
     }
 
     #[test]

@@ -34,10 +34,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = simple_logger::SimpleLogger::new()
-        .with_level(args.log_level)
-        .init()
-    {
+    if let Err(e) = simple_logger::SimpleLogger::new().with_level(args.log_level).init() {
         eprintln!("chat-server: cannot start logging: {e}");
         return ExitCode::FAILURE;
     }

@@ -7,8 +7,8 @@
 //!
 //! Handlers only update state and queue replies; they never touch sockets.
 
-use super::core::{ConnId, Core, Stored, UserId};
-use crate::protocol::{ClientMsg, Failure, MsgKind, ServerMsg};
+use super::core::{encode, ConnId, Core, Stored, UserId};
+use crate::protocol::{ClientMsg, Failure, MsgKind, ServerMsg, ONLINE_NAMES_PER_FRAME};
 
 /// When a frame may be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,34 +69,15 @@ impl Core {
         self.users[user].blocked.contains(&other)
     }
 
-    /// Puts a message in `to`'s outbox and sends it now if `to` is online.
-    /// It stays in the outbox until acknowledged.
+    /// Puts a message in `to`'s outbox, where it stays until acknowledged,
+    /// and sends it now if `to` is online and its send window has room.
     fn deliver(&mut self, to: UserId, from: UserId, live_kind: MsgKind, text: &str) {
         let recipient = &mut self.users[to];
         let seq = recipient.next_seq;
         recipient.next_seq += 1;
-        let kind = if recipient.session.is_some() {
-            live_kind
-        } else {
-            MsgKind::Offline
-        };
-        recipient.outbox.push_back(Stored {
-            seq,
-            kind,
-            from,
-            text: text.into(),
-        });
-        if let Some(conn) = recipient.session {
-            let msg = ServerMsg::Msg {
-                seq,
-                kind,
-                from: &self.users[from].name,
-                text,
-            };
-            let mut line = String::new();
-            msg.encode(&mut line);
-            self.push_line(conn, line);
-        }
+        let kind = if recipient.session.is_some() { live_kind } else { MsgKind::Offline };
+        recipient.outbox.push_back(Stored { seq, kind, from, text: text.into() });
+        self.pump(to);
     }
 
     fn message(&mut self, conn: ConnId, me: UserId, to: &str, text: &str) {
@@ -135,9 +116,18 @@ impl Core {
             .filter(|&u| u != me && !self.has_blocked(u, me))
             .map(|u| self.users[u].name.as_str())
             .collect();
-        let mut line = String::new();
-        ServerMsg::Online { users }.encode(&mut line);
-        self.push_line(conn, line);
+        let mut lines = Vec::new();
+        let mut chunks = users.chunks(ONLINE_NAMES_PER_FRAME).peekable();
+        if chunks.peek().is_none() {
+            lines.push(encode(&ServerMsg::Online { users: Vec::new(), more: false }));
+        }
+        while let Some(chunk) = chunks.next() {
+            let more = chunks.peek().is_some();
+            lines.push(encode(&ServerMsg::Online { users: chunk.to_vec(), more }));
+        }
+        for line in lines {
+            self.push_line(conn, line);
+        }
     }
 
     fn block(&mut self, conn: ConnId, me: UserId, name: &str) {
@@ -194,28 +184,26 @@ impl Core {
         self.users[me].address_holders.insert(asker);
         log::info!("user {} gave their address to {name}", self.name(me));
         let granter = self.name(me).to_owned();
-        self.send_to_user(
-            asker,
-            &ServerMsg::Address {
-                user: &granter,
-                ip,
-                port,
-            },
-        );
+        self.send_to_user(asker, &ServerMsg::Address { user: &granter, ip, port });
     }
 
-    /// Drops every outbox entry up to and including `seq`.
+    /// Drops every sent outbox entry up to and including `seq`, then
+    /// refills the send window. Entries not yet sent cannot be acknowledged:
+    /// a confused or hostile ACK must not discard them unseen.
     fn acknowledge(&mut self, me: UserId, seq: u64) {
-        let outbox = &mut self.users[me].outbox;
-        while outbox.front().is_some_and(|stored| stored.seq <= seq) {
-            outbox.pop_front();
+        let user = &mut self.users[me];
+        while user.sent > 0 && user.outbox.front().is_some_and(|stored| stored.seq <= seq) {
+            user.outbox.pop_front();
+            user.sent -= 1;
         }
+        self.pump(me);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::core::tests::Harness;
+    use super::super::core::SEND_WINDOW;
 
     #[test]
     fn message_live_then_acknowledged_is_not_sent_again() {
@@ -313,20 +301,14 @@ mod tests {
         h.line(3, "BROADCAST hello all");
         assert_eq!(
             h.take(),
-            vec![
-                (2, "MSG 1 broadcast C hello all".into()),
-                (3, "FAIL partial-broadcast".into())
-            ]
+            vec![(2, "MSG 1 broadcast C hello all".into()), (3, "FAIL partial-broadcast".into())]
         );
         h.line(2, "BROADCAST hi");
         let mut sent = h.take();
         sent.sort();
         assert_eq!(
             sent,
-            vec![
-                (1, "MSG 1 broadcast B hi".into()),
-                (3, "MSG 1 broadcast B hi".into())
-            ]
+            vec![(1, "MSG 1 broadcast B hi".into()), (3, "MSG 1 broadcast B hi".into())]
         );
     }
 
@@ -370,10 +352,7 @@ mod tests {
         h.line(3, "BLOCK B");
         h.take();
         h.line(3, "LOGOUT");
-        assert_eq!(
-            h.take(),
-            vec![(3, "BYE logout".into()), (1, "PRESENCE C off".into())]
-        );
+        assert_eq!(h.take(), vec![(3, "BYE logout".into()), (1, "PRESENCE C off".into())]);
         assert_eq!(h.closed, vec![3]);
     }
 
@@ -388,10 +367,7 @@ mod tests {
         h.connect(4);
         h.take();
         h.line(4, "LOGIN B 1 B_pwd");
-        assert_eq!(
-            h.take(),
-            vec![(4, "WELCOME B".into()), (3, "PRESENCE B on".into())]
-        );
+        assert_eq!(h.take(), vec![(4, "WELCOME B".into()), (3, "PRESENCE B on".into())]);
     }
 
     #[test]
@@ -412,21 +388,11 @@ mod tests {
         h.login(1, "A");
         h.login(2, "B");
         h.line(2, "GETADDRESS A");
-        assert_eq!(
-            h.take(),
-            vec![
-                (2, "CONSENT-ASKED A".into()),
-                (1, "CONSENT-REQUEST B".into())
-            ]
-        );
+        assert_eq!(h.take(), vec![(2, "CONSENT-ASKED A".into()), (1, "CONSENT-REQUEST B".into())]);
         h.line(1, "CONSENT B");
         assert_eq!(h.take(), vec![(2, "ADDRESS A 127.0.0.1 5001".into())]);
         h.line(1, "CONSENT B");
-        assert_eq!(
-            h.take(),
-            vec![(1, "FAIL no-request B".into())],
-            "consent is used up"
-        );
+        assert_eq!(h.take(), vec![(1, "FAIL no-request B".into())], "consent is used up");
     }
 
     #[test]
@@ -486,10 +452,57 @@ mod tests {
         h.connect(4);
         h.take();
         h.line(4, "LOGIN A 8 A_pwd");
+        assert_eq!(h.take(), vec![(4, "WELCOME A".into()), (2, "PRESENCE A on".into())]);
+    }
+
+    #[test]
+    fn at_most_a_window_of_messages_is_in_flight() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        let total = SEND_WINDOW + 10;
+        for i in 0..total {
+            h.line(1, &format!("MESSAGE B m{i}"));
+        }
+        assert_eq!(h.to(2).len(), SEND_WINDOW);
+        h.line(2, "ACK 3");
         assert_eq!(
-            h.take(),
-            vec![(4, "WELCOME A".into()), (2, "PRESENCE A on".into())]
+            h.to(2),
+            vec!["MSG 65 direct A m64", "MSG 66 direct A m65", "MSG 67 direct A m66"]
         );
+        h.line(2, &format!("ACK {total}"));
+        assert_eq!(h.to(2).len(), 7);
+    }
+
+    #[test]
+    fn an_ack_beyond_what_was_sent_discards_nothing_unsent() {
+        let mut h = Harness::new();
+        h.login(1, "B");
+        h.line(1, "MESSAGE A one");
+        h.connect(2);
+        h.line(2, "LOGIN A 1 A_pwd");
+        h.line(2, "ACK 99");
+        h.line(1, "MESSAGE A two");
+        h.core.disconnected(2);
+        h.connect(3);
+        h.take();
+        h.line(3, "LOGIN A 1 A_pwd");
+        assert_eq!(h.to(3), vec!["WELCOME A", "MSG 2 direct B two"], "ACK 99 covered only one");
+    }
+
+    #[test]
+    fn a_long_online_list_comes_in_several_frames() {
+        let names: Vec<String> = (0..150).map(|i| format!("u{i:03}")).collect();
+        let mut h = Harness::with_users(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        for (conn, name) in names.iter().enumerate() {
+            h.login(conn, name);
+        }
+        h.line(0, "ONLINE");
+        let frames = h.to(0);
+        assert_eq!(frames.len(), 3);
+        assert!(frames[0].starts_with("ONLINE-MORE u001 u002 "));
+        assert!(frames[1].starts_with("ONLINE-MORE u065 "));
+        assert!(frames[2].starts_with("ONLINE u129 ") && frames[2].ends_with(" u149"));
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub type UserId = usize;
 /// Consecutive wrong passwords that lock an account.
 pub const MAX_FAILURES: u8 = 3;
 
+/// Most chat messages sent to a session and not yet acknowledged. The rest
+/// wait in the outbox, so a large backlog (at login, or for a slow reader)
+/// never piles up in the connection's output buffer: with lines of at most
+/// `MAX_LINE` bytes this bounds that buffer's chat content to 256 KiB.
+pub const SEND_WINDOW: usize = 64;
+
 /// Tunables of the state machine.
 #[derive(Debug, Clone, Copy)]
 pub struct CoreConfig {
@@ -83,6 +89,8 @@ pub(super) struct User {
     pub blocked: HashSet<UserId>,
     /// Messages not yet acknowledged, oldest first.
     pub outbox: VecDeque<Stored>,
+    /// How many at the front of `outbox` were sent in the current session.
+    pub sent: usize,
     pub next_seq: u64,
     failures: u8,
     locked_until: Option<Instant>,
@@ -117,24 +125,23 @@ pub struct Core {
     effects: Vec<Effect>,
 }
 
+/// Encodes one frame into a fresh line.
+pub(super) fn encode(msg: &ServerMsg<'_>) -> String {
+    let mut line = String::new();
+    msg.encode(&mut line);
+    line
+}
+
 /// Compares without an early exit, so timing does not reveal how much of a
 /// password guess was right.
 fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Core {
     pub fn new(mut accounts: Vec<Account>, config: CoreConfig) -> Self {
         accounts.sort_by(|a, b| a.name.cmp(&b.name));
-        let by_name = accounts
-            .iter()
-            .enumerate()
-            .map(|(id, a)| (a.name.clone(), id))
-            .collect();
+        let by_name = accounts.iter().enumerate().map(|(id, a)| (a.name.clone(), id)).collect();
         let users = accounts
             .into_iter()
             .map(|Account { name, password }| User {
@@ -143,6 +150,7 @@ impl Core {
                 session: None,
                 blocked: HashSet::new(),
                 outbox: VecDeque::new(),
+                sent: 0,
                 next_seq: 1,
                 failures: 0,
                 locked_until: None,
@@ -182,9 +190,7 @@ impl Core {
     // -- output helpers ------------------------------------------------------
 
     pub(super) fn send(&mut self, conn: ConnId, msg: &ServerMsg<'_>) {
-        let mut line = String::new();
-        msg.encode(&mut line);
-        self.push_line(conn, line);
+        self.push_line(conn, encode(msg));
     }
 
     /// Queues an already encoded line.
@@ -217,28 +223,11 @@ impl Core {
     pub fn connected(&mut self, conn: ConnId, peer: SocketAddr, now: Instant) {
         let due = now + self.config.timeout;
         let ip = peer.ip();
-        self.conns.insert(
-            conn,
-            Conn {
-                ip,
-                user: None,
-                p2p_port: 0,
-                last_seen: now,
-                heartbeat_due: due,
-            },
-        );
-        self.effects.push(Effect::Arm {
-            at: due,
-            timer: Timer::Heartbeat { conn, due },
-        });
+        self.conns
+            .insert(conn, Conn { ip, user: None, p2p_port: 0, last_seen: now, heartbeat_due: due });
+        self.effects.push(Effect::Arm { at: due, timer: Timer::Heartbeat { conn, due } });
         let timeout_secs = self.config.timeout.as_secs();
-        self.send(
-            conn,
-            &ServerMsg::Hello {
-                version: VERSION,
-                timeout_secs,
-            },
-        );
+        self.send(conn, &ServerMsg::Hello { version: VERSION, timeout_secs });
         debug!("connection {conn} from {peer}");
     }
 
@@ -280,11 +269,7 @@ impl Core {
     /// "user A (1.2.3.4)" or "connection 7 (1.2.3.4)", for log lines.
     pub(super) fn describe(&self, conn: ConnId) -> String {
         match self.conns.get(&conn) {
-            Some(Conn {
-                ip,
-                user: Some(user),
-                ..
-            }) => format!("user {} ({ip})", self.name(*user)),
+            Some(Conn { ip, user: Some(user), .. }) => format!("user {} ({ip})", self.name(*user)),
             Some(Conn { ip, .. }) => format!("connection {conn} ({ip})"),
             None => format!("connection {conn}"),
         }
@@ -298,11 +283,9 @@ impl Core {
             (Phase::LoggedIn, Some(user)) => self.command(conn, user, msg),
             (Phase::BeforeLogin | Phase::Any, _) => match msg {
                 ClientMsg::Hello { version } => self.hello(conn, version),
-                ClientMsg::Login {
-                    user,
-                    p2p_port,
-                    password,
-                } => self.login(conn, user, p2p_port, password, now),
+                ClientMsg::Login { user, p2p_port, password } => {
+                    self.login(conn, user, p2p_port, password, now)
+                }
                 _ => {} // PING: arriving was all it had to do.
             },
         }
@@ -327,16 +310,14 @@ impl Core {
     /// Removes a connection and, if it carried a session, takes its user
     /// offline: their outbox stays, their pending consent requests go.
     fn forget(&mut self, conn: ConnId) {
-        let Some(Conn {
-            user: Some(user), ..
-        }) = self.conns.remove(&conn)
-        else {
+        let Some(Conn { user: Some(user), .. }) = self.conns.remove(&conn) else {
             return;
         };
         if self.users[user].session != Some(conn) {
             return;
         }
         self.users[user].session = None;
+        self.users[user].sent = 0;
         self.online.remove(&user);
         for target in std::mem::take(&mut self.users[user].asking) {
             self.users[target].asked_by.remove(&user);
@@ -350,10 +331,7 @@ impl Core {
     /// that `about` came or went.
     fn announce_presence(&mut self, about: UserId, online: bool) {
         let name = self.users[about].name.clone();
-        let msg = ServerMsg::Presence {
-            user: &name,
-            online,
-        };
+        let msg = ServerMsg::Presence { user: &name, online };
         let audience: Vec<UserId> = self
             .online
             .iter()
@@ -386,12 +364,7 @@ impl Core {
         let ip = self.conns.get(&conn).map(|c| c.ip);
         let Some(user) = self.user_id(name) else {
             info!("refused login from {ip:?}: unknown user {name}");
-            self.send(
-                conn,
-                &ServerMsg::Denied {
-                    reason: DenyReason::UnknownUser,
-                },
-            );
+            self.send(conn, &ServerMsg::Denied { reason: DenyReason::UnknownUser });
             return;
         };
         if let Err(reason) = self.check_password(user, password, now) {
@@ -431,20 +404,14 @@ impl Core {
             account.name,
             block_time.as_secs()
         );
-        self.effects.push(Effect::Arm {
-            at: until,
-            timer: Timer::Lockout(user),
-        });
+        self.effects.push(Effect::Arm { at: until, timer: Timer::Lockout(user) });
         Err(DenyReason::NowLocked)
     }
 
     fn start_session(&mut self, conn: ConnId, user: UserId, p2p_port: u16) {
         let replaced = self.users[user].session;
         if let Some(old) = replaced {
-            info!(
-                "user {} logged in again; ending the older session",
-                self.name(user)
-            );
+            info!("user {} logged in again; ending the older session", self.name(user));
             self.bye(old, ByeReason::Replaced);
         }
         let Some(state) = self.conns.get_mut(&conn) else {
@@ -454,11 +421,12 @@ impl Core {
         state.p2p_port = p2p_port;
         let ip = state.ip;
         self.users[user].session = Some(conn);
+        self.users[user].sent = 0;
         self.online.insert(user);
         info!("user {} logged in from {ip}", self.name(user));
         let name = self.users[user].name.clone();
         self.send(conn, &ServerMsg::Welcome { user: &name });
-        self.redeliver(conn, user);
+        self.pump(user);
         for holder in std::mem::take(&mut self.users[user].address_holders) {
             self.send_to_user(holder, &ServerMsg::AddressChanged { user: &name });
         }
@@ -467,22 +435,30 @@ impl Core {
         }
     }
 
-    /// Sends every unacknowledged message again, oldest first.
-    fn redeliver(&mut self, conn: ConnId, user: UserId) {
-        let mut lines = Vec::with_capacity(self.users[user].outbox.len());
-        for stored in &self.users[user].outbox {
-            let msg = ServerMsg::Msg {
-                seq: stored.seq,
-                kind: stored.kind,
-                from: &self.users[stored.from].name,
-                text: &stored.text,
-            };
-            let mut line = String::new();
-            msg.encode(&mut line);
-            lines.push(line);
+    /// Sends outbox entries not yet sent in this session, oldest first,
+    /// while the send window has room.
+    pub(super) fn pump(&mut self, user: UserId) {
+        let Some(conn) = self.users[user].session else {
+            return;
+        };
+        let recipient = &self.users[user];
+        let end = recipient.outbox.len().min(SEND_WINDOW).max(recipient.sent);
+        let lines: Vec<String> = recipient
+            .outbox
+            .range(recipient.sent..end)
+            .map(|stored| {
+                encode(&ServerMsg::Msg {
+                    seq: stored.seq,
+                    kind: stored.kind,
+                    from: &self.users[stored.from].name,
+                    text: &stored.text,
+                })
+            })
+            .collect();
+        self.users[user].sent += lines.len();
+        for line in lines {
+            self.push_line(conn, line);
         }
-        self.effects
-            .extend(lines.into_iter().map(|line| Effect::Send { conn, line }));
     }
 
     // -- timers --------------------------------------------------------------
@@ -515,17 +491,11 @@ impl Core {
         let next = state.last_seen + timeout;
         if next > now {
             state.heartbeat_due = next;
-            self.effects.push(Effect::Arm {
-                at: next,
-                timer: Timer::Heartbeat { conn, due: next },
-            });
+            self.effects
+                .push(Effect::Arm { at: next, timer: Timer::Heartbeat { conn, due: next } });
             return;
         }
-        info!(
-            "{} timed out after {}s of silence",
-            self.describe(conn),
-            timeout.as_secs()
-        );
+        info!("{} timed out after {}s of silence", self.describe(conn), timeout.as_secs());
         self.bye(conn, ByeReason::Timeout);
     }
 }
@@ -548,28 +518,18 @@ pub(super) mod tests {
 
     impl Harness {
         pub fn new() -> Self {
-            let accounts = ["A", "B", "C", "D"]
+            Self::with_users(&["A", "B", "C", "D"])
+        }
+
+        /// A core whose users' passwords are their names plus `_pwd`.
+        pub fn with_users(names: &[&str]) -> Self {
+            let accounts = names
                 .iter()
-                .map(|n| Account {
-                    name: n.to_string(),
-                    password: format!("{n}_pwd"),
-                })
+                .map(|n| Account { name: n.to_string(), password: format!("{n}_pwd") })
                 .collect();
-            let core = Core::new(
-                accounts,
-                CoreConfig {
-                    timeout: TIMEOUT,
-                    block_time: BLOCK,
-                },
-            );
+            let core = Core::new(accounts, CoreConfig { timeout: TIMEOUT, block_time: BLOCK });
             let now = Instant::now();
-            Harness {
-                core,
-                now,
-                armed: Vec::new(),
-                closed: Vec::new(),
-                sent: Vec::new(),
-            }
+            Harness { core, now, armed: Vec::new(), closed: Vec::new(), sent: Vec::new() }
         }
 
         /// Moves the core's effects into the harness's records.
@@ -593,11 +553,7 @@ pub(super) mod tests {
 
         /// Lines sent to `conn` since the last call (others are dropped).
         pub fn to(&mut self, conn: ConnId) -> Vec<String> {
-            self.take()
-                .into_iter()
-                .filter(|(c, _)| *c == conn)
-                .map(|(_, l)| l)
-                .collect()
+            self.take().into_iter().filter(|(c, _)| *c == conn).map(|(_, l)| l).collect()
         }
 
         pub fn connect(&mut self, conn: ConnId) {
@@ -643,10 +599,7 @@ pub(super) mod tests {
         assert_eq!(h.to(2), vec!["HELLO 1 35"]);
         h.line(2, "HELLO 1");
         h.line(2, "LOGIN B 6000 B_pwd");
-        assert_eq!(
-            h.take(),
-            vec![(2, "WELCOME B".into()), (1, "PRESENCE B on".into())]
-        );
+        assert_eq!(h.take(), vec![(2, "WELCOME B".into()), (1, "PRESENCE B on".into())]);
     }
 
     #[test]
@@ -667,10 +620,7 @@ pub(super) mod tests {
         h.line(2, "LOGIN A 1 A_pwd");
         assert_eq!(h.to(2), vec!["HELLO 1 35", "DENIED locked"]);
         h.advance(Duration::from_secs(1));
-        assert!(
-            h.core.users[0].locked_until.is_none(),
-            "the lockout timer cleared the lock"
-        );
+        assert!(h.core.users[0].locked_until.is_none(), "the lockout timer cleared the lock");
         h.line(2, "LOGIN A 1 A_pwd");
         assert_eq!(h.to(2), vec!["WELCOME A"]);
     }
@@ -711,10 +661,7 @@ pub(super) mod tests {
         h.take();
         h.line(1, "LOGIN B 1 B_pwd");
         h.line(1, "HELLO 1");
-        assert_eq!(
-            h.to(1),
-            vec!["FAIL already-logged-in", "FAIL already-logged-in"]
-        );
+        assert_eq!(h.to(1), vec!["FAIL already-logged-in", "FAIL already-logged-in"]);
     }
 
     #[test]
@@ -760,10 +707,7 @@ pub(super) mod tests {
         let sent = h.take();
         assert!(sent.contains(&(1, "BYE timeout".into())));
         assert_eq!(h.closed, vec![1]);
-        assert!(
-            !sent.iter().any(|(c, _)| *c == 2),
-            "B was active and stays: {sent:?}"
-        );
+        assert!(!sent.iter().any(|(c, _)| *c == 2), "B was active and stays: {sent:?}");
         assert_eq!(h.core.online.iter().copied().collect::<Vec<_>>(), vec![1]);
     }
 
@@ -801,10 +745,7 @@ pub(super) mod tests {
         h.connect(1);
         h.take();
         h.advance(TIMEOUT - Duration::from_secs(5));
-        assert!(
-            h.closed.is_empty(),
-            "the old timer must not close the new connection"
-        );
+        assert!(h.closed.is_empty(), "the old timer must not close the new connection");
         h.advance(Duration::from_secs(5));
         assert_eq!(h.to(1), vec!["BYE timeout"]);
         assert_eq!(h.closed, vec![1]);
@@ -835,10 +776,7 @@ pub(super) mod tests {
         h.core.shutdown();
         let mut sent = h.take();
         sent.sort();
-        assert_eq!(
-            sent,
-            vec![(1, "BYE shutdown".into()), (2, "BYE shutdown".into())]
-        );
+        assert_eq!(sent, vec![(1, "BYE shutdown".into()), (2, "BYE shutdown".into())]);
         assert_eq!(h.core.connections(), 0);
     }
 }

@@ -34,7 +34,7 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// until acknowledged, so dropping the connection loses nothing, while
 /// letting the buffer grow would let one stalled reader eat the server's
 /// memory.
-const MAX_PENDING_OUTPUT: usize = 256 * 1024;
+const MAX_PENDING_OUTPUT: usize = 512 * 1024;
 
 /// Most bytes read from one connection per pass, so one flooding client
 /// cannot starve the others.
@@ -109,11 +109,9 @@ impl EventLoop {
     /// Wraps a bound listener; fails only if polling cannot be set up.
     pub fn new(mut listener: TcpListener, core: Core) -> io::Result<Self> {
         let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         Ok(EventLoop {
             poll,
             listener,
@@ -164,20 +162,12 @@ impl EventLoop {
         if !self.unfinished_reads.is_empty() {
             return Some(Duration::ZERO);
         }
-        let close_by = self
-            .closing
-            .iter()
-            .filter_map(|&k| self.conns.get(k)?.close_by)
-            .min();
-        [
-            self.timers.next_deadline(),
-            self.accept_paused_until,
-            close_by,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|at| at.saturating_duration_since(now))
+        let close_by = self.closing.iter().filter_map(|&k| self.conns.get(k)?.close_by).min();
+        [self.timers.next_deadline(), self.accept_paused_until, close_by]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(now))
     }
 
     /// Work done after every poll: leftover reads, timers, effects, writes,
@@ -245,11 +235,7 @@ impl EventLoop {
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, Token(key), Interest::READABLE)
-        {
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
             warn!("cannot register connection from {peer}: {e}");
             return;
         }
@@ -374,9 +360,7 @@ impl EventLoop {
                     Interest::READABLE
                 };
                 if let Err(e) =
-                    self.poll
-                        .registry()
-                        .reregister(&mut conn.stream, Token(key), interest)
+                    self.poll.registry().reregister(&mut conn.stream, Token(key), interest)
                 {
                     debug!("reregister connection {key}: {e}");
                     conn.dead = true;
@@ -434,10 +418,7 @@ impl EventLoop {
             }
         }
         if !self.conns.is_empty() {
-            warn!(
-                "{} clients did not take their shutdown notice in time",
-                self.conns.len()
-            );
+            warn!("{} clients did not take their shutdown notice in time", self.conns.len());
         }
         Ok(())
     }

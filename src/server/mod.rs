@@ -38,10 +38,7 @@ pub struct Config {
 #[derive(Debug)]
 pub enum ServerError {
     Credentials(CredentialsError),
-    Listen {
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
+    Listen { addr: SocketAddr, error: std::io::Error },
     Io(std::io::Error),
 }
 
@@ -69,22 +66,13 @@ fn announce(line: &str) {
 /// serves until SIGINT or SIGTERM.
 pub fn run(config: &Config) -> Result<(), ServerError> {
     let accounts = credentials::load(&config.credentials).map_err(ServerError::Credentials)?;
-    log::info!(
-        "loaded {} users from {}",
-        accounts.len(),
-        config.credentials.display()
-    );
+    log::info!("loaded {} users from {}", accounts.len(), config.credentials.display());
     let addr = SocketAddr::new(config.bind, config.port);
     let listener =
         mio::net::TcpListener::bind(addr).map_err(|error| ServerError::Listen { addr, error })?;
     let local = listener.local_addr().map_err(ServerError::Io)?;
-    let core = Core::new(
-        accounts,
-        CoreConfig {
-            timeout: config.timeout,
-            block_time: config.block_time,
-        },
-    );
+    let core =
+        Core::new(accounts, CoreConfig { timeout: config.timeout, block_time: config.block_time });
     let mut event_loop = EventLoop::new(listener, core).map_err(ServerError::Io)?;
     announce(&format!("Server listening on {local}"));
     event_loop.run().map_err(ServerError::Io)?;

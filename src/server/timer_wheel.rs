@@ -29,12 +29,7 @@ pub struct TimerWheel<T> {
 
 impl<T> TimerWheel<T> {
     pub fn new(start: Instant) -> Self {
-        TimerWheel {
-            start,
-            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
-            done: 0,
-            len: 0,
-        }
+        TimerWheel { start, slots: (0..SLOTS).map(|_| Vec::new()).collect(), done: 0, len: 0 }
     }
 
     /// The tick at or after `at` (deadlines are never fired early).
@@ -137,10 +132,7 @@ mod tests {
         wheel.insert(t0 + secs(SLOTS as f64 + 5.0), 7);
         wheel.insert(t0 + secs(5.0), 3);
         assert_eq!(expire(&mut wheel, t0 + secs(5.0)), vec![3]);
-        assert_eq!(
-            expire(&mut wheel, t0 + secs(SLOTS as f64 + 4.0)),
-            Vec::<u32>::new()
-        );
+        assert_eq!(expire(&mut wheel, t0 + secs(SLOTS as f64 + 4.0)), Vec::<u32>::new());
         assert_eq!(wheel.len(), 1);
         assert_eq!(expire(&mut wheel, t0 + secs(SLOTS as f64 + 5.0)), vec![7]);
     }
