@@ -1,7 +1,7 @@
 //! Server fault handling over real sockets: running out of file
 //! descriptors, and a client that stops reading its output.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
