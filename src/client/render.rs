@@ -1,0 +1,306 @@
+//! The exact text lines the client shows, one function or constant per text.
+//!
+//! Pure: frames and facts go in, lines come out. The texts are a contract
+//! (they follow the original system's transcript), so every one of them is
+//! pinned by a unit test below.
+//!
+//! What happens besides printing (exit codes, storing addresses, ACKs) is
+//! not decided here but in the client's state machine.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use crate::protocol::{ByeReason, DenyReason, Failure, ServerMsg};
+
+pub const WELCOME: &str = "Welcome to the chat system!";
+pub const BAD_PASSWORD: &str = "Invalid Password. Please try again.";
+pub const NOW_LOCKED: &str =
+    "Invalid Password. Your account has been blocked. Please try again later.";
+pub const LOCKED: &str =
+    "Your account is blocked due to multiple login failures. Please try again later.";
+pub const UNKNOWN_USER: &str = "Invalid Username. Please try again.";
+pub const ONLINE_WARNING: &str = "(Warning: Users that have blocked you will not be listed)";
+pub const CONSENT_HOWTO: &str = "To ignore, do nothing. To give consent, enter: consent <user>";
+pub const VERSION_MISMATCH: &str = "The server speaks a different protocol version.";
+pub const LINE_TOO_LONG: &str = "Your line was too long and was discarded.";
+pub const LOGGED_OUT: &str = "Logging out. Bye for now!";
+pub const SHUTDOWN: &str = "Server is shutting down. Press Enter or CTRL-c to exit.";
+pub const TERMINATING: &str = "Client is terminating. Bye!";
+pub const LOST_CONNECTION: &str = "Lost connection to the server.";
+pub const NO_ADDRESS: &str = "Please request user address first (getaddress <user>).";
+
+/// Prompts shown in interactive mode only (no newline after them).
+pub const PROMPT_USER: &str = "Username: ";
+pub const PROMPT_PASSWORD: &str = "Password: ";
+pub const PROMPT_COMMAND: &str = "> ";
+
+/// Replaces control characters in text that came from someone else, so a
+/// message cannot move the cursor, clear the screen or retitle the terminal.
+pub fn clean(text: &str) -> Cow<'_, str> {
+    if text.chars().any(|c| c.is_control() && c != '\t') {
+        Cow::Owned(
+            text.chars()
+                .map(|c| if c.is_control() && c != '\t' { '\u{FFFD}' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// A chat message, whether it came through the server or straight from a peer.
+pub fn chat_line(from: &str, text: &str) -> String {
+    format!("{from}: {}", clean(text))
+}
+
+/// A private message could not be sent to `user` at `addr`. The address is
+/// shown as a Python tuple, as in the original system's transcript.
+pub fn no_longer_available(user: &str, addr: SocketAddr) -> String {
+    format!(
+        "User {user} is no longer available at ('{}', {}). \
+         You can send an offline message through the server.",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+fn deny_line(reason: DenyReason) -> &'static str {
+    match reason {
+        DenyReason::BadPassword => BAD_PASSWORD,
+        DenyReason::NowLocked => NOW_LOCKED,
+        DenyReason::Locked => LOCKED,
+        DenyReason::UnknownUser => UNKNOWN_USER,
+    }
+}
+
+fn failure_line(failure: &Failure<'_>) -> String {
+    match failure {
+        Failure::BlockedBy { .. } => {
+            "Your message could not be delivered as the recipient has blocked you.".into()
+        }
+        Failure::PartialBroadcast => {
+            "Your message could not be received by some recipients.".into()
+        }
+        Failure::GetAddress { user } => format!("getaddress request for {user} failed."),
+        Failure::UnknownUser { user } => format!("User {user} does not exist."),
+        Failure::NotYourself => "You cannot do that to yourself.".into(),
+        Failure::NoRequest { user } => format!("User {user} has not asked for your consent."),
+        Failure::NotBlocked { user } => format!("User {user} is not blocked."),
+        Failure::NotLoggedIn => "Please log in first.".into(),
+        Failure::AlreadyLoggedIn => "You are already logged in.".into(),
+        Failure::Version => VERSION_MISMATCH.into(),
+        Failure::LineTooLong => LINE_TOO_LONG.into(),
+        Failure::BadEncoding => "Your line was not valid UTF-8 and was discarded.".into(),
+        Failure::BadCommand { detail } => {
+            format!("The server rejected the command: {}.", clean(detail))
+        }
+    }
+}
+
+fn bye_lines(reason: ByeReason) -> Vec<String> {
+    let lines: &[&str] = match reason {
+        ByeReason::Logout => &[LOGGED_OUT],
+        ByeReason::Shutdown => &[SHUTDOWN, TERMINATING],
+        ByeReason::Replaced => &["You have logged in from another client. This session has ended."],
+        ByeReason::Timeout => &["The server ended this session: no heartbeat arrived in time."],
+        ByeReason::TooSlow => &["The server ended this session: output was not read fast enough."],
+        ByeReason::ProtocolError => &["The server ended this session after a protocol error."],
+    };
+    lines.iter().map(|line| (*line).to_owned()).collect()
+}
+
+/// The lines shown for a frame from the server; `me` is this client's user
+/// name (the consent confirmation names it, as the transcript does).
+pub fn server_lines(msg: &ServerMsg<'_>, me: &str) -> Vec<String> {
+    match msg {
+        ServerMsg::Hello { .. } => Vec::new(),
+        ServerMsg::Welcome { .. } => vec![WELCOME.into()],
+        ServerMsg::Denied { reason } => vec![deny_line(*reason).into()],
+        ServerMsg::Msg { from, text, .. } => vec![chat_line(from, text)],
+        ServerMsg::Presence { user, online: true } => vec![format!("User {user} has logged on.")],
+        ServerMsg::Presence { user, online: false } => {
+            vec![format!("User {user} has logged out.")]
+        }
+        ServerMsg::Online { users, more } => {
+            let mut lines: Vec<String> = users.iter().map(|user| (*user).to_owned()).collect();
+            if !more {
+                lines.push(ONLINE_WARNING.into());
+            }
+            lines
+        }
+        ServerMsg::Blocked { user } => vec![format!("User {user} has been blocked.")],
+        ServerMsg::Unblocked { user } => vec![format!("User {user} has been unblocked.")],
+        // The transcript's words name the requester, i.e. this client's user.
+        ServerMsg::ConsentAsked { .. } => vec![format!("consent asked from User {me}.")],
+        ServerMsg::ConsentRequest { user } => {
+            vec![format!("User {user} is asking for consent."), CONSENT_HOWTO.into()]
+        }
+        ServerMsg::Address { user, ip, port } => {
+            vec![format!("User {user} ip: {ip}, port: {port}")]
+        }
+        ServerMsg::AddressChanged { user } => {
+            vec![format!("User {user} has changed IP addresses. Ask for the address again.")]
+        }
+        ServerMsg::Fail(failure) => vec![failure_line(failure)],
+        ServerMsg::Bye { reason } => bye_lines(*reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MsgKind;
+
+    fn one(msg: ServerMsg<'_>) -> String {
+        let lines = server_lines(&msg, "B");
+        assert_eq!(lines.len(), 1, "{msg:?} gave {lines:?}");
+        lines.into_iter().next().unwrap_or_default()
+    }
+
+    #[test]
+    fn login_texts() {
+        assert!(server_lines(&ServerMsg::Hello { version: 1, timeout_secs: 35 }, "A").is_empty());
+        assert_eq!(one(ServerMsg::Welcome { user: "A" }), "Welcome to the chat system!");
+        assert_eq!(
+            one(ServerMsg::Denied { reason: DenyReason::BadPassword }),
+            "Invalid Password. Please try again."
+        );
+        assert_eq!(
+            one(ServerMsg::Denied { reason: DenyReason::NowLocked }),
+            "Invalid Password. Your account has been blocked. Please try again later."
+        );
+        assert_eq!(
+            one(ServerMsg::Denied { reason: DenyReason::Locked }),
+            "Your account is blocked due to multiple login failures. Please try again later."
+        );
+        assert_eq!(
+            one(ServerMsg::Denied { reason: DenyReason::UnknownUser }),
+            "Invalid Username. Please try again."
+        );
+    }
+
+    #[test]
+    fn chat_texts() {
+        for kind in [MsgKind::Direct, MsgKind::Offline, MsgKind::Broadcast] {
+            assert_eq!(
+                one(ServerMsg::Msg { seq: 1, kind, from: "A", text: "hi there!" }),
+                "A: hi there!"
+            );
+        }
+        assert_eq!(one(ServerMsg::Presence { user: "B", online: true }), "User B has logged on.");
+        assert_eq!(one(ServerMsg::Presence { user: "C", online: false }), "User C has logged out.");
+        assert_eq!(
+            server_lines(&ServerMsg::Online { users: vec!["A", "C"], more: false }, "B"),
+            vec!["A", "C", "(Warning: Users that have blocked you will not be listed)"]
+        );
+        assert_eq!(
+            server_lines(&ServerMsg::Online { users: vec![], more: false }, "B"),
+            vec!["(Warning: Users that have blocked you will not be listed)"]
+        );
+        assert_eq!(
+            server_lines(&ServerMsg::Online { users: vec!["A", "C"], more: true }, "B"),
+            vec!["A", "C"]
+        );
+        assert_eq!(one(ServerMsg::Blocked { user: "B" }), "User B has been blocked.");
+        assert_eq!(one(ServerMsg::Unblocked { user: "B" }), "User B has been unblocked.");
+    }
+
+    #[test]
+    fn consent_and_address_texts() {
+        // Sent to requester B about A: the text names B, as the transcript does.
+        assert_eq!(one(ServerMsg::ConsentAsked { user: "A" }), "consent asked from User B.");
+        assert_eq!(
+            server_lines(&ServerMsg::ConsentRequest { user: "B" }, "A"),
+            vec![
+                "User B is asking for consent.",
+                "To ignore, do nothing. To give consent, enter: consent <user>"
+            ]
+        );
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(
+            one(ServerMsg::Address { user: "A", ip, port: 51791 }),
+            "User A ip: 127.0.0.1, port: 51791"
+        );
+        assert_eq!(
+            one(ServerMsg::AddressChanged { user: "A" }),
+            "User A has changed IP addresses. Ask for the address again."
+        );
+    }
+
+    #[test]
+    fn failure_texts() {
+        let cases = [
+            (
+                Failure::BlockedBy { user: "A" },
+                "Your message could not be delivered as the recipient has blocked you.",
+            ),
+            (Failure::PartialBroadcast, "Your message could not be received by some recipients."),
+            (Failure::GetAddress { user: "C" }, "getaddress request for C failed."),
+            (Failure::UnknownUser { user: "Z" }, "User Z does not exist."),
+            (Failure::NotYourself, "You cannot do that to yourself."),
+            (Failure::NoRequest { user: "B" }, "User B has not asked for your consent."),
+            (Failure::NotBlocked { user: "B" }, "User B is not blocked."),
+            (Failure::NotLoggedIn, "Please log in first."),
+            (Failure::AlreadyLoggedIn, "You are already logged in."),
+            (Failure::Version, "The server speaks a different protocol version."),
+            (Failure::LineTooLong, "Your line was too long and was discarded."),
+            (Failure::BadEncoding, "Your line was not valid UTF-8 and was discarded."),
+            (
+                Failure::BadCommand { detail: "missing username" },
+                "The server rejected the command: missing username.",
+            ),
+        ];
+        for (failure, text) in cases {
+            assert_eq!(one(ServerMsg::Fail(failure)), text);
+        }
+    }
+
+    #[test]
+    fn bye_texts() {
+        let bye = |reason| server_lines(&ServerMsg::Bye { reason }, "A");
+        assert_eq!(bye(ByeReason::Logout), vec!["Logging out. Bye for now!"]);
+        assert_eq!(
+            bye(ByeReason::Shutdown),
+            vec![
+                "Server is shutting down. Press Enter or CTRL-c to exit.",
+                "Client is terminating. Bye!"
+            ]
+        );
+        assert_eq!(
+            bye(ByeReason::Replaced),
+            vec!["You have logged in from another client. This session has ended."]
+        );
+        assert_eq!(
+            bye(ByeReason::Timeout),
+            vec!["The server ended this session: no heartbeat arrived in time."]
+        );
+        assert_eq!(
+            bye(ByeReason::TooSlow),
+            vec!["The server ended this session: output was not read fast enough."]
+        );
+        assert_eq!(
+            bye(ByeReason::ProtocolError),
+            vec!["The server ended this session after a protocol error."]
+        );
+    }
+
+    #[test]
+    fn client_side_texts() {
+        assert_eq!(NO_ADDRESS, "Please request user address first (getaddress <user>).");
+        assert_eq!(TERMINATING, "Client is terminating. Bye!");
+        assert_eq!(LOST_CONNECTION, "Lost connection to the server.");
+        assert_eq!(chat_line("B", "hello"), "B: hello");
+        let addr = SocketAddr::from(([127, 0, 0, 1], 51791));
+        assert_eq!(
+            no_longer_available("A", addr),
+            "User A is no longer available at ('127.0.0.1', 51791). \
+             You can send an offline message through the server."
+        );
+    }
+
+    #[test]
+    fn control_characters_from_others_are_neutralised() {
+        assert_eq!(chat_line("A", "a\u{1b}[2Jb\tc"), "A: a\u{FFFD}[2Jb\tc");
+        assert!(matches!(clean("plain text"), Cow::Borrowed(_)));
+    }
+}
