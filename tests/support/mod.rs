@@ -1,0 +1,335 @@
+//! Test harness: the real `chat-server` and `chat-client` binaries on
+//! 127.0.0.1 with ephemeral ports, driven through stdin and stdout.
+//!
+//! Every wait has a timeout and reports everything seen so far when it runs
+//! out; nothing sleeps and hopes. Every child process is killed on drop.
+
+#![allow(dead_code)] // Each test file uses its own subset.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How long any expected output may take. Generous: tests must pass on two
+/// busy cores.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub const USERS: &[(&str, &str)] = &[("A", "A_pwd"), ("B", "B_pwd"), ("C", "C_pwd")];
+
+/// A fresh directory for one test's files.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("chat-test-{}-{n}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+pub fn write_credentials(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join("credentials.txt");
+    let text: String = users.iter().map(|(u, p)| format!("{u} {p}\n")).collect();
+    std::fs::write(&path, text).expect("write credentials");
+    path
+}
+
+/// Lines a child process printed, collected by a reader thread.
+pub struct Output {
+    lines: Receiver<String>,
+    pub seen: Vec<String>,
+    what: String,
+}
+
+impl Output {
+    fn new(stream: impl std::io::Read + Send + 'static, what: String) -> Output {
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Output { lines: rx, seen: Vec::new(), what }
+    }
+
+    /// The next line, or `None` at end of output; panics after [`WAIT`].
+    pub fn next_line(&mut self) -> Option<String> {
+        match self.lines.recv_timeout(WAIT) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("{}: no output within {WAIT:?}; saw {:#?}", self.what, self.seen)
+            }
+        }
+    }
+
+    /// Asserts that the next line is `want`.
+    pub fn expect_next(&mut self, want: &str) {
+        let got = self.next_line();
+        assert_eq!(
+            got.as_deref(),
+            Some(want),
+            "{}: unexpected line; saw {:#?}",
+            self.what,
+            self.seen
+        );
+    }
+
+    /// Waits for `want`, returning the lines before it.
+    pub fn expect(&mut self, want: &str) -> Vec<String> {
+        let mut skipped = Vec::new();
+        loop {
+            match self.next_line() {
+                Some(line) if line == want => return skipped,
+                Some(line) => skipped.push(line),
+                None => panic!("{}: output ended before {want:?}; saw {:#?}", self.what, self.seen),
+            }
+        }
+    }
+
+    /// Asserts that the output ends with no further line.
+    pub fn expect_end(&mut self) {
+        let got = self.next_line();
+        assert_eq!(got, None, "{}: expected end of output; saw {:#?}", self.what, self.seen);
+    }
+}
+
+/// Waits for a child to exit, killing it after [`WAIT`].
+fn wait_exit(child: &mut Child, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends a signal by name (`INT`, `TERM`, `KILL`, `STOP`, `CONT`).
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+    assert!(status.expect("run kill").success(), "kill -{name} {pid} failed");
+}
+
+/// A running `chat-server`.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub out: Output,
+    pub dir: PathBuf,
+}
+
+impl Server {
+    /// Starts a server for [`USERS`] with extra flags.
+    pub fn start(name: &str, flags: &[&str]) -> Server {
+        Self::start_with(name, USERS, flags)
+    }
+
+    pub fn start_with(name: &str, users: &[(&str, &str)], flags: &[&str]) -> Server {
+        let dir = temp_dir(name);
+        let credentials = write_credentials(&dir, users);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--bind", "127.0.0.1", "--log-level", "warn", "--credentials"])
+            .arg(&credentials)
+            .args(flags)
+            .arg("0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chat-server");
+        let stdout = child.stdout.take().expect("server stdout");
+        let mut out = Output::new(stdout, format!("server {name}"));
+        let first = out.next_line().expect("server printed nothing");
+        let port = first
+            .strip_prefix("Server listening on 127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first server line {first:?}"));
+        Server { child, port, out, dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Starts a client logged in as `user` (password from [`USERS`]-style
+    /// `<user>_pwd`), waiting for its welcome line.
+    pub fn login(&self, user: &str) -> Client {
+        let mut client = self.client(&["--user", user], Some(&format!("{user}_pwd")));
+        client.out.expect_next("Welcome to the chat system!");
+        client
+    }
+
+    /// Starts a client with the given flags and optional CHAT_PASSWORD.
+    pub fn client(&self, flags: &[&str], password: Option<&str>) -> Client {
+        Client::spawn(self.port, flags, password, Stdio::piped())
+    }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        wait_exit(&mut self.child, "chat-server")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `chat-client`.
+pub struct Client {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub out: Output,
+    stderr: Option<std::process::ChildStderr>,
+}
+
+impl Client {
+    pub fn spawn(port: u16, flags: &[&str], password: Option<&str>, stdin: Stdio) -> Client {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chat-client"));
+        command.args(flags).arg("127.0.0.1").arg(port.to_string());
+        command.env_remove("CHAT_PASSWORD");
+        if let Some(password) = password {
+            command.env("CHAT_PASSWORD", password);
+        }
+        let mut child = command
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chat-client");
+        let stdout = child.stdout.take().expect("client stdout");
+        let what = format!("client {}", flags.join(" "));
+        Client {
+            stdin: child.stdin.take(),
+            stderr: child.stderr.take(),
+            out: Output::new(stdout, what),
+            child,
+        }
+    }
+
+    /// A client whose stdin is the file at `path`.
+    pub fn from_file(port: u16, user: &str, path: &Path) -> Client {
+        let file = File::open(path).expect("open input file");
+        Client::spawn(port, &["--user", user], Some(&format!("{user}_pwd")), Stdio::from(file))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Types one line.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is closed");
+        writeln!(stdin, "{line}").expect("write to client");
+        stdin.flush().expect("flush client stdin");
+    }
+
+    /// Ends the client's input.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for exit and returns the exit code (None if killed by a signal).
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        wait_exit(&mut self.child, "chat-client").code()
+    }
+
+    /// Everything the client wrote to stderr (after it exited).
+    pub fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut stderr) = self.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a binary to completion with a timeout: (exit code, stdout, stderr).
+pub fn run(bin: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = wait_exit(&mut child, bin);
+    let mut out = String::new();
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out);
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err);
+    (status.code(), out, err)
+}
+
+/// A raw protocol connection to the server.
+pub struct Raw {
+    reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("set timeout");
+        let writer = stream.try_clone().expect("clone stream");
+        Raw { writer, reader: BufReader::new(stream) }
+    }
+
+    /// Connects and logs in, consuming lines up to WELCOME.
+    pub fn login(port: u16, user: &str, password: &str) -> Raw {
+        let mut raw = Raw::connect(port);
+        raw.send(&format!("HELLO 1\nLOGIN {user} 1 {password}"));
+        raw.until(&format!("WELCOME {user}"));
+        raw
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.writer.write_all(format!("{line}\n").as_bytes()).expect("send");
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send");
+    }
+
+    /// The next line (empty at end of stream).
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read line");
+        line.trim_end().to_owned()
+    }
+
+    /// Reads lines until `want`, returning those before it.
+    pub fn until(&mut self, want: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = self.line();
+            assert!(!line.is_empty(), "connection ended before {want:?}; saw {seen:?}");
+            if line == want {
+                return seen;
+            }
+            seen.push(line);
+        }
+    }
+}
