@@ -139,9 +139,21 @@ impl Server {
     }
 
     pub fn start_with(name: &str, users: &[(&str, &str)], flags: &[&str]) -> Server {
+        Self::launch(name, users, flags, Command::new(env!("CARGO_BIN_EXE_chat-server")))
+    }
+
+    /// Starts a server for [`USERS`] allowed at most `limit` open files.
+    pub fn start_with_fd_limit(name: &str, limit: u32) -> Server {
+        let mut shell = Command::new("sh");
+        shell.arg("-c").arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""));
+        shell.arg(env!("CARGO_BIN_EXE_chat-server"));
+        Self::launch(name, USERS, &[], shell)
+    }
+
+    fn launch(name: &str, users: &[(&str, &str)], flags: &[&str], mut command: Command) -> Server {
         let dir = temp_dir(name);
         let credentials = write_credentials(&dir, users);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        let mut child = command
             .args(["--bind", "127.0.0.1", "--log-level", "warn", "--credentials"])
             .arg(&credentials)
             .args(flags)
