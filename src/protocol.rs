@@ -10,6 +10,7 @@
 //! *means* (who may send it, what it does) belongs to the server and client.
 
 use std::fmt::{self, Write as _};
+use std::io::{self, Read};
 use std::net::IpAddr;
 
 /// Protocol version exchanged in `HELLO` at connect.
@@ -634,22 +635,18 @@ pub enum Line<'a> {
 }
 
 impl LineBuffer {
-    /// Room to read into: at most what keeps a partial line within
-    /// [`MAX_LINE`], so an endless line never grows the buffer.
-    pub fn read_space(&mut self) -> &mut [u8] {
+    /// Makes one `read` call on `reader` into the buffer, reading at most
+    /// what keeps a partial line within [`MAX_LINE`], so an endless line
+    /// never grows the buffer. Returns what `read` returned (0: end of
+    /// input). Generic over [`Read`] so the module stays free of sockets.
+    pub fn read_from(&mut self, reader: &mut impl Read) -> io::Result<usize> {
         self.compact();
         let len = self.buf.len();
-        let want = MAX_LINE.saturating_sub(len).max(1);
-        self.buf.resize(len + want, 0);
-        &mut self.buf[len..]
-    }
-
-    /// Records that `n` bytes were read into the slice from [`read_space`].
-    ///
-    /// [`read_space`]: LineBuffer::read_space
-    pub fn commit(&mut self, n: usize, space: usize) {
-        let len = self.buf.len();
-        self.buf.truncate(len - space + n);
+        let room = MAX_LINE.saturating_sub(len).max(1);
+        self.buf.resize(len + room, 0);
+        let result = reader.read(&mut self.buf[len..]);
+        self.buf.truncate(len + *result.as_ref().unwrap_or(&0));
+        result
     }
 
     /// Appends bytes (for callers that already hold them).
@@ -902,11 +899,8 @@ mod tests {
     #[test]
     fn line_buffer_drops_over_long_lines_without_holding_them() {
         let mut buf = LineBuffer::default();
-        let space = buf.read_space();
-        let n = space.len();
-        assert_eq!(n, MAX_LINE);
-        space.fill(b'x');
-        buf.commit(n, n);
+        let endless = [b'x'; 2 * MAX_LINE];
+        assert_eq!(buf.read_from(&mut &endless[..]).unwrap(), MAX_LINE);
         assert_eq!(lines(&mut buf), vec![b"<too long>".to_vec()]);
         assert_eq!(buf.pending(), 0);
         // The rest of the long line is skipped, and reported only once.
@@ -917,12 +911,13 @@ mod tests {
     }
 
     #[test]
-    fn line_buffer_read_space_is_bounded() {
+    fn line_buffer_reads_are_bounded_by_the_line_limit() {
         let mut buf = LineBuffer::default();
         buf.extend(b"partial");
-        let space = buf.read_space().len();
-        assert_eq!(space, MAX_LINE - 7);
-        buf.commit(0, space);
-        assert_eq!(buf.pending(), 7);
+        let endless = [b'x'; 2 * MAX_LINE];
+        assert_eq!(buf.read_from(&mut &endless[..]).unwrap(), MAX_LINE - 7);
+        assert_eq!(buf.pending(), MAX_LINE);
+        assert_eq!(buf.read_from(&mut &b""[..]).unwrap(), 0);
+        assert_eq!(buf.pending(), MAX_LINE);
     }
 }

@@ -22,7 +22,7 @@ pub mod stdin;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
@@ -477,11 +477,7 @@ impl Client {
     /// Reads and handles every complete line the server sent.
     fn read_server(&mut self) -> Result<ReadOutcome, End> {
         loop {
-            let space = self.server.input.read_space();
-            let len = space.len();
-            let result = self.server.stream.read(space);
-            self.server.input.commit(*result.as_ref().unwrap_or(&0), len);
-            match result {
+            match self.server.input.read_from(&mut self.server.stream) {
                 Ok(0) => return Ok(ReadOutcome::Closed),
                 Ok(_) => self.server_lines()?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -11,7 +11,7 @@
 //! reports [`PeerNotice`]s and send failures, and the state machine decides
 //! what the user sees and which address to forget.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -150,11 +150,7 @@ impl Peers {
     fn read(&mut self, key: usize, notices: &mut Vec<PeerNotice>) -> bool {
         let conn = &mut self.conns[key];
         loop {
-            let space = conn.input.read_space();
-            let len = space.len();
-            let result = conn.stream.read(space);
-            conn.input.commit(*result.as_ref().unwrap_or(&0), len);
-            match result {
+            match conn.input.read_from(&mut conn.stream) {
                 Ok(0) => return false,
                 Ok(_) => {
                     if !conn.take_lines(notices) {
@@ -365,7 +361,7 @@ pub fn write_some(stream: &mut impl Write, output: &mut Vec<u8>) -> io::Result<b
 mod tests {
     use super::*;
     use mio::{Events, Poll};
-    use std::io::BufRead;
+    use std::io::{BufRead, Read};
     use std::time::Instant;
 
     const LISTENER: Token = Token(1);

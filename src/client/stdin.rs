@@ -67,20 +67,14 @@ fn convert(line: Line<'_>) -> StdinEvent {
 fn read_all(mut input: impl Read, tx: &SyncSender<StdinEvent>, waker: &Waker) {
     let mut buf = LineBuffer::default();
     loop {
-        let space = buf.read_space();
-        let len = space.len();
-        let n = match input.read(space) {
+        let n = match buf.read_from(&mut input) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                buf.commit(0, len);
-                continue;
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 deliver(tx, waker, StdinEvent::Error(e));
                 return;
             }
         };
-        buf.commit(n, len);
         if n == 0 {
             // A last line without a newline still counts.
             if let Some(line) = buf.take_last() {

@@ -12,7 +12,7 @@
 //! A connection is marked for closing and freed at the end of the pass,
 //! never in the middle of one.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Write};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -264,30 +264,21 @@ impl EventLoop {
         let mut total = 0;
         let mut ended = false;
         while total < READ_BUDGET {
-            let space = conn.input.read_space();
-            let room = space.len();
-            match conn.stream.read(space) {
+            match conn.input.read_from(&mut conn.stream) {
                 Ok(0) => {
-                    conn.input.commit(0, room);
                     ended = true;
                     break;
                 }
                 Ok(n) => {
-                    conn.input.commit(n, room);
                     total += n;
                     feed_lines(&mut conn.input, &mut self.core, key, now);
                 }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
-                    conn.input.commit(0, room);
-                    match e.kind() {
-                        ErrorKind::WouldBlock => break,
-                        ErrorKind::Interrupted => continue,
-                        _ => {
-                            debug!("read from connection {key}: {e}");
-                            ended = true;
-                            break;
-                        }
-                    }
+                    debug!("read from connection {key}: {e}");
+                    ended = true;
+                    break;
                 }
             }
         }
