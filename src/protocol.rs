@@ -266,6 +266,33 @@ impl MsgKind {
     }
 }
 
+/// Why an accepted direct message was saved instead of delivered now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueReason {
+    /// The recipient is not logged in.
+    Offline,
+    /// The recipient's session ended before its client acknowledged the
+    /// message (it was killed, hung, or timed out).
+    Unreachable,
+}
+
+impl QueueReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueReason::Offline => "offline",
+            QueueReason::Unreachable => "unreachable",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, ParseError> {
+        match s {
+            "offline" => Ok(QueueReason::Offline),
+            "unreachable" => Ok(QueueReason::Unreachable),
+            _ => Err(ParseError::BadField("reason")),
+        }
+    }
+}
+
 /// Why a login was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
@@ -371,6 +398,8 @@ pub enum Failure<'a> {
     LineTooLong,
     /// The line was not valid UTF-8.
     BadEncoding,
+    /// The recipient's outbox is full: the message was not accepted.
+    QueueFull { user: &'a str },
     /// The line did not parse; `detail` says why.
     BadCommand { detail: &'a str },
 }
@@ -390,6 +419,7 @@ impl Failure<'_> {
             Failure::Version => out.write_str("version"),
             Failure::LineTooLong => out.write_str("line-too-long"),
             Failure::BadEncoding => out.write_str("bad-encoding"),
+            Failure::QueueFull { user } => write!(out, "queue-full {user}"),
             Failure::BadCommand { detail } => write!(out, "bad-command {detail}"),
         }
     }
@@ -409,6 +439,7 @@ impl Failure<'_> {
             "version" => Failure::Version,
             "line-too-long" => Failure::LineTooLong,
             "bad-encoding" => Failure::BadEncoding,
+            "queue-full" => Failure::QueueFull { user: name_field(rest, "username")? },
             "bad-command" => Failure::BadCommand { detail: text(rest, "detail")? },
             _ => return Err(ParseError::BadField("code")),
         })
@@ -438,6 +469,17 @@ pub enum ServerMsg<'a> {
         kind: MsgKind,
         from: &'a str,
         text: &'a str,
+    },
+    /// The recipient `user`'s client acknowledged a direct message this
+    /// client sent while `user` was online.
+    Delivered {
+        user: &'a str,
+    },
+    /// A direct message to `user` was saved in their outbox, to be
+    /// delivered at their next login.
+    Queued {
+        user: &'a str,
+        reason: QueueReason,
     },
     /// `user` logged on (`online == true`) or out.
     Presence {
@@ -501,6 +543,11 @@ impl<'a> ServerMsg<'a> {
                 from: name_field(rest, "username")?,
                 text: text(rest, "message")?,
             },
+            "DELIVERED" => ServerMsg::Delivered { user: name_field(rest, "username")? },
+            "QUEUED" => ServerMsg::Queued {
+                user: name_field(rest, "username")?,
+                reason: QueueReason::parse(field(rest, "reason")?)?,
+            },
             "PRESENCE" => {
                 let user = name_field(rest, "username")?;
                 let online = match field(rest, "state")? {
@@ -552,6 +599,8 @@ impl<'a> ServerMsg<'a> {
             ServerMsg::Msg { seq, kind, from, text } => {
                 write!(out, "MSG {seq} {} {from} {text}", kind.as_str())
             }
+            ServerMsg::Delivered { user } => write!(out, "DELIVERED {user}"),
+            ServerMsg::Queued { user, reason } => write!(out, "QUEUED {user} {}", reason.as_str()),
             ServerMsg::Presence { user, online } => {
                 write!(out, "PRESENCE {user} {}", if *online { "on" } else { "off" })
             }
@@ -768,6 +817,10 @@ mod tests {
         for kind in [MsgKind::Direct, MsgKind::Offline, MsgKind::Broadcast] {
             round_trip_server(ServerMsg::Msg { seq: 7, kind, from: "A", text: "it's me" });
         }
+        round_trip_server(ServerMsg::Delivered { user: "B" });
+        for reason in [QueueReason::Offline, QueueReason::Unreachable] {
+            round_trip_server(ServerMsg::Queued { user: "B", reason });
+        }
         round_trip_server(ServerMsg::Presence { user: "B", online: true });
         round_trip_server(ServerMsg::Presence { user: "B", online: false });
         round_trip_server(ServerMsg::Online { users: vec![], more: false });
@@ -797,6 +850,7 @@ mod tests {
             Failure::Version,
             Failure::LineTooLong,
             Failure::BadEncoding,
+            Failure::QueueFull { user: "A" },
             Failure::BadCommand { detail: "missing username" },
         ] {
             round_trip_server(ServerMsg::Fail(failure));

@@ -45,7 +45,7 @@ fn out_of_file_descriptors_neither_exits_nor_spins_and_recovers() {
 
 #[test]
 fn a_client_that_stops_reading_slows_no_one_and_loses_nothing() {
-    let server = Server::start("slow", &[]);
+    let server = Server::start("slow", &["--max-queued", "5000"]);
     let mut a = Raw::login(server.port, "A", "A_pwd");
     // B logs in and then never reads again.
     let _stalled = Raw::login(server.port, "B", "B_pwd");
@@ -84,4 +84,10 @@ fn a_client_that_stops_reading_slows_no_one_and_loses_nothing() {
     }
     b.send("ONLINE");
     assert_eq!(b.line(), "ONLINE A C", "nothing more was queued for B");
+    // A heard, for each message in flight when the stalled session ended,
+    // that it will come at B's next login.
+    a.send("ONLINE");
+    let notices = a.until("ONLINE B C");
+    assert!(!notices.is_empty());
+    assert!(notices.iter().all(|l| l == "QUEUED B unreachable"), "{notices:?}");
 }

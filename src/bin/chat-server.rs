@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::Parser;
 
 /// The chat server: one event loop serving every client.
@@ -25,6 +26,21 @@ struct Args {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
     bind: IpAddr,
+    /// Most messages waiting in one user's outbox; past it, senders are
+    /// told the message was not accepted.
+    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_MAX_QUEUED,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000).map(|n| n as usize))]
+    max_queued: usize,
+    /// Most bytes queued for one connection that is not reading; chat
+    /// messages past half of it wait in the outbox instead.
+    #[arg(long, value_name = "BYTES", default_value_t = chat::server::DEFAULT_MAX_OUTPUT,
+          value_parser = clap::value_parser!(u32).range(16_384..=1_073_741_824).map(|n| n as usize))]
+    max_output: usize,
+    /// Keep outboxes, block lists and lockouts in DIR, so that they survive
+    /// a restart or crash (an append-only journal). Without it, state is
+    /// kept in memory only.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Log level on stderr: error, warn, info, debug, trace or off.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
@@ -44,6 +60,9 @@ fn main() -> ExitCode {
         port: args.port,
         timeout: Duration::from_secs(args.timeout),
         block_time: Duration::from_secs(args.block_time),
+        max_queued: args.max_queued,
+        max_output: args.max_output,
+        state_dir: args.state_dir,
     };
     match chat::server::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -257,6 +257,9 @@ struct Client {
     next_ping: Option<Instant>,
     /// Peer-to-peer addresses granted by consent.
     addresses: HashMap<String, SocketAddr>,
+    /// Highest message sequence number shown: the server numbers each
+    /// user's messages in order, so one at or below it is a repeat.
+    last_seq: u64,
 }
 
 /// Runs one client session until it ends.
@@ -337,6 +340,7 @@ impl Client {
             ping_every: Duration::from_secs(1),
             next_ping: None,
             addresses: HashMap::new(),
+            last_seq: 0,
         })
     }
 
@@ -514,6 +518,13 @@ impl Client {
                 self.out.line(render::VERSION_MISMATCH)?;
                 return Err(End::Exit(Exit::Failure));
             }
+        }
+        if let ServerMsg::Msg { seq, .. } = msg {
+            if *seq <= self.last_seq {
+                // Shown already: acknowledge again, show nothing.
+                return self.send(&ClientMsg::Ack { seq: *seq });
+            }
+            self.last_seq = *seq;
         }
         for line in render::server_lines(msg, &self.user) {
             self.out.line(&line)?;

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-use crate::protocol::{ByeReason, DenyReason, Failure, ServerMsg};
+use crate::protocol::{ByeReason, DenyReason, Failure, QueueReason, ServerMsg};
 
 pub const WELCOME: &str = "Welcome to the chat system!";
 pub const BAD_PASSWORD: &str = "Invalid Password. Please try again.";
@@ -91,6 +91,10 @@ fn failure_line(failure: &Failure<'_>) -> String {
         Failure::Version => VERSION_MISMATCH.into(),
         Failure::LineTooLong => LINE_TOO_LONG.into(),
         Failure::BadEncoding => "Your line was not valid UTF-8 and was discarded.".into(),
+        Failure::QueueFull { user } => format!(
+            "User {user} has too many undelivered messages. \
+             Your message was not accepted; try again later."
+        ),
         Failure::BadCommand { detail } => {
             format!("The server rejected the command: {}.", clean(detail))
         }
@@ -117,6 +121,13 @@ pub fn server_lines(msg: &ServerMsg<'_>, me: &str) -> Vec<String> {
         ServerMsg::Welcome { .. } => vec![WELCOME.into()],
         ServerMsg::Denied { reason } => vec![deny_line(*reason).into()],
         ServerMsg::Msg { from, text, .. } => vec![chat_line(from, text)],
+        ServerMsg::Delivered { user } => vec![format!("Message delivered to {user}.")],
+        ServerMsg::Queued { user, reason: QueueReason::Offline } => vec![format!(
+            "User {user} is offline. The message will be delivered when {user} logs in."
+        )],
+        ServerMsg::Queued { user, reason: QueueReason::Unreachable } => vec![format!(
+            "User {user} is not reachable now. The message will be delivered when {user} logs in."
+        )],
         ServerMsg::Presence { user, online: true } => vec![format!("User {user} has logged on.")],
         ServerMsg::Presence { user, online: false } => {
             vec![format!("User {user} has logged out.")]

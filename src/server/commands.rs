@@ -8,7 +8,10 @@
 //! Handlers only update state and queue replies; they never touch sockets.
 
 use super::core::{encode, ConnId, Core, Stored, UserId};
-use crate::protocol::{ClientMsg, Failure, MsgKind, ServerMsg, ONLINE_NAMES_PER_FRAME};
+use super::journal::Record;
+use crate::protocol::{
+    ClientMsg, Failure, MsgKind, QueueReason, ServerMsg, ONLINE_NAMES_PER_FRAME,
+};
 
 /// When a frame may be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,15 +74,42 @@ impl Core {
 
     /// Puts a message in `to`'s outbox, where it stays until acknowledged,
     /// and sends it now if `to` is online and its send window has room.
-    fn deliver(&mut self, to: UserId, from: UserId, live_kind: MsgKind, text: &str) {
+    /// Refuses (telling `conn`) when the outbox is full. Returns whether it
+    /// was accepted, and whether `to` was online.
+    fn deliver(
+        &mut self,
+        conn: ConnId,
+        to: UserId,
+        from: UserId,
+        live_kind: MsgKind,
+        text: &str,
+    ) -> Option<bool> {
+        if self.users[to].outbox.len() >= self.config().max_queued {
+            let name = self.name(to).to_owned();
+            self.refuse(conn, Failure::QueueFull { user: &name });
+            return None;
+        }
         let recipient = &mut self.users[to];
         let seq = recipient.next_seq;
         recipient.next_seq += 1;
-        let kind = if recipient.session.is_some() { live_kind } else { MsgKind::Offline };
-        recipient.outbox.push_back(Stored { seq, kind, from, text: text.into() });
+        let online = recipient.session.is_some();
+        let kind = if online { live_kind } else { MsgKind::Offline };
+        let notify = online && live_kind == MsgKind::Direct;
+        recipient.outbox.push_back(Stored { seq, kind, from, text: text.into(), notify });
+        self.record(|core| Record::Queued {
+            user: core.name(to).to_owned(),
+            seq,
+            kind,
+            from: core.name(from).to_owned(),
+            text: text.to_owned(),
+        });
         self.pump(to);
+        Some(online)
     }
 
+    /// A direct message: delivered live (the sender hears `DELIVERED` once
+    /// it is acknowledged), saved for an offline recipient (`QUEUED`), or
+    /// refused.
     fn message(&mut self, conn: ConnId, me: UserId, to: &str, text: &str) {
         let Some(to) = self.other_user(conn, me, to) else {
             return;
@@ -90,9 +120,15 @@ impl Core {
             return;
         }
         log::debug!("message {} -> {}", self.name(me), self.name(to));
-        self.deliver(to, me, MsgKind::Direct, text);
+        if self.deliver(conn, to, me, MsgKind::Direct, text) == Some(false) {
+            let name = self.name(to).to_owned();
+            self.send(conn, &ServerMsg::Queued { user: &name, reason: QueueReason::Offline });
+        }
     }
 
+    /// A copy to every online user but those who blocked the sender (who
+    /// hears `partial-broadcast`, as in the seed) and those whose outbox is
+    /// full (the sender hears `queue-full` for each).
     fn broadcast(&mut self, conn: ConnId, me: UserId, text: &str) {
         let mut someone_blocked = false;
         let recipients: Vec<UserId> = self.online.iter().copied().filter(|&u| u != me).collect();
@@ -100,7 +136,7 @@ impl Core {
             if self.has_blocked(to, me) {
                 someone_blocked = true;
             } else {
-                self.deliver(to, me, MsgKind::Broadcast, text);
+                self.deliver(conn, to, me, MsgKind::Broadcast, text);
             }
         }
         if someone_blocked {
@@ -134,7 +170,12 @@ impl Core {
         let Some(target) = self.other_user(conn, me, name) else {
             return;
         };
-        self.users[me].blocked.insert(target);
+        if self.users[me].blocked.insert(target) {
+            self.record(|core| Record::Blocked {
+                user: core.name(me).to_owned(),
+                target: name.to_owned(),
+            });
+        }
         log::info!("user {} blocked {name}", self.name(me));
         self.send(conn, &ServerMsg::Blocked { user: name });
     }
@@ -144,6 +185,10 @@ impl Core {
             return;
         };
         if self.users[me].blocked.remove(&target) {
+            self.record(|core| Record::Unblocked {
+                user: core.name(me).to_owned(),
+                target: name.to_owned(),
+            });
             log::info!("user {} unblocked {name}", self.name(me));
             self.send(conn, &ServerMsg::Unblocked { user: name });
         } else {
@@ -190,11 +235,26 @@ impl Core {
     /// Drops every sent outbox entry up to and including `seq`, then
     /// refills the send window. Entries not yet sent cannot be acknowledged:
     /// a confused or hostile ACK must not discard them unseen.
+    /// Senders waiting for news of a live message hear `DELIVERED`.
     fn acknowledge(&mut self, me: UserId, seq: u64) {
         let user = &mut self.users[me];
+        let mut last = None;
+        let mut senders = Vec::new();
         while user.sent > 0 && user.outbox.front().is_some_and(|stored| stored.seq <= seq) {
-            user.outbox.pop_front();
+            let Some(stored) = user.outbox.pop_front() else { break };
             user.sent -= 1;
+            user.sent_bytes = user.sent_bytes.saturating_sub(stored.wire_len());
+            last = Some(stored.seq);
+            if stored.notify {
+                senders.push(stored.from);
+            }
+        }
+        if let Some(seq) = last {
+            self.record(|core| Record::Acked { user: core.name(me).to_owned(), seq });
+        }
+        let name = self.name(me).to_owned();
+        for sender in senders {
+            self.send_to_user(sender, &ServerMsg::Delivered { user: &name });
         }
         self.pump(me);
     }
@@ -202,8 +262,9 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use super::super::core::tests::Harness;
-    use super::super::core::SEND_WINDOW;
+    use super::super::core::tests::{Harness, BLOCK, TIMEOUT};
+    use super::super::core::{CoreConfig, SEND_WINDOW};
+    use super::super::journal::Record;
 
     #[test]
     fn message_live_then_acknowledged_is_not_sent_again() {
@@ -226,7 +287,7 @@ mod tests {
         h.login(1, "B");
         h.line(1, "MESSAGE A one");
         h.line(1, "MESSAGE A two");
-        assert_eq!(h.take(), vec![], "the sender sees nothing, as in the seed");
+        assert_eq!(h.to(1), vec!["QUEUED A offline", "QUEUED A offline"]);
         h.connect(2);
         h.take();
         h.line(2, "LOGIN A 1 A_pwd");
@@ -378,7 +439,7 @@ mod tests {
         h.core.disconnected(1);
         assert_eq!(h.take(), vec![]);
         h.line(2, "MESSAGE A saved");
-        assert_eq!(h.take(), vec![]);
+        assert_eq!(h.take(), vec![(2, "QUEUED A offline".into())]);
         assert_eq!(h.core.users[0].outbox.len(), 1);
     }
 
@@ -472,6 +533,163 @@ mod tests {
         );
         h.line(2, &format!("ACK {total}"));
         assert_eq!(h.to(2).len(), 7);
+    }
+
+    #[test]
+    fn the_byte_window_keeps_big_messages_in_the_outbox() {
+        let mut h = Harness::with_config(
+            Harness::accounts(&["A", "B"]),
+            CoreConfig { window_bytes: 3000, ..CoreConfig::new(TIMEOUT, BLOCK) },
+        );
+        h.login(1, "A");
+        h.login(2, "B");
+        let big = "x".repeat(1400);
+        for _ in 0..5 {
+            h.line(1, &format!("MESSAGE B {big}"));
+        }
+        assert_eq!(h.to(2).len(), 2, "two fit in 3000 bytes, the rest wait");
+        h.line(2, "ACK 2");
+        assert_eq!(h.to(2).len(), 2);
+        h.line(2, "ACK 4");
+        assert_eq!(h.to(2).len(), 1);
+    }
+
+    #[test]
+    fn a_huge_message_is_sent_alone_when_nothing_is_in_flight() {
+        let mut h = Harness::with_config(
+            Harness::accounts(&["A", "B"]),
+            CoreConfig { window_bytes: 100, ..CoreConfig::new(TIMEOUT, BLOCK) },
+        );
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(1, &format!("MESSAGE B {}", "y".repeat(1000)));
+        h.line(1, "MESSAGE B small");
+        assert_eq!(h.to(2).len(), 1);
+        h.line(2, "ACK 1");
+        assert_eq!(h.to(2), vec!["MSG 2 direct A small"]);
+    }
+
+    #[test]
+    fn the_sender_hears_delivered_once_the_recipient_acknowledges() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(1, "MESSAGE B one");
+        h.line(1, "MESSAGE B two");
+        assert_eq!(h.to(1), Vec::<String>::new(), "nothing until acknowledged");
+        h.line(2, "ACK 2");
+        assert_eq!(h.to(1), vec!["DELIVERED B", "DELIVERED B"]);
+    }
+
+    #[test]
+    fn the_sender_hears_when_the_recipient_vanishes_with_messages_in_flight() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(1, "MESSAGE B one");
+        h.line(1, "MESSAGE B two");
+        h.line(2, "ACK 1");
+        h.take();
+        h.core.disconnected(2);
+        assert_eq!(h.take(), vec![(1, "QUEUED B unreachable".into())]);
+        h.connect(3);
+        h.take();
+        h.line(3, "LOGIN B 1 B_pwd");
+        assert_eq!(h.to(3), vec!["WELCOME B", "MSG 2 direct A two"]);
+        h.line(3, "ACK 2");
+        assert_eq!(h.to(1), Vec::<String>::new(), "the sender was already told");
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_and_says_so() {
+        let mut h = Harness::with_config(
+            Harness::accounts(&["A", "B", "C"]),
+            CoreConfig { max_queued: 2, ..CoreConfig::new(TIMEOUT, BLOCK) },
+        );
+        h.login(1, "A");
+        h.login(3, "C");
+        h.line(1, "MESSAGE B one");
+        h.line(1, "MESSAGE B two");
+        h.line(1, "MESSAGE B three");
+        assert_eq!(h.to(1), vec!["QUEUED B offline", "QUEUED B offline", "FAIL queue-full B"]);
+        h.login(2, "B");
+        h.line(3, "BROADCAST hi");
+        assert_eq!(
+            h.take(),
+            vec![(1, "MSG 1 broadcast C hi".into()), (3, "FAIL queue-full B".into())]
+        );
+        h.line(2, "ACK 2");
+        h.line(3, "BROADCAST hi");
+        let mut sent = h.take();
+        sent.sort();
+        assert_eq!(
+            sent,
+            vec![(1, "MSG 2 broadcast C hi".into()), (2, "MSG 3 broadcast C hi".into())]
+        );
+    }
+
+    #[test]
+    fn journal_records_rebuild_the_same_state() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.line(1, "MESSAGE B one");
+        h.line(1, "MESSAGE B two");
+        h.line(1, "BLOCK C");
+        h.line(1, "BLOCK D");
+        h.line(1, "UNBLOCK D");
+        h.login(2, "B");
+        h.line(2, "ACK 1");
+        h.connect(3);
+        for _ in 0..3 {
+            h.line(3, "LOGIN D 1 wrong");
+        }
+        let records: Vec<_> = h.core.records().collect();
+        let snapshot: Vec<_> = h.core.snapshot(h.now).collect();
+        for replay in [records, snapshot] {
+            let mut fresh = Harness::new();
+            assert_eq!(fresh.core.restore(replay, h.now), 0);
+            fresh.connect(5);
+            fresh.line(5, "LOGIN B 1 B_pwd");
+            assert_eq!(fresh.to(5), vec!["HELLO 1 35", "WELCOME B", "MSG 2 offline A two"]);
+            fresh.line(5, "MESSAGE A three");
+            fresh.connect(6);
+            fresh.line(6, "LOGIN A 1 A_pwd");
+            assert_eq!(fresh.to(6), vec!["HELLO 1 35", "WELCOME A", "MSG 1 offline B three"]);
+            fresh.line(5, "MESSAGE A hi");
+            assert_eq!(fresh.take(), vec![(6, "MSG 2 direct B hi".into())]);
+            fresh.connect(7);
+            fresh.line(7, "LOGIN D 1 D_pwd");
+            assert_eq!(fresh.to(7), vec!["HELLO 1 35", "DENIED locked"]);
+            fresh.login(8, "C");
+            fresh.line(8, "MESSAGE A hi");
+            assert_eq!(fresh.to(8), vec!["FAIL blocked-by A"]);
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_never_go_back_after_a_restart() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(1, "MESSAGE B one");
+        h.line(2, "ACK 1");
+        let snapshot: Vec<_> = h.core.snapshot(h.now).collect();
+        let mut fresh = Harness::new();
+        fresh.core.restore(snapshot, h.now);
+        fresh.login(1, "A");
+        fresh.login(2, "B");
+        fresh.line(1, "MESSAGE B two");
+        assert_eq!(fresh.to(2), vec!["MSG 2 direct A two"]);
+    }
+
+    #[test]
+    fn records_for_unknown_users_are_counted_not_applied() {
+        let mut h = Harness::new();
+        let records = vec![
+            Record::Blocked { user: "Zed".into(), target: "A".into() },
+            Record::Acked { user: "A".into(), seq: 4 },
+        ];
+        assert_eq!(h.core.restore(records, h.now), 1);
     }
 
     #[test]

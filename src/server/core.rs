@@ -20,7 +20,10 @@ use log::{debug, info, warn};
 
 use super::commands::{phase, Phase};
 use super::credentials::Account;
-use crate::protocol::{ByeReason, ClientMsg, DenyReason, Failure, MsgKind, ServerMsg, VERSION};
+use super::journal::Record;
+use crate::protocol::{
+    ByeReason, ClientMsg, DenyReason, Failure, MsgKind, QueueReason, ServerMsg, VERSION,
+};
 
 /// The event loop's name for a connection (its slab key).
 pub type ConnId = usize;
@@ -33,8 +36,7 @@ pub const MAX_FAILURES: u8 = 3;
 
 /// Most chat messages sent to a session and not yet acknowledged. The rest
 /// wait in the outbox, so a large backlog (at login, or for a slow reader)
-/// never piles up in the connection's output buffer: with lines of at most
-/// `MAX_LINE` bytes this bounds that buffer's chat content to 256 KiB.
+/// never piles up in the connection's output buffer.
 pub const SEND_WINDOW: usize = 64;
 
 /// Tunables of the state machine.
@@ -44,7 +46,35 @@ pub struct CoreConfig {
     pub timeout: Duration,
     /// How long an account stays locked after [`MAX_FAILURES`].
     pub block_time: Duration,
+    /// Most messages one outbox holds; past it, senders are refused.
+    pub max_queued: usize,
+    /// Most bytes of chat messages sent to a session and not yet
+    /// acknowledged (besides [`SEND_WINDOW`]); the event loop sets it below
+    /// its output cap, so a slow reader's backlog waits in its outbox.
+    pub window_bytes: usize,
+    /// Emit [`Record`]s for a journal (`--state-dir`).
+    pub durable: bool,
 }
+
+impl CoreConfig {
+    /// The defaults of `chat-server`'s options, for tests and embedders.
+    pub fn new(timeout: Duration, block_time: Duration) -> Self {
+        CoreConfig {
+            timeout,
+            block_time,
+            max_queued: DEFAULT_MAX_QUEUED,
+            window_bytes: DEFAULT_WINDOW_BYTES,
+            durable: false,
+        }
+    }
+}
+
+/// Default outbox cap: a thousand messages of at most 4 KiB bound what one
+/// absent user can make the server hold to 4 MiB.
+pub const DEFAULT_MAX_QUEUED: usize = 1000;
+
+/// Default bytes in flight per session (half the default output cap).
+pub const DEFAULT_WINDOW_BYTES: usize = 128 * 1024;
 
 /// A deadline the event loop keeps in its timer wheel for the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +106,17 @@ pub(super) struct Stored {
     pub kind: MsgKind,
     pub from: UserId,
     pub text: Box<str>,
+    /// The sender still expects to hear what became of it: sent live, it
+    /// is told `DELIVERED` on acknowledgement, or `QUEUED unreachable` if
+    /// the recipient's session ends first.
+    pub notify: bool,
+}
+
+impl Stored {
+    /// Bytes its `MSG` frame takes, near enough for flow control.
+    pub(super) fn wire_len(&self) -> usize {
+        self.text.len() + 48
+    }
 }
 
 /// Everything the server knows about one account.
@@ -91,6 +132,8 @@ pub(super) struct User {
     pub outbox: VecDeque<Stored>,
     /// How many at the front of `outbox` were sent in the current session.
     pub sent: usize,
+    /// Bytes of those `sent` messages.
+    pub sent_bytes: usize,
     pub next_seq: u64,
     failures: u8,
     locked_until: Option<Instant>,
@@ -123,6 +166,8 @@ pub struct Core {
     /// Logged-in users; ids follow name order, so iteration is sorted.
     pub(super) online: BTreeSet<UserId>,
     effects: Vec<Effect>,
+    /// Changes to durable state since the last drain (only when durable).
+    records: Vec<Record>,
 }
 
 /// Encodes one frame into a fresh line.
@@ -151,6 +196,7 @@ impl Core {
                 blocked: HashSet::new(),
                 outbox: VecDeque::new(),
                 sent: 0,
+                sent_bytes: 0,
                 next_seq: 1,
                 failures: 0,
                 locked_until: None,
@@ -166,12 +212,35 @@ impl Core {
             conns: HashMap::new(),
             online: BTreeSet::new(),
             effects: Vec::new(),
+            records: Vec::new(),
         }
+    }
+
+    pub(super) fn config(&self) -> &CoreConfig {
+        &self.config
     }
 
     /// The effects produced since the last call, in order.
     pub fn effects(&mut self) -> std::vec::Drain<'_, Effect> {
         self.effects.drain(..)
+    }
+
+    /// Whether effects are waiting to be drained.
+    pub fn has_effects(&self) -> bool {
+        !self.effects.is_empty()
+    }
+
+    /// The journal records produced since the last call, in order.
+    pub fn records(&mut self) -> std::vec::Drain<'_, Record> {
+        self.records.drain(..)
+    }
+
+    /// Keeps a change for the journal, if there is one.
+    pub(super) fn record(&mut self, make: impl FnOnce(&Self) -> Record) {
+        if self.config.durable {
+            let record = make(self);
+            self.records.push(record);
+        }
     }
 
     /// Number of open connections the core knows.
@@ -318,12 +387,29 @@ impl Core {
         }
         self.users[user].session = None;
         self.users[user].sent = 0;
+        self.users[user].sent_bytes = 0;
         self.online.remove(&user);
+        self.tell_senders_unreachable(user);
         for target in std::mem::take(&mut self.users[user].asking) {
             self.users[target].asked_by.remove(&user);
         }
         for asker in std::mem::take(&mut self.users[user].asked_by) {
             self.users[asker].asking.remove(&user);
+        }
+    }
+
+    /// `user`'s session ended with live messages not acknowledged: they
+    /// stay in the outbox for the next login, and their senders hear so.
+    fn tell_senders_unreachable(&mut self, user: UserId) {
+        let mut senders = Vec::new();
+        for stored in self.users[user].outbox.iter_mut().filter(|s| s.notify) {
+            stored.notify = false;
+            senders.push(stored.from);
+        }
+        let name = self.users[user].name.clone();
+        for sender in senders {
+            let msg = ServerMsg::Queued { user: &name, reason: QueueReason::Unreachable };
+            self.send_to_user(sender, &msg);
         }
     }
 
@@ -405,6 +491,7 @@ impl Core {
             block_time.as_secs()
         );
         self.effects.push(Effect::Arm { at: until, timer: Timer::Lockout(user) });
+        self.record(|core| Record::Locked { user: core.name(user).to_owned(), until });
         Err(DenyReason::NowLocked)
     }
 
@@ -422,6 +509,7 @@ impl Core {
         let ip = state.ip;
         self.users[user].session = Some(conn);
         self.users[user].sent = 0;
+        self.users[user].sent_bytes = 0;
         self.online.insert(user);
         info!("user {} logged in from {ip}", self.name(user));
         let name = self.users[user].name.clone();
@@ -436,29 +524,116 @@ impl Core {
     }
 
     /// Sends outbox entries not yet sent in this session, oldest first,
-    /// while the send window has room.
+    /// while the send window (a count and a byte budget) has room. One
+    /// message is always allowed when none is in flight, whatever its size.
     pub(super) fn pump(&mut self, user: UserId) {
         let Some(conn) = self.users[user].session else {
             return;
         };
+        let window_bytes = self.config.window_bytes;
         let recipient = &self.users[user];
-        let end = recipient.outbox.len().min(SEND_WINDOW).max(recipient.sent);
-        let lines: Vec<String> = recipient
-            .outbox
-            .range(recipient.sent..end)
-            .map(|stored| {
-                encode(&ServerMsg::Msg {
-                    seq: stored.seq,
-                    kind: stored.kind,
-                    from: &self.users[stored.from].name,
-                    text: &stored.text,
-                })
-            })
-            .collect();
-        self.users[user].sent += lines.len();
+        let (mut sent, mut bytes) = (recipient.sent, recipient.sent_bytes);
+        let mut lines = Vec::new();
+        for stored in recipient.outbox.range(sent..) {
+            let len = stored.wire_len();
+            if sent >= SEND_WINDOW || (sent > 0 && bytes + len > window_bytes) {
+                break;
+            }
+            lines.push(encode(&ServerMsg::Msg {
+                seq: stored.seq,
+                kind: stored.kind,
+                from: &self.users[stored.from].name,
+                text: &stored.text,
+            }));
+            sent += 1;
+            bytes += len;
+        }
+        self.users[user].sent = sent;
+        self.users[user].sent_bytes = bytes;
         for line in lines {
             self.push_line(conn, line);
         }
+    }
+
+    // -- durable state -------------------------------------------------------
+
+    /// Rebuilds outboxes, block lists and lockouts from journal records, at
+    /// start-up before any connection. Returns how many records were
+    /// skipped because they name users the credentials file lacks.
+    pub fn restore(&mut self, records: Vec<Record>, now: Instant) -> usize {
+        records.into_iter().filter(|record| !self.restore_one(record, now)).count()
+    }
+
+    /// Applies one record; false if it names an unknown user.
+    fn restore_one(&mut self, record: &Record, now: Instant) -> bool {
+        match record {
+            Record::Queued { user, seq, kind, from, text } => {
+                let (Some(user), Some(from)) = (self.user_id(user), self.user_id(from)) else {
+                    return false;
+                };
+                let account = &mut self.users[user];
+                account.next_seq = account.next_seq.max(seq + 1);
+                if account.outbox.back().is_none_or(|last| last.seq < *seq) {
+                    let (seq, kind, text) = (*seq, *kind, text.as_str().into());
+                    account.outbox.push_back(Stored { seq, kind, from, text, notify: false });
+                }
+            }
+            Record::Acked { user, seq } => {
+                let Some(user) = self.user_id(user) else { return false };
+                let outbox = &mut self.users[user].outbox;
+                while outbox.front().is_some_and(|stored| stored.seq <= *seq) {
+                    outbox.pop_front();
+                }
+            }
+            Record::Blocked { user, target } | Record::Unblocked { user, target } => {
+                let (Some(user), Some(target)) = (self.user_id(user), self.user_id(target)) else {
+                    return false;
+                };
+                if matches!(record, Record::Blocked { .. }) {
+                    self.users[user].blocked.insert(target);
+                } else {
+                    self.users[user].blocked.remove(&target);
+                }
+            }
+            Record::Locked { user, until } => {
+                let Some(user) = self.user_id(user) else { return false };
+                if *until > now {
+                    self.users[user].locked_until = Some(*until);
+                    self.effects.push(Effect::Arm { at: *until, timer: Timer::Lockout(user) });
+                }
+            }
+            Record::NextSeq { user, next } => {
+                let Some(user) = self.user_id(user) else { return false };
+                let account = &mut self.users[user];
+                account.next_seq = account.next_seq.max(*next);
+            }
+        }
+        true
+    }
+
+    /// The records that rebuild today's durable state, for compaction.
+    pub fn snapshot(&self, now: Instant) -> impl Iterator<Item = Record> + '_ {
+        self.users.iter().flat_map(move |account| {
+            let user = &account.name;
+            let next_seq = (account.next_seq > 1)
+                .then(|| Record::NextSeq { user: user.clone(), next: account.next_seq });
+            let lock = account
+                .locked_until
+                .filter(|&until| until > now)
+                .map(|until| Record::Locked { user: user.clone(), until });
+            let blocks = account.blocked.iter().map(move |&target| Record::Blocked {
+                user: user.clone(),
+                target: self.users[target].name.clone(),
+            });
+            let queued = account.outbox.iter().map(move |stored| Record::Queued {
+                user: user.clone(),
+                seq: stored.seq,
+                kind: stored.kind,
+                from: self.users[stored.from].name.clone(),
+                text: stored.text.to_string(),
+            });
+            next_seq.into_iter().chain(lock).chain(blocks).chain(queued)
+        })
     }
 
     // -- timers --------------------------------------------------------------
@@ -523,11 +698,20 @@ pub(super) mod tests {
 
         /// A core whose users' passwords are their names plus `_pwd`.
         pub fn with_users(names: &[&str]) -> Self {
-            let accounts = names
+            let accounts = Self::accounts(names);
+            let config = CoreConfig { durable: true, ..CoreConfig::new(TIMEOUT, BLOCK) };
+            Self::with_config(accounts, config)
+        }
+
+        pub fn accounts(names: &[&str]) -> Vec<Account> {
+            names
                 .iter()
                 .map(|n| Account { name: n.to_string(), password: format!("{n}_pwd") })
-                .collect();
-            let core = Core::new(accounts, CoreConfig { timeout: TIMEOUT, block_time: BLOCK });
+                .collect()
+        }
+
+        pub fn with_config(accounts: Vec<Account>, config: CoreConfig) -> Self {
+            let core = Core::new(accounts, config);
             let now = Instant::now();
             Harness { core, now, armed: Vec::new(), closed: Vec::new(), sent: Vec::new() }
         }
@@ -721,7 +905,7 @@ pub(super) mod tests {
         h.advance(TIMEOUT / 2 + Duration::from_secs(1));
         assert_eq!(h.take(), vec![(1, "BYE timeout".into())]);
         h.line(2, "MESSAGE A are you there?");
-        assert_eq!(h.take(), vec![]);
+        assert_eq!(h.take(), vec![(2, "QUEUED A offline".into())]);
         h.login(3, "A");
         // login() discarded the output; log in on a fresh conn to see it.
         h.line(3, "LOGOUT");

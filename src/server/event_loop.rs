@@ -11,6 +11,10 @@
 //! pass, and WRITABLE interest is registered only for what is left over.
 //! A connection is marked for closing and freed at the end of the pass,
 //! never in the middle of one.
+//!
+//! With a [`Journal`], the state changes of a pass are committed (one
+//! write, one sync) after the core has run and before any reply of that
+//! pass is written: nothing is confirmed to anyone before it is durable.
 
 use std::io::{self, ErrorKind, Write};
 use std::time::{Duration, Instant};
@@ -23,18 +27,12 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use super::core::{Core, Effect, Timer};
+use super::journal::Journal;
 use super::timer_wheel::TimerWheel;
 use crate::protocol::{Line, LineBuffer};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
-
-/// Most bytes queued for one client before it is dropped as too slow.
-/// Everything queued is chat text already kept in the recipient's outbox
-/// until acknowledged, so dropping the connection loses nothing, while
-/// letting the buffer grow would let one stalled reader eat the server's
-/// memory.
-const MAX_PENDING_OUTPUT: usize = 512 * 1024;
 
 /// Most bytes read from one connection per pass, so one flooding client
 /// cannot starve the others.
@@ -93,6 +91,14 @@ pub struct EventLoop {
     signals: Signals,
     conns: Slab<Connection>,
     core: Core,
+    journal: Option<Journal>,
+    /// Most bytes queued for one client before it is dropped as too slow
+    /// (`--max-output`). Chat messages are kept in the recipient's outbox
+    /// until acknowledged and the core keeps their in-flight bytes under
+    /// half of this, so dropping the connection loses nothing, while
+    /// letting the buffer grow would let one stalled reader eat the
+    /// server's memory.
+    max_output: usize,
     timers: TimerWheel<Timer>,
     /// Accepting is paused until then after file descriptors ran out.
     accept_paused_until: Option<Instant>,
@@ -107,7 +113,12 @@ pub struct EventLoop {
 
 impl EventLoop {
     /// Wraps a bound listener; fails only if polling cannot be set up.
-    pub fn new(mut listener: TcpListener, core: Core) -> io::Result<Self> {
+    pub fn new(
+        mut listener: TcpListener,
+        core: Core,
+        journal: Option<Journal>,
+        max_output: usize,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
@@ -118,6 +129,8 @@ impl EventLoop {
             signals,
             conns: Slab::new(),
             core,
+            journal,
+            max_output,
             timers: TimerWheel::new(Instant::now()),
             accept_paused_until: None,
             shutting_down: false,
@@ -152,7 +165,7 @@ impl EventLoop {
                     }
                 }
             }
-            self.finish_pass();
+            self.finish_pass()?;
         }
         Ok(())
     }
@@ -170,9 +183,10 @@ impl EventLoop {
             .map(|at| at.saturating_duration_since(now))
     }
 
-    /// Work done after every poll: leftover reads, timers, effects, writes,
-    /// and freeing closed connections.
-    fn finish_pass(&mut self) {
+    /// Work done after every poll: leftover reads, timers, effects, the
+    /// journal commit, writes, and freeing closed connections. Fails only
+    /// if the journal cannot be written.
+    fn finish_pass(&mut self) -> io::Result<()> {
         let now = Instant::now();
         for key in std::mem::take(&mut self.unfinished_reads) {
             self.read(key);
@@ -186,9 +200,37 @@ impl EventLoop {
         for timer in fired {
             self.core.timer_fired(timer, now);
         }
-        self.apply_effects();
-        self.flush_all();
-        self.free_closed();
+        // Freeing a connection can make news for others (senders told a
+        // message is now queued), so go round until the core is quiet.
+        loop {
+            self.apply_effects();
+            self.commit()?;
+            self.flush_all();
+            self.free_closed();
+            if !self.core.has_effects() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Makes this pass's state changes durable (group commit), and compacts
+    /// the journal when it has grown enough.
+    fn commit(&mut self) -> io::Result<()> {
+        let Some(journal) = &mut self.journal else {
+            return Ok(());
+        };
+        for record in self.core.records() {
+            journal.append(&record);
+        }
+        journal.commit().map_err(|e| io::Error::new(e.kind(), format!("journal: {e}")))?;
+        if journal.wants_compaction() {
+            let before = journal.size();
+            journal
+                .compact(self.core.snapshot(Instant::now()))
+                .map_err(|e| io::Error::new(e.kind(), format!("journal compaction: {e}")))?;
+            info!("journal compacted from {before} to {} bytes", journal.size());
+        }
+        Ok(())
     }
 
     fn take_signals(&mut self) {
@@ -306,7 +348,7 @@ impl EventLoop {
                     if conn.dead {
                         continue;
                     }
-                    if conn.pending_output() + line.len() > MAX_PENDING_OUTPUT {
+                    if conn.pending_output() + line.len() > self.max_output {
                         // Its messages wait in the outbox for its next login.
                         info!("connection {key} reads too slowly; dropping it");
                         conn.dead = true;
@@ -394,6 +436,7 @@ impl EventLoop {
         let mut events = Events::with_capacity(64);
         self.core.shutdown();
         self.apply_effects();
+        self.commit()?;
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         loop {
             self.flush_all();

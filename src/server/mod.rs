@@ -5,22 +5,25 @@
 //! - [`event_loop`]: the `mio` loop that moves bytes and fires timers.
 //! - [`timer_wheel`]: one-second-bucket deadlines for heartbeats and lockouts.
 //! - [`credentials`]: the credentials file.
+//! - [`journal`]: the durable spool behind `--state-dir`.
 
 pub mod commands;
 pub mod core;
 pub mod credentials;
 pub mod event_loop;
+pub mod journal;
 pub mod timer_wheel;
 
 use std::fmt;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use self::core::{Core, CoreConfig};
 use self::credentials::CredentialsError;
 use self::event_loop::EventLoop;
+use self::journal::{Journal, JournalError};
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -32,12 +35,39 @@ pub struct Config {
     pub timeout: Duration,
     /// How long an account stays locked after too many failed logins.
     pub block_time: Duration,
+    /// Most messages waiting in one user's outbox.
+    pub max_queued: usize,
+    /// Most bytes queued for one connection before it is dropped as too
+    /// slow; chat messages beyond half of it wait in the outbox instead.
+    pub max_output: usize,
+    /// Where the durable spool lives; `None` keeps state in memory only.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Default `--max-output`: room for the send window and other frames.
+pub const DEFAULT_MAX_OUTPUT: usize = 256 * 1024;
+
+impl Config {
+    /// A configuration with every option at its default.
+    pub fn new(credentials: PathBuf, bind: IpAddr, port: u16) -> Self {
+        Config {
+            credentials,
+            bind,
+            port,
+            timeout: Duration::from_secs(35),
+            block_time: Duration::from_secs(60),
+            max_queued: self::core::DEFAULT_MAX_QUEUED,
+            max_output: DEFAULT_MAX_OUTPUT,
+            state_dir: None,
+        }
+    }
 }
 
 /// Why the server could not start or had to stop.
 #[derive(Debug)]
 pub enum ServerError {
     Credentials(CredentialsError),
+    Journal(JournalError),
     Listen { addr: SocketAddr, error: std::io::Error },
     Io(std::io::Error),
 }
@@ -46,6 +76,7 @@ impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerError::Credentials(e) => e.fmt(f),
+            ServerError::Journal(e) => e.fmt(f),
             ServerError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             ServerError::Io(e) => write!(f, "I/O error: {e}"),
         }
@@ -62,6 +93,28 @@ fn announce(line: &str) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
+/// Opens the journal in `dir` and replays it into `core`, reporting damage
+/// and records that name users no longer in the credentials file.
+fn open_journal(dir: &std::path::Path, core: &mut Core) -> Result<Journal, ServerError> {
+    let (journal, replay) = Journal::open(dir).map_err(ServerError::Journal)?;
+    if let Some(damage) = &replay.damage {
+        log::warn!(
+            "journal in {}: damaged or torn record at byte {}; cut off {} bytes from there \
+             (anything in them is lost)",
+            dir.display(),
+            damage.offset,
+            damage.cut
+        );
+    }
+    let count = replay.records.len();
+    let skipped = core.restore(replay.records, Instant::now());
+    if skipped > 0 {
+        log::warn!("journal: skipped {skipped} records naming users not in the credentials file");
+    }
+    log::info!("journal in {}: replayed {count} records", dir.display());
+    Ok(journal)
+}
+
 /// Loads the credentials, listens, prints `Server listening on ADDR`, and
 /// serves until SIGINT or SIGTERM.
 pub fn run(config: &Config) -> Result<(), ServerError> {
@@ -71,9 +124,20 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     let listener =
         mio::net::TcpListener::bind(addr).map_err(|error| ServerError::Listen { addr, error })?;
     let local = listener.local_addr().map_err(ServerError::Io)?;
-    let core =
-        Core::new(accounts, CoreConfig { timeout: config.timeout, block_time: config.block_time });
-    let mut event_loop = EventLoop::new(listener, core).map_err(ServerError::Io)?;
+    let core_config = CoreConfig {
+        timeout: config.timeout,
+        block_time: config.block_time,
+        max_queued: config.max_queued,
+        window_bytes: config.max_output / 2,
+        durable: config.state_dir.is_some(),
+    };
+    let mut core = Core::new(accounts, core_config);
+    let journal = match &config.state_dir {
+        Some(dir) => Some(open_journal(dir, &mut core)?),
+        None => None,
+    };
+    let mut event_loop =
+        EventLoop::new(listener, core, journal, config.max_output).map_err(ServerError::Io)?;
     announce(&format!("Server listening on {local}"));
     event_loop.run().map_err(ServerError::Io)?;
     announce("Notifying clients of server shutdown...");
