@@ -129,6 +129,8 @@ pub struct Server {
     child: Child,
     pub port: u16,
     pub out: Output,
+    /// Log lines (warnings and errors).
+    pub err: Output,
     pub dir: PathBuf,
 }
 
@@ -160,17 +162,19 @@ impl Server {
             .arg("0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start chat-server");
         let stdout = child.stdout.take().expect("server stdout");
         let mut out = Output::new(stdout, format!("server {name}"));
+        let stderr = child.stderr.take().expect("server stderr");
+        let err = Output::new(stderr, format!("server {name} log"));
         let first = out.next_line().expect("server printed nothing");
         let port = first
             .strip_prefix("Server listening on 127.0.0.1:")
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first server line {first:?}"));
-        Server { child, port, out, dir }
+        Server { child, port, out, err, dir }
     }
 
     pub fn pid(&self) -> u32 {
