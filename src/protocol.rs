@@ -631,8 +631,12 @@ impl<'a> ServerMsg<'a> {
 pub enum PeerMsg<'a> {
     /// First frame on a peer connection: version and the sender's name.
     Hello { version: u32, from: &'a str },
-    /// A private message from the connection's sender.
-    Private { text: &'a str },
+    /// A private message from the connection's sender; `id` counts up
+    /// from 1 on each connection.
+    Private { id: u64, text: &'a str },
+    /// Sent back by the receiver once it has shown every private message
+    /// up to and including `id`.
+    Ack { id: u64 },
 }
 
 impl<'a> PeerMsg<'a> {
@@ -645,7 +649,11 @@ impl<'a> PeerMsg<'a> {
                 version: number_field(rest, "version")?,
                 from: name_field(rest, "username")?,
             },
-            "PRIVATE" => PeerMsg::Private { text: text(rest, "message")? },
+            "PRIVATE" => PeerMsg::Private {
+                id: number_field(rest, "message id")?,
+                text: text(rest, "message")?,
+            },
+            "PACK" => PeerMsg::Ack { id: number_field(rest, "message id")? },
             _ => return Err(ParseError::UnknownVerb),
         };
         finish(rest)?;
@@ -657,7 +665,8 @@ impl<'a> PeerMsg<'a> {
         // Writing to a String cannot fail.
         let _ = match self {
             PeerMsg::Hello { version, from } => writeln!(out, "PEER {version} {from}"),
-            PeerMsg::Private { text } => writeln!(out, "PRIVATE {text}"),
+            PeerMsg::Private { id, text } => writeln!(out, "PRIVATE {id} {text}"),
+            PeerMsg::Ack { id } => writeln!(out, "PACK {id}"),
         };
     }
 }
@@ -869,7 +878,11 @@ mod tests {
 
     #[test]
     fn peer_frames_round_trip() {
-        for msg in [PeerMsg::Hello { version: 1, from: "B" }, PeerMsg::Private { text: "hello" }] {
+        for msg in [
+            PeerMsg::Hello { version: 1, from: "B" },
+            PeerMsg::Private { id: 3, text: "hello  there" },
+            PeerMsg::Ack { id: 3 },
+        ] {
             let mut out = String::new();
             msg.encode(&mut out);
             assert_eq!(PeerMsg::parse(&out), Ok(msg));

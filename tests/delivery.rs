@@ -271,3 +271,38 @@ fn a_torn_journal_tail_is_cut_reported_and_the_rest_delivered() {
     let mut a = server.login("A");
     a.out.expect_next("B: after the cut");
 }
+
+#[test]
+fn an_unacknowledged_private_message_is_reported_and_can_go_through_the_server() {
+    let server = Server::start("p2p-ack", &[]);
+    let mut a = server.login("A");
+    let mut b = server.login("B");
+    a.out.expect_next("User B has logged on.");
+    b.send("getaddress A");
+    a.out.expect("To ignore, do nothing. To give consent, enter: consent <user>");
+    a.send("consent B");
+    b.out.expect_next("consent asked from User B.");
+    let address = b.out.next_line().expect("address line");
+    let port = address.rsplit(' ').next().expect("port").to_owned();
+    b.send("private A acknowledged");
+    a.out.expect_next("B: acknowledged");
+    // A freezes with its connections open: nothing it is sent is shown.
+    signal(a.pid(), "STOP");
+    b.send("private A first");
+    b.send("private A second");
+    b.out.expect_next(&format!(
+        "User A is no longer available at ('127.0.0.1', {port}). \
+         You can send an offline message through the server."
+    ));
+    b.out.expect_next("Private message to A was not confirmed: first");
+    b.out.expect_next("Private message to A was not confirmed: second");
+    b.out.expect_next("To send them through the server instead, enter: resend");
+    b.send("resend");
+    signal(a.pid(), "KILL");
+    drop(a);
+    let mut a = server.login("A");
+    a.out.expect_next("B: first");
+    a.out.expect_next("B: second");
+    b.send("message A nothing else");
+    a.out.expect_next("B: nothing else");
+}

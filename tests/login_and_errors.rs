@@ -104,7 +104,7 @@ fn typing_mistakes_get_a_usage_hint_and_change_nothing() {
     a.send("frobnicate B");
     a.out.expect_next(
         "Unknown command: frobnicate. Commands: message, broadcast, online, block, unblock, \
-         getaddress, consent, private, logout.",
+         getaddress, consent, private, resend, logout.",
     );
     a.send("");
     a.send("message Zed hi");

@@ -160,9 +160,18 @@ fn getaddress_consent_and_private_messages() {
         "User A is no longer available at ('127.0.0.1', {port}). \
          You can send an offline message through the server."
     ));
+    b.out.expect_next("Private message to A was not confirmed: hello again");
+    b.out.expect_next("To send them through the server instead, enter: resend");
     // The stale address was forgotten.
     b.send("private A still there?");
     b.out.expect_next("Please request user address first (getaddress <user>).");
+    // The unconfirmed message goes through the server instead.
+    b.send("resend");
+    b.out.expect_next("User A is offline. The message will be delivered when A logs in.");
+    b.send("resend");
+    b.out.expect_next("There are no unconfirmed private messages to resend.");
+    let mut a = server.login("A");
+    a.out.expect_next("B: hello again");
 }
 
 #[test]

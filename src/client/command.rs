@@ -31,6 +31,9 @@ pub enum Command<'a> {
     Consent { user: &'a str },
     /// `private <user> <message>`: straight to the peer, not via the server.
     Private { to: &'a str, text: &'a str },
+    /// `resend`: send the private messages a peer did not acknowledge
+    /// through the server instead.
+    Resend,
     /// `logout`.
     Logout,
 }
@@ -54,7 +57,7 @@ impl fmt::Display for CommandError {
             CommandError::Unknown(word) => write!(
                 f,
                 "Unknown command: {word}. Commands: message, broadcast, online, block, \
-                 unblock, getaddress, consent, private, logout."
+                 unblock, getaddress, consent, private, resend, logout."
             ),
             CommandError::NoSuchUser(user) => write!(f, "User {user} does not exist."),
         }
@@ -69,6 +72,7 @@ const USAGE_UNBLOCK: &str = "unblock <user>";
 const USAGE_GETADDRESS: &str = "getaddress <user>";
 const USAGE_CONSENT: &str = "consent <user>";
 const USAGE_PRIVATE: &str = "private <user> <message>";
+const USAGE_RESEND: &str = "resend";
 const USAGE_LOGOUT: &str = "logout";
 
 /// Splits the first whitespace-separated word off `s`; the rest keeps its
@@ -149,6 +153,10 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, CommandError> {
             let (to, text) = user_and_text(rest, USAGE_PRIVATE)?;
             Command::Private { to, text }
         }
+        "resend" => {
+            nothing(rest, USAGE_RESEND)?;
+            Command::Resend
+        }
         "logout" => {
             nothing(rest, USAGE_LOGOUT)?;
             Command::Logout
@@ -193,6 +201,7 @@ mod tests {
         assert_eq!(ok("consent B"), Command::Consent { user: "B" });
         assert_eq!(ok("private A hello"), Command::Private { to: "A", text: "hello" });
         assert_eq!(ok("logout"), Command::Logout);
+        assert_eq!(ok("resend"), Command::Resend);
     }
 
     #[test]
@@ -233,7 +242,7 @@ mod tests {
         assert_eq!(
             err("frob x"),
             "Unknown command: frob. Commands: message, broadcast, online, block, unblock, \
-             getaddress, consent, private, logout."
+             getaddress, consent, private, resend, logout."
         );
         // Commands are lowercase, as in the seed.
         assert!(err("MESSAGE B hi").starts_with("Unknown command: MESSAGE."));

@@ -257,6 +257,9 @@ struct Client {
     next_ping: Option<Instant>,
     /// Peer-to-peer addresses granted by consent.
     addresses: HashMap<String, SocketAddr>,
+    /// Private messages no peer acknowledged, as (recipient, text), for
+    /// `resend`.
+    unconfirmed: Vec<(String, String)>,
     /// Highest message sequence number shown: the server numbers each
     /// user's messages in order, so one at or below it is a repeat.
     last_seq: u64,
@@ -341,6 +344,7 @@ impl Client {
             next_ping: None,
             addresses: HashMap::new(),
             last_seq: 0,
+            unconfirmed: Vec::new(),
         })
     }
 
@@ -361,6 +365,7 @@ impl Client {
         self.drain_stdin()?;
         self.show_prompt()?;
         let wake_at = if self.hello { self.next_ping } else { Some(self.hello_deadline) };
+        let wake_at = wake_at.into_iter().chain(self.peers.next_deadline()).min();
         let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
         if let Err(e) = self.poll.poll(events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -396,6 +401,10 @@ impl Client {
             token if self.peers.owns(token) => {
                 let mut notices = Vec::new();
                 self.peers.ready(self.poll.registry(), event, &mut notices);
+                self.report(notices)?;
+                // Acknowledges what was just shown, never before.
+                let mut notices = Vec::new();
+                self.peers.flush_all(self.poll.registry(), &mut notices);
                 self.report(notices)
             }
             _ => Ok(()),
@@ -410,6 +419,9 @@ impl Client {
         if !self.hello && now >= self.hello_deadline {
             return Err(Error::NoHello.into());
         }
+        let mut notices = Vec::new();
+        self.peers.expire(now, self.poll.registry(), &mut notices);
+        self.report(notices)?;
         match self.next_ping {
             Some(at) if at <= now => {
                 // From now, not from `at`: after a stall, one ping is enough.
@@ -696,6 +708,7 @@ impl Client {
             Command::GetAddress { user } => ClientMsg::GetAddress { user },
             Command::Consent { user } => ClientMsg::Consent { user },
             Command::Private { to, text } => return self.private(to, text),
+            Command::Resend => return self.resend(),
             Command::Logout => {
                 self.phase = Phase::LoggingOut;
                 ClientMsg::Logout
@@ -708,9 +721,19 @@ impl Client {
         let Some(&addr) = self.addresses.get(to) else {
             return self.out.line(render::NO_ADDRESS).map_err(End::from);
         };
-        let result = self.peers.send_private(self.poll.registry(), &self.user, to, addr, text);
-        if result.is_err() {
-            self.report(vec![PeerNotice::Unavailable { user: to.to_owned(), addr }])?;
+        let mut notices = Vec::new();
+        self.peers.send_private(self.poll.registry(), &self.user, to, addr, text, &mut notices);
+        self.report(notices)
+    }
+
+    /// Sends every unconfirmed private message through the server, where
+    /// it is delivered (or kept) like any other message.
+    fn resend(&mut self) -> Step {
+        if self.unconfirmed.is_empty() {
+            return self.out.line(render::NOTHING_TO_RESEND).map_err(End::from);
+        }
+        for (to, text) in std::mem::take(&mut self.unconfirmed) {
+            self.send(&ClientMsg::Message { to: &to, text: &text })?;
         }
         Ok(())
     }
@@ -722,11 +745,16 @@ impl Client {
                 PeerNotice::Private { from, text } => {
                     self.out.line(&render::chat_line(&from, &text))?;
                 }
-                PeerNotice::Unavailable { user, addr } => {
+                PeerNotice::Unavailable { user, addr, unconfirmed } => {
                     self.out.line(&render::no_longer_available(&user, addr))?;
                     if self.addresses.get(&user) == Some(&addr) {
                         self.addresses.remove(&user);
                     }
+                    for text in &unconfirmed {
+                        self.out.line(&render::unconfirmed_private(&user, text))?;
+                    }
+                    self.out.line(render::RESEND_HOWTO)?;
+                    self.unconfirmed.extend(unconfirmed.into_iter().map(|t| (user.clone(), t)));
                 }
             }
         }

@@ -1,19 +1,27 @@
 //! Peer-to-peer private messages: the listening socket and the connections.
 //!
 //! Outgoing: `private B text` connects to B's address (given by the server
-//! after B's consent), sends `PEER 1 <me>` and then one `PRIVATE <text>`
-//! line per message; the connection is kept and reused. Incoming: the first
-//! line must be `PEER 1 <name>`, then only `PRIVATE` lines, each reported as
-//! a [`PeerNotice::Private`]. Anything malformed closes that one connection
-//! and never affects the others or the server connection.
+//! after B's consent), sends `PEER 1 <me>` and then one `PRIVATE <id>
+//! <text>` line per message; the connection is kept and reused. Incoming:
+//! the first line must be `PEER 1 <name>`, then only `PRIVATE` lines, each
+//! reported as a [`PeerNotice::Private`] and acknowledged with `PACK <id>`
+//! once the client has shown it ([`Peers::flush_all`] after reporting).
+//! Anything malformed closes that one connection and never affects the
+//! others or the server connection.
+//!
+//! Every private message stays on its sender's list until acknowledged. If
+//! the connection fails, or no acknowledgement comes within
+//! [`ACK_TIMEOUT`], the connection is closed and every unacknowledged
+//! message is reported, so the user can send it through the server.
 //!
 //! This module does not print and does not know about stored addresses: it
-//! reports [`PeerNotice`]s and send failures, and the state machine decides
-//! what the user sees and which address to forget.
+//! reports [`PeerNotice`]s, and the state machine decides what the user
+//! sees and which address to forget.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
@@ -34,19 +42,35 @@ const MAX_INCOMING: usize = 128;
 /// is treated as gone rather than buffering without limit.
 const MAX_PENDING: usize = 64 * 1024;
 
+/// How long a peer may take to acknowledge a private message before it is
+/// considered gone (a stopped or hung process keeps its socket open).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Something the user should hear about.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PeerNotice {
     /// A private message arrived from `from`.
     Private { from: String, text: String },
-    /// Queued private messages to `user` at `addr` could not be delivered.
-    Unavailable { user: String, addr: SocketAddr },
+    /// `user` at `addr` cannot be reached (connection refused, closed, or
+    /// silent); `unconfirmed` are the private messages it never
+    /// acknowledged, oldest first.
+    Unavailable { user: String, addr: SocketAddr, unconfirmed: Vec<String> },
+}
+
+/// Private messages sent on one outgoing connection and not yet
+/// acknowledged.
+struct Unacked {
+    next_id: u64,
+    /// (id, text), oldest first.
+    messages: VecDeque<(u64, String)>,
+    /// Since when the oldest is waiting without news from the peer.
+    waiting_since: Instant,
 }
 
 /// Who is at the other end of a connection.
 enum Kind {
     /// This client connected to `user` at `addr` to send private messages.
-    Outgoing { user: String, addr: SocketAddr },
+    Outgoing { user: String, addr: SocketAddr, unacked: Unacked },
     /// Someone connected to this client; named once their `PEER` line came.
     Incoming { from: Option<String> },
 }
@@ -167,12 +191,15 @@ impl Peers {
         }
     }
 
-    /// Closes a connection; undelivered private messages become a notice.
+    /// Closes a connection; unacknowledged private messages become a
+    /// notice, with `extra` (a message that could not even be queued).
     fn fail(&mut self, key: usize, registry: &Registry, notices: &mut Vec<PeerNotice>) {
         let conn = self.remove(key, registry);
-        if let Kind::Outgoing { user, addr } = conn.kind {
-            if !conn.output.is_empty() {
-                notices.push(PeerNotice::Unavailable { user, addr });
+        if let Kind::Outgoing { user, addr, unacked } = conn.kind {
+            let unconfirmed: Vec<String> =
+                unacked.messages.into_iter().map(|(_, text)| text).collect();
+            if !unconfirmed.is_empty() {
+                notices.push(PeerNotice::Unavailable { user, addr, unconfirmed });
             }
         }
     }
@@ -199,8 +226,9 @@ impl Peers {
     }
 
     /// Sends one private message to `user` at `addr` as `me`, reusing an open
-    /// connection when the peer is still there. An error means the peer is
-    /// not available (the connection, if any, is closed).
+    /// connection when the peer is still there. If the peer is not
+    /// available, the connection (if any) is closed and a notice lists
+    /// every message it did not acknowledge, this one included.
     pub fn send_private(
         &mut self,
         registry: &Registry,
@@ -208,31 +236,58 @@ impl Peers {
         user: &str,
         addr: SocketAddr,
         text: &str,
-    ) -> io::Result<()> {
+        notices: &mut Vec<PeerNotice>,
+    ) {
         let open = self.conns.iter().find_map(|(key, conn)| match &conn.kind {
-            Kind::Outgoing { user: u, addr: a } if u == user && *a == addr => Some(key),
+            Kind::Outgoing { user: u, addr: a, .. } if u == user && *a == addr => Some(key),
             _ => None,
         });
         let key = match open {
             Some(key) if self.conns[key].is_alive() => key,
             stale => {
                 if let Some(key) = stale {
-                    self.remove(key, registry);
+                    self.fail(key, registry, notices);
                 }
-                self.connect(registry, me, user, addr)?
+                match self.connect(registry, me, user, addr) {
+                    Ok(key) => key,
+                    Err(_) => {
+                        let unconfirmed = take_unconfirmed(notices, user, addr, text);
+                        let user = user.to_owned();
+                        notices.push(PeerNotice::Unavailable { user, addr, unconfirmed });
+                        return;
+                    }
+                }
             }
         };
         let conn = &mut self.conns[key];
-        conn.queue(&PeerMsg::Private { text });
+        conn.queue_private(text);
         let result = if conn.output.len() > MAX_PENDING {
             Err(io::Error::new(io::ErrorKind::WouldBlock, "peer is not reading"))
         } else {
             self.flush(key, registry)
         };
         if result.is_err() {
-            self.remove(key, registry);
+            self.fail(key, registry, notices);
         }
-        result
+    }
+
+    /// Closes connections whose peer has left a private message
+    /// unacknowledged for [`ACK_TIMEOUT`], reporting what it did not take.
+    pub fn expire(&mut self, now: Instant, registry: &Registry, notices: &mut Vec<PeerNotice>) {
+        let late: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| conn.ack_due().is_some_and(|due| due <= now))
+            .map(|(key, _)| key)
+            .collect();
+        for key in late {
+            self.fail(key, registry, notices);
+        }
+    }
+
+    /// When [`Peers::expire`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.conns.iter().filter_map(|(_, conn)| conn.ack_due()).min()
     }
 
     /// Opens a connection to `user` and queues the `PEER` greeting.
@@ -250,7 +305,9 @@ impl Peers {
         let entry = self.conns.vacant_entry();
         let token = Token(self.first_token + entry.key());
         registry.register(&mut stream, token, Interest::READABLE)?;
-        let kind = Kind::Outgoing { user: user.to_owned(), addr };
+        let unacked =
+            Unacked { next_id: 1, messages: VecDeque::new(), waiting_since: Instant::now() };
+        let kind = Kind::Outgoing { user: user.to_owned(), addr, unacked };
         let conn = entry.insert(Conn::new(stream, kind));
         conn.queue(&PeerMsg::Hello { version: VERSION, from: me });
         Ok(token.0 - self.first_token)
@@ -302,9 +359,31 @@ impl Conn {
         self.output.extend_from_slice(line.as_bytes());
     }
 
+    /// Queues a private message on an outgoing connection and keeps it
+    /// until acknowledged.
+    fn queue_private(&mut self, text: &str) {
+        let Kind::Outgoing { unacked, .. } = &mut self.kind else { return };
+        let id = unacked.next_id;
+        unacked.next_id += 1;
+        if unacked.messages.is_empty() {
+            unacked.waiting_since = Instant::now();
+        }
+        unacked.messages.push_back((id, text.to_owned()));
+        self.queue(&PeerMsg::Private { id, text });
+    }
+
+    /// When this connection's peer is overdue with an acknowledgement.
+    fn ack_due(&self) -> Option<Instant> {
+        match &self.kind {
+            Kind::Outgoing { unacked, .. } if !unacked.messages.is_empty() => {
+                Some(unacked.waiting_since + ACK_TIMEOUT)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the peer is still there: a peek that sees end of stream or an
-    /// error means it has gone (a peer never sends on our outgoing side, so
-    /// "no data yet" is the normal answer).
+    /// error means it has gone ("no data yet" is the normal answer).
     fn is_alive(&self) -> bool {
         match self.stream.peek(&mut [0u8; 1]) {
             Ok(0) => false,
@@ -318,23 +397,58 @@ impl Conn {
         while let Some(line) = self.input.next_line() {
             let Line::Complete(bytes) = line else { return false };
             let Ok(text) = std::str::from_utf8(bytes) else { return false };
-            let from = match &mut self.kind {
-                // Peers only listen on connections this client opened.
-                Kind::Outgoing { .. } => return false,
-                Kind::Incoming { from } => from,
-            };
-            match (PeerMsg::parse(text), from.as_ref()) {
-                (Ok(PeerMsg::Hello { version: VERSION, from: name }), None) => {
-                    *from = Some(name.to_owned());
+            let ack = match (&mut self.kind, PeerMsg::parse(text)) {
+                (Kind::Outgoing { unacked, .. }, Ok(PeerMsg::Ack { id })) => {
+                    let before = unacked.messages.len();
+                    unacked.messages.retain(|(sent, _)| *sent > id);
+                    if unacked.messages.len() < before {
+                        unacked.waiting_since = Instant::now();
+                    }
+                    None
                 }
-                (Ok(PeerMsg::Private { text }), Some(name)) => {
+                (
+                    Kind::Incoming { from: from @ None },
+                    Ok(PeerMsg::Hello { version, from: name }),
+                ) if version == VERSION => {
+                    *from = Some(name.to_owned());
+                    None
+                }
+                (Kind::Incoming { from: Some(name) }, Ok(PeerMsg::Private { id, text })) => {
                     notices.push(PeerNotice::Private { from: name.clone(), text: text.to_owned() });
+                    Some(id)
                 }
                 _ => return false,
+            };
+            // Written by the next flush_all, after the client has shown it.
+            if let Some(id) = ack {
+                self.queue(&PeerMsg::Ack { id });
             }
         }
         true
     }
+}
+
+/// The unconfirmed messages for `user` at `addr` already reported in
+/// `notices` (by closing a stale connection), taken out so that they are
+/// reported once, together with `text`.
+fn take_unconfirmed(
+    notices: &mut Vec<PeerNotice>,
+    user: &str,
+    addr: SocketAddr,
+    text: &str,
+) -> Vec<String> {
+    let mut unconfirmed = Vec::new();
+    notices.retain_mut(|notice| match notice {
+        PeerNotice::Unavailable { user: u, addr: a, unconfirmed: earlier }
+            if u == user && *a == addr =>
+        {
+            unconfirmed.append(earlier);
+            false
+        }
+        _ => true,
+    });
+    unconfirmed.push(text.to_owned());
+    unconfirmed
 }
 
 /// Writes as much of `output` as the socket takes, removing what was
@@ -395,7 +509,7 @@ mod tests {
     fn incoming_private_messages_are_reported() -> io::Result<()> {
         let (mut poll, mut peers) = setup()?;
         let mut sender = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
-        sender.write_all(b"PEER 1 B\nPRIVATE hello  there\r\nPRIVATE again\n")?;
+        sender.write_all(b"PEER 1 B\nPRIVATE 1 hello  there\r\nPRIVATE 2 again\n")?;
         let notices = pump(&mut poll, &mut peers, |n| n.len() >= 2)?;
         assert_eq!(
             notices,
@@ -404,6 +518,14 @@ mod tests {
                 PeerNotice::Private { from: "B".into(), text: "again".into() },
             ]
         );
+        // Acknowledged once the client has shown them (flush_all).
+        peers.flush_all(poll.registry(), &mut Vec::new());
+        sender.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut reader = io::BufReader::new(sender);
+        let mut acks = String::new();
+        reader.read_line(&mut acks)?;
+        reader.read_line(&mut acks)?;
+        assert_eq!(acks, "PACK 1\nPACK 2\n");
         Ok(())
     }
 
@@ -411,23 +533,40 @@ mod tests {
     fn malformed_peer_is_closed_alone() -> io::Result<()> {
         let (mut poll, mut peers) = setup()?;
         let mut bad = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
-        bad.write_all(b"PRIVATE no greeting\n")?;
+        bad.write_all(b"PRIVATE 1 no greeting\n")?;
         let mut good = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
-        good.write_all(b"PEER 1 C\nPRIVATE fine\n")?;
+        good.write_all(b"PEER 1 C\nPRIVATE 1 fine\n")?;
         let notices = pump(&mut poll, &mut peers, |n| !n.is_empty())?;
         assert_eq!(notices, vec![PeerNotice::Private { from: "C".into(), text: "fine".into() }]);
         // The bad peer's connection was closed by us: it reads end of stream.
         bad.set_read_timeout(Some(Duration::from_secs(2)))?;
         let mut buf = [0u8; 8];
         assert!(matches!(bad.read(&mut buf), Ok(0) | Err(_)));
-        for wrong in [&b"PEER 2 B\n"[..], b"PEER 1 B\nPEER 1 B\n", b"\xff\n"] {
+        for wrong in [&b"PEER 2 B\n"[..], b"PEER 1 B\nPEER 1 B\n", b"\xff\n", b"PEER 1 B\nPACK 1\n"]
+        {
             let mut conn = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
             conn.write_all(wrong)?;
-            conn.write_all(b"PRIVATE x\n")?;
+            conn.write_all(b"PRIVATE 1 x\n")?;
         }
         let notices = pump(&mut poll, &mut peers, |_| false)?;
         assert!(notices.is_empty(), "{notices:?}");
         Ok(())
+    }
+
+    /// Reads `n` lines from a peer's side of a connection.
+    fn read_lines(reader: &mut impl BufRead, n: usize) -> io::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        for _ in 0..n {
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+
+    fn unavailable(addr: SocketAddr, texts: &[&str]) -> PeerNotice {
+        let unconfirmed = texts.iter().map(|t| t.to_string()).collect();
+        PeerNotice::Unavailable { user: "B".into(), addr, unconfirmed }
     }
 
     #[test]
@@ -435,33 +574,53 @@ mod tests {
         let (poll, mut peers) = setup()?;
         let remote = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = remote.local_addr()?;
-        peers.send_private(poll.registry(), "A", "B", addr, "hello")?;
-        peers.send_private(poll.registry(), "A", "B", addr, "hello again")?;
+        let mut notices = Vec::new();
+        peers.send_private(poll.registry(), "A", "B", addr, "hello", &mut notices);
+        peers.send_private(poll.registry(), "A", "B", addr, "hello again", &mut notices);
+        assert!(notices.is_empty());
         let (stream, _) = remote.accept()?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut reader = io::BufReader::new(stream);
-        let mut lines = Vec::new();
-        for _ in 0..3 {
-            let mut line = String::new();
-            reader.read_line(&mut line)?;
-            lines.push(line);
-        }
-        assert_eq!(lines, vec!["PEER 1 A\n", "PRIVATE hello\n", "PRIVATE hello again\n"]);
+        let lines = read_lines(&mut io::BufReader::new(stream), 3)?;
+        assert_eq!(lines, vec!["PEER 1 A\n", "PRIVATE 1 hello\n", "PRIVATE 2 hello again\n"]);
         Ok(())
     }
 
     #[test]
-    fn gone_peer_is_detected_and_refused_connect_is_an_error() -> io::Result<()> {
+    fn acknowledged_messages_are_forgotten_and_silence_reports_the_rest() -> io::Result<()> {
+        let (mut poll, mut peers) = setup()?;
+        let remote = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = remote.local_addr()?;
+        let mut notices = Vec::new();
+        for text in ["one", "two", "three"] {
+            peers.send_private(poll.registry(), "A", "B", addr, text, &mut notices);
+        }
+        let (mut stream, _) = remote.accept()?;
+        stream.write_all(b"PACK 1\n")?;
+        pump(&mut poll, &mut peers, |_| false)?;
+        let due = peers.next_deadline().expect("two still wait");
+        peers.expire(due - Duration::from_millis(1), poll.registry(), &mut notices);
+        assert!(notices.is_empty(), "not overdue yet");
+        peers.expire(due, poll.registry(), &mut notices);
+        assert_eq!(notices, vec![unavailable(addr, &["two", "three"])]);
+        assert_eq!(peers.next_deadline(), None);
+        Ok(())
+    }
+
+    #[test]
+    fn gone_peer_is_detected_and_everything_unacknowledged_reported_once() -> io::Result<()> {
         let (poll, mut peers) = setup()?;
         let remote = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = remote.local_addr()?;
-        peers.send_private(poll.registry(), "A", "B", addr, "hello")?;
+        let mut notices = Vec::new();
+        peers.send_private(poll.registry(), "A", "B", addr, "hello", &mut notices);
         let (stream, _) = remote.accept()?;
         drop(stream);
         drop(remote);
         std::thread::sleep(Duration::from_millis(100));
-        // The old connection is seen as closed, and reconnecting is refused.
-        assert!(peers.send_private(poll.registry(), "A", "B", addr, "again").is_err());
+        // The old connection is seen as closed, and reconnecting is refused:
+        // one notice names both messages.
+        peers.send_private(poll.registry(), "A", "B", addr, "again", &mut notices);
+        assert_eq!(notices, vec![unavailable(addr, &["hello", "again"])]);
         assert!(!peers.has_pending_output());
         Ok(())
     }

@@ -28,6 +28,8 @@ pub const SHUTDOWN: &str = "Server is shutting down. Press Enter or CTRL-c to ex
 pub const TERMINATING: &str = "Client is terminating. Bye!";
 pub const LOST_CONNECTION: &str = "Lost connection to the server.";
 pub const NO_ADDRESS: &str = "Please request user address first (getaddress <user>).";
+pub const RESEND_HOWTO: &str = "To send them through the server instead, enter: resend";
+pub const NOTHING_TO_RESEND: &str = "There are no unconfirmed private messages to resend.";
 
 /// Prompts shown in interactive mode only (no newline after them).
 pub const PROMPT_USER: &str = "Username: ";
@@ -62,6 +64,11 @@ pub fn no_longer_available(user: &str, addr: SocketAddr) -> String {
         addr.ip(),
         addr.port()
     )
+}
+
+/// A private message the peer never acknowledged.
+pub fn unconfirmed_private(user: &str, text: &str) -> String {
+    format!("Private message to {user} was not confirmed: {}", clean(text))
 }
 
 fn deny_line(reason: DenyReason) -> &'static str {
