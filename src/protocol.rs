@@ -21,6 +21,11 @@ pub const VERSION: u32 = 1;
 /// a reader buffer much.
 pub const MAX_LINE: usize = 4096;
 
+/// Longest chat message text in bytes. Shorter than [`MAX_LINE`] by room
+/// for the longest `MSG` header, so that whatever a client may send is
+/// always deliverable in one frame.
+pub const MAX_TEXT: usize = MAX_LINE - 96;
+
 /// Longest accepted username in bytes.
 pub const MAX_NAME: usize = 32;
 
@@ -398,6 +403,8 @@ pub enum Failure<'a> {
     LineTooLong,
     /// The line was not valid UTF-8.
     BadEncoding,
+    /// A message's text exceeded [`MAX_TEXT`]; it was not accepted.
+    TextTooLong,
     /// The recipient's outbox is full: the message was not accepted.
     QueueFull { user: &'a str },
     /// The line did not parse; `detail` says why.
@@ -419,6 +426,7 @@ impl Failure<'_> {
             Failure::Version => out.write_str("version"),
             Failure::LineTooLong => out.write_str("line-too-long"),
             Failure::BadEncoding => out.write_str("bad-encoding"),
+            Failure::TextTooLong => out.write_str("text-too-long"),
             Failure::QueueFull { user } => write!(out, "queue-full {user}"),
             Failure::BadCommand { detail } => write!(out, "bad-command {detail}"),
         }
@@ -439,6 +447,7 @@ impl Failure<'_> {
             "version" => Failure::Version,
             "line-too-long" => Failure::LineTooLong,
             "bad-encoding" => Failure::BadEncoding,
+            "text-too-long" => Failure::TextTooLong,
             "queue-full" => Failure::QueueFull { user: name_field(rest, "username")? },
             "bad-command" => Failure::BadCommand { detail: text(rest, "detail")? },
             _ => return Err(ParseError::BadField("code")),
@@ -859,6 +868,7 @@ mod tests {
             Failure::Version,
             Failure::LineTooLong,
             Failure::BadEncoding,
+            Failure::TextTooLong,
             Failure::QueueFull { user: "A" },
             Failure::BadCommand { detail: "missing username" },
         ] {

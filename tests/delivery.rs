@@ -306,3 +306,21 @@ fn an_unacknowledged_private_message_is_reported_and_can_go_through_the_server()
     b.send("message A nothing else");
     a.out.expect_next("B: nothing else");
 }
+
+#[test]
+fn the_longest_message_is_delivered_and_a_longer_one_refused_not_lost() {
+    let server = Server::start("longest", &[]);
+    let mut b = server.login("B");
+    let mut raw = Raw::login(server.port, "A", "A_pwd");
+    b.out.expect_next("User A has logged on.");
+    let longest = "x".repeat(chat::protocol::MAX_TEXT);
+    raw.send(&format!("MESSAGE B {longest}y"));
+    assert_eq!(raw.line(), "FAIL text-too-long");
+    raw.send(&format!("BROADCAST {longest}"));
+    b.out.expect_next(&format!("A: {longest}"));
+    raw.send("MESSAGE B after");
+    b.out.expect_next("A: after");
+    // The typing side refuses it before sending.
+    b.send(&format!("message A {longest}y"));
+    b.out.expect_next("Your message is too long (at most 4000 bytes) and was not sent.");
+}

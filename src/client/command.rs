@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use crate::protocol::valid_name;
+use crate::protocol::{valid_name, MAX_TEXT};
 
 /// One command typed by the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,8 @@ pub enum CommandError {
     /// The user name cannot exist: usernames are plain printable ASCII
     /// without spaces (see [`valid_name`]), so the server could never find it.
     NoSuchUser(String),
+    /// The message text exceeds [`MAX_TEXT`].
+    TooLong,
 }
 
 impl fmt::Display for CommandError {
@@ -60,6 +62,7 @@ impl fmt::Display for CommandError {
                  unblock, getaddress, consent, private, resend, logout."
             ),
             CommandError::NoSuchUser(user) => write!(f, "User {user} does not exist."),
+            CommandError::TooLong => f.write_str(crate::client::render::TEXT_TOO_LONG),
         }
     }
 }
@@ -112,7 +115,15 @@ fn user_and_text<'a>(
     if name.is_empty() || text.trim().is_empty() {
         return Err(CommandError::Usage(usage));
     }
-    Ok((user(name)?, text))
+    Ok((user(name)?, fits(text)?))
+}
+
+/// Message text no longer than a frame can carry.
+fn fits(text: &str) -> Result<&str, CommandError> {
+    if text.len() > MAX_TEXT {
+        return Err(CommandError::TooLong);
+    }
+    Ok(text)
 }
 
 /// Nothing after the command word.
@@ -139,7 +150,7 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, CommandError> {
             if text.trim().is_empty() {
                 return Err(CommandError::Usage(USAGE_BROADCAST));
             }
-            Command::Broadcast { text }
+            Command::Broadcast { text: fits(text)? }
         }
         "online" => {
             nothing(rest, USAGE_ONLINE)?;
@@ -202,6 +213,11 @@ mod tests {
         assert_eq!(ok("private A hello"), Command::Private { to: "A", text: "hello" });
         assert_eq!(ok("logout"), Command::Logout);
         assert_eq!(ok("resend"), Command::Resend);
+        let longest = "x".repeat(MAX_TEXT);
+        assert_eq!(ok(&format!("broadcast {longest}")), Command::Broadcast { text: &longest });
+        for command in ["message B ", "broadcast ", "private B "] {
+            assert_eq!(parse(&format!("{command}{longest}y")), Err(CommandError::TooLong));
+        }
     }
 
     #[test]

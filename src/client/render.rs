@@ -23,6 +23,7 @@ pub const ONLINE_WARNING: &str = "(Warning: Users that have blocked you will not
 pub const CONSENT_HOWTO: &str = "To ignore, do nothing. To give consent, enter: consent <user>";
 pub const VERSION_MISMATCH: &str = "The server speaks a different protocol version.";
 pub const LINE_TOO_LONG: &str = "Your line was too long and was discarded.";
+pub const TEXT_TOO_LONG: &str = "Your message is too long (at most 4000 bytes) and was not sent.";
 pub const LOGGED_OUT: &str = "Logging out. Bye for now!";
 pub const SHUTDOWN: &str = "Server is shutting down. Press Enter or CTRL-c to exit.";
 pub const TERMINATING: &str = "Client is terminating. Bye!";
@@ -98,6 +99,7 @@ fn failure_line(failure: &Failure<'_>) -> String {
         Failure::Version => VERSION_MISMATCH.into(),
         Failure::LineTooLong => LINE_TOO_LONG.into(),
         Failure::BadEncoding => "Your line was not valid UTF-8 and was discarded.".into(),
+        Failure::TextTooLong => TEXT_TOO_LONG.into(),
         Failure::QueueFull { user } => format!(
             "User {user} has too many undelivered messages. \
              Your message was not accepted; try again later."

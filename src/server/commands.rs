@@ -10,7 +10,7 @@
 use super::core::{encode, ConnId, Core, Stored, UserId};
 use super::journal::Record;
 use crate::protocol::{
-    ClientMsg, Failure, MsgKind, QueueReason, ServerMsg, ONLINE_NAMES_PER_FRAME,
+    ClientMsg, Failure, MsgKind, QueueReason, ServerMsg, MAX_TEXT, ONLINE_NAMES_PER_FRAME,
 };
 
 /// When a frame may be sent.
@@ -72,6 +72,16 @@ impl Core {
         self.users[user].blocked.contains(&other)
     }
 
+    /// Refuses text that would not fit in a `MSG` frame: a message its
+    /// recipient's client could not read would block its outbox forever.
+    fn text_fits(&mut self, conn: ConnId, text: &str) -> bool {
+        let fits = text.len() <= MAX_TEXT;
+        if !fits {
+            self.refuse(conn, Failure::TextTooLong);
+        }
+        fits
+    }
+
     /// Puts a message in `to`'s outbox, where it stays until acknowledged,
     /// and sends it now if `to` is online and its send window has room.
     /// Refuses (telling `conn`) when the outbox is full. Returns whether it
@@ -111,6 +121,9 @@ impl Core {
     /// it is acknowledged), saved for an offline recipient (`QUEUED`), or
     /// refused.
     fn message(&mut self, conn: ConnId, me: UserId, to: &str, text: &str) {
+        if !self.text_fits(conn, text) {
+            return;
+        }
         let Some(to) = self.other_user(conn, me, to) else {
             return;
         };
@@ -130,6 +143,9 @@ impl Core {
     /// hears `partial-broadcast`, as in the seed) and those whose outbox is
     /// full (the sender hears `queue-full` for each).
     fn broadcast(&mut self, conn: ConnId, me: UserId, text: &str) {
+        if !self.text_fits(conn, text) {
+            return;
+        }
         let mut someone_blocked = false;
         let recipients: Vec<UserId> = self.online.iter().copied().filter(|&u| u != me).collect();
         for to in recipients {
@@ -533,6 +549,24 @@ mod tests {
         );
         h.line(2, &format!("ACK {total}"));
         assert_eq!(h.to(2).len(), 7);
+    }
+
+    #[test]
+    fn text_too_long_for_a_msg_frame_is_refused() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        let longest = "x".repeat(crate::protocol::MAX_TEXT);
+        h.line(1, &format!("MESSAGE B {longest}y"));
+        h.line(1, &format!("BROADCAST {longest}y"));
+        assert_eq!(
+            h.take(),
+            vec![(1, "FAIL text-too-long".into()), (1, "FAIL text-too-long".into())]
+        );
+        h.line(1, &format!("MESSAGE B {longest}"));
+        let sent = h.to(2);
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].len() < crate::protocol::MAX_LINE, "the frame fits a line");
     }
 
     #[test]
