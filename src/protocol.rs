@@ -98,6 +98,19 @@ fn name_field<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, Par
     }
 }
 
+/// Longest peer-to-peer grant token: the server issues 32 hex digits.
+pub const MAX_TOKEN: usize = 64;
+
+/// A grant token: 1 to [`MAX_TOKEN`] ASCII letters and digits.
+fn token_field<'a>(rest: &mut &'a str) -> Result<&'a str, ParseError> {
+    let value = field(rest, "token")?;
+    if value.len() <= MAX_TOKEN && value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(value)
+    } else {
+        Err(ParseError::BadField("token"))
+    }
+}
+
 fn number_field<T: std::str::FromStr>(
     rest: &mut &str,
     name: &'static str,
@@ -516,11 +529,24 @@ pub enum ServerMsg<'a> {
     ConsentRequest {
         user: &'a str,
     },
-    /// `user` granted their peer-to-peer address.
+    /// `user` granted their peer-to-peer address; a private message
+    /// connection to it must present `token`.
     Address {
         user: &'a str,
         ip: IpAddr,
         port: u16,
+        token: &'a str,
+    },
+    /// To a grantor: `user` was given your address and may connect with
+    /// `token` (the only token your client should accept from `user`).
+    Granted {
+        user: &'a str,
+        token: &'a str,
+    },
+    /// Every grant between you and `user` is withdrawn (one of you blocked
+    /// the other): forget their address and refuse their connections.
+    Revoked {
+        user: &'a str,
     },
     /// `user` logged in again: the address held for them is stale.
     AddressChanged {
@@ -581,7 +607,13 @@ impl<'a> ServerMsg<'a> {
                 user: name_field(rest, "username")?,
                 ip: field(rest, "ip")?.parse().map_err(|_| ParseError::BadField("ip"))?,
                 port: number_field(rest, "port")?,
+                token: token_field(rest)?,
             },
+            "GRANTED" => ServerMsg::Granted {
+                user: name_field(rest, "username")?,
+                token: token_field(rest)?,
+            },
+            "REVOKED" => ServerMsg::Revoked { user: name_field(rest, "username")? },
             "ADDRESS-CHANGED" => ServerMsg::AddressChanged { user: name_field(rest, "username")? },
             "FAIL" => ServerMsg::Fail(Failure::parse(rest)?),
             "BYE" => ServerMsg::Bye { reason: ByeReason::parse(field(rest, "reason")?)? },
@@ -621,7 +653,11 @@ impl<'a> ServerMsg<'a> {
             ServerMsg::Unblocked { user } => write!(out, "UNBLOCKED {user}"),
             ServerMsg::ConsentAsked { user } => write!(out, "CONSENT-ASKED {user}"),
             ServerMsg::ConsentRequest { user } => write!(out, "CONSENT-REQUEST {user}"),
-            ServerMsg::Address { user, ip, port } => write!(out, "ADDRESS {user} {ip} {port}"),
+            ServerMsg::Address { user, ip, port, token } => {
+                write!(out, "ADDRESS {user} {ip} {port} {token}")
+            }
+            ServerMsg::Granted { user, token } => write!(out, "GRANTED {user} {token}"),
+            ServerMsg::Revoked { user } => write!(out, "REVOKED {user}"),
             ServerMsg::AddressChanged { user } => write!(out, "ADDRESS-CHANGED {user}"),
             ServerMsg::Fail(failure) => {
                 out.write_str("FAIL ")?;
@@ -638,8 +674,10 @@ impl<'a> ServerMsg<'a> {
 /// A frame one client sends another over a peer-to-peer connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerMsg<'a> {
-    /// First frame on a peer connection: version and the sender's name.
-    Hello { version: u32, from: &'a str },
+    /// First frame on a peer connection: version, the sender's name, and
+    /// the token the server issued when the receiver granted the sender
+    /// its address.
+    Hello { version: u32, from: &'a str, token: &'a str },
     /// A private message from the connection's sender; `id` counts up
     /// from 1 on each connection.
     Private { id: u64, text: &'a str },
@@ -657,6 +695,7 @@ impl<'a> PeerMsg<'a> {
             "PEER" => PeerMsg::Hello {
                 version: number_field(rest, "version")?,
                 from: name_field(rest, "username")?,
+                token: token_field(rest)?,
             },
             "PRIVATE" => PeerMsg::Private {
                 id: number_field(rest, "message id")?,
@@ -673,7 +712,9 @@ impl<'a> PeerMsg<'a> {
     pub fn encode(&self, out: &mut String) {
         // Writing to a String cannot fail.
         let _ = match self {
-            PeerMsg::Hello { version, from } => writeln!(out, "PEER {version} {from}"),
+            PeerMsg::Hello { version, from, token } => {
+                writeln!(out, "PEER {version} {from} {token}")
+            }
             PeerMsg::Private { id, text } => writeln!(out, "PRIVATE {id} {text}"),
             PeerMsg::Ack { id } => writeln!(out, "PACK {id}"),
         };
@@ -852,8 +893,12 @@ mod tests {
             user: "A",
             ip: "129.35.26.1".parse().unwrap(),
             port: 51791,
+            token: "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
         });
-        round_trip_server(ServerMsg::Address { user: "A", ip: "::1".parse().unwrap(), port: 1 });
+        let ip = "::1".parse().unwrap();
+        round_trip_server(ServerMsg::Address { user: "A", ip, port: 1, token: "x" });
+        round_trip_server(ServerMsg::Granted { user: "B", token: "abc123" });
+        round_trip_server(ServerMsg::Revoked { user: "B" });
         round_trip_server(ServerMsg::AddressChanged { user: "A" });
         for failure in [
             Failure::BlockedBy { user: "A" },
@@ -889,7 +934,7 @@ mod tests {
     #[test]
     fn peer_frames_round_trip() {
         for msg in [
-            PeerMsg::Hello { version: 1, from: "B" },
+            PeerMsg::Hello { version: 1, from: "B", token: "c0ffee" },
             PeerMsg::Private { id: 3, text: "hello  there" },
             PeerMsg::Ack { id: 3 },
         ] {

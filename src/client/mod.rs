@@ -255,8 +255,8 @@ struct Client {
     hello_deadline: Instant,
     ping_every: Duration,
     next_ping: Option<Instant>,
-    /// Peer-to-peer addresses granted by consent.
-    addresses: HashMap<String, SocketAddr>,
+    /// Peer-to-peer addresses granted by consent, with their grant tokens.
+    addresses: HashMap<String, (SocketAddr, String)>,
     /// Private messages no peer acknowledged, as (recipient, text), for
     /// `resend`.
     unconfirmed: Vec<(String, String)>,
@@ -552,11 +552,20 @@ impl Client {
             }
             ServerMsg::Denied { reason } => self.on_denied(*reason),
             ServerMsg::Msg { seq, .. } => self.send(&ClientMsg::Ack { seq: *seq }),
-            ServerMsg::Address { user, ip, port } => {
-                let addr = SocketAddr::new(*ip, *port);
-                if self.addresses.insert((*user).to_owned(), addr) != Some(addr) {
-                    self.peers.close_to(user, self.poll.registry());
-                }
+            ServerMsg::Address { user, ip, port, token } => {
+                let granted = (SocketAddr::new(*ip, *port), (*token).to_owned());
+                // A new grant starts a new connection (the old token is void).
+                self.peers.close_to(user, self.poll.registry());
+                self.addresses.insert((*user).to_owned(), granted);
+                Ok(())
+            }
+            ServerMsg::Granted { user, token } => {
+                self.peers.allow(user, token);
+                Ok(())
+            }
+            ServerMsg::Revoked { user } => {
+                self.addresses.remove(*user);
+                self.peers.revoke(user, self.poll.registry());
                 Ok(())
             }
             ServerMsg::AddressChanged { user } => {
@@ -718,11 +727,12 @@ impl Client {
     }
 
     fn private(&mut self, to: &str, text: &str) -> Step {
-        let Some(&addr) = self.addresses.get(to) else {
+        let Some((addr, token)) = self.addresses.get(to) else {
             return self.out.line(render::NO_ADDRESS).map_err(End::from);
         };
         let mut notices = Vec::new();
-        self.peers.send_private(self.poll.registry(), &self.user, to, addr, text, &mut notices);
+        let peer = (to, *addr, token.as_str());
+        self.peers.send_private(self.poll.registry(), &self.user, peer, text, &mut notices);
         self.report(notices)
     }
 
@@ -745,9 +755,12 @@ impl Client {
                 PeerNotice::Private { from, text } => {
                     self.out.line(&render::chat_line(&from, &text))?;
                 }
+                PeerNotice::Refused { claimed } => {
+                    self.out.line(&render::refused_peer(&claimed))?;
+                }
                 PeerNotice::Unavailable { user, addr, unconfirmed } => {
                     self.out.line(&render::no_longer_available(&user, addr))?;
-                    if self.addresses.get(&user) == Some(&addr) {
+                    if self.addresses.get(&user).is_some_and(|(a, _)| *a == addr) {
                         self.addresses.remove(&user);
                     }
                     for text in &unconfirmed {

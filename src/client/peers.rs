@@ -1,9 +1,13 @@
 //! Peer-to-peer private messages: the listening socket and the connections.
 //!
 //! Outgoing: `private B text` connects to B's address (given by the server
-//! after B's consent), sends `PEER 1 <me>` and then one `PRIVATE <id>
-//! <text>` line per message; the connection is kept and reused. Incoming:
-//! the first line must be `PEER 1 <name>`, then only `PRIVATE` lines, each
+//! after B's consent, with a grant token), sends `PEER 1 <me> <token>` and
+//! then one `PRIVATE <id> <text>` line per message; the connection is kept
+//! and reused. Incoming: the first line must be `PEER 1 <name> <token>`
+//! with the token the server gave this client for `name` when it
+//! consented (anything else is refused: a private message always shows
+//! its true sender, and a revoked grant opens nothing), then only
+//! `PRIVATE` lines, each
 //! reported as a [`PeerNotice::Private`] and acknowledged with `PACK <id>`
 //! once the client has shown it ([`Peers::flush_all`] after reporting).
 //! Anything malformed closes that one connection and never affects the
@@ -18,7 +22,7 @@
 //! reports [`PeerNotice`]s, and the state machine decides what the user
 //! sees and which address to forget.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -55,6 +59,9 @@ pub enum PeerNotice {
     /// silent); `unconfirmed` are the private messages it never
     /// acknowledged, oldest first.
     Unavailable { user: String, addr: SocketAddr, unconfirmed: Vec<String> },
+    /// A connection claiming to come from `claimed` did not present the
+    /// token granted to that user, and was closed.
+    Refused { claimed: String },
 }
 
 /// Private messages sent on one outgoing connection and not yet
@@ -93,6 +100,9 @@ pub struct Peers {
     conns: Slab<Conn>,
     /// Token of the connection with slab key 0; keys map to tokens above it.
     first_token: usize,
+    /// Grant tokens this client's user issued (through the server), by the
+    /// user allowed to connect with each.
+    grants: HashMap<String, String>,
 }
 
 impl Peers {
@@ -108,7 +118,8 @@ impl Peers {
         let mut listener = TcpListener::bind(SocketAddr::new(ip, 0))?;
         registry.register(&mut listener, listener_token, Interest::READABLE)?;
         let port = listener.local_addr()?.port();
-        Ok(Peers { listener, listener_token, port, conns: Slab::new(), first_token })
+        let (conns, grants) = (Slab::new(), HashMap::new());
+        Ok(Peers { listener, listener_token, port, conns, first_token, grants })
     }
 
     /// The port peers connect to.
@@ -177,7 +188,7 @@ impl Peers {
             match conn.input.read_from(&mut conn.stream) {
                 Ok(0) => return false,
                 Ok(_) => {
-                    if !conn.take_lines(notices) {
+                    if !conn.take_lines(&self.grants, notices) {
                         return false;
                     }
                 }
@@ -225,6 +236,30 @@ impl Peers {
         Ok(())
     }
 
+    /// Lets `user` connect with `token` (this client's user granted it),
+    /// replacing any earlier grant to `user`.
+    pub fn allow(&mut self, user: &str, token: &str) {
+        self.grants.insert(user.to_owned(), token.to_owned());
+    }
+
+    /// Withdraws every grant between this client's user and `user`: their
+    /// token is no longer accepted and connections either way are closed.
+    pub fn revoke(&mut self, user: &str, registry: &Registry) {
+        self.grants.remove(user);
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| match &conn.kind {
+                Kind::Outgoing { user: u, .. } => u == user,
+                Kind::Incoming { from } => from.as_deref() == Some(user),
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            self.remove(key, registry);
+        }
+    }
+
     /// Sends one private message to `user` at `addr` as `me`, reusing an open
     /// connection when the peer is still there. If the peer is not
     /// available, the connection (if any) is closed and a notice lists
@@ -233,8 +268,7 @@ impl Peers {
         &mut self,
         registry: &Registry,
         me: &str,
-        user: &str,
-        addr: SocketAddr,
+        (user, addr, token): (&str, SocketAddr, &str),
         text: &str,
         notices: &mut Vec<PeerNotice>,
     ) {
@@ -248,7 +282,7 @@ impl Peers {
                 if let Some(key) = stale {
                     self.fail(key, registry, notices);
                 }
-                match self.connect(registry, me, user, addr) {
+                match self.connect(registry, me, (user, addr, token)) {
                     Ok(key) => key,
                     Err(_) => {
                         let unconfirmed = take_unconfirmed(notices, user, addr, text);
@@ -295,8 +329,7 @@ impl Peers {
         &mut self,
         registry: &Registry,
         me: &str,
-        user: &str,
-        addr: SocketAddr,
+        (user, addr, grant): (&str, SocketAddr, &str),
     ) -> io::Result<usize> {
         let std_stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
         std_stream.set_nodelay(true)?;
@@ -309,7 +342,7 @@ impl Peers {
             Unacked { next_id: 1, messages: VecDeque::new(), waiting_since: Instant::now() };
         let kind = Kind::Outgoing { user: user.to_owned(), addr, unacked };
         let conn = entry.insert(Conn::new(stream, kind));
-        conn.queue(&PeerMsg::Hello { version: VERSION, from: me });
+        conn.queue(&PeerMsg::Hello { version: VERSION, from: me, token: grant });
         Ok(token.0 - self.first_token)
     }
 
@@ -393,7 +426,11 @@ impl Conn {
     }
 
     /// Handles complete lines; false when the peer broke the protocol.
-    fn take_lines(&mut self, notices: &mut Vec<PeerNotice>) -> bool {
+    fn take_lines(
+        &mut self,
+        grants: &HashMap<String, String>,
+        notices: &mut Vec<PeerNotice>,
+    ) -> bool {
         while let Some(line) = self.input.next_line() {
             let Line::Complete(bytes) = line else { return false };
             let Ok(text) = std::str::from_utf8(bytes) else { return false };
@@ -408,8 +445,12 @@ impl Conn {
                 }
                 (
                     Kind::Incoming { from: from @ None },
-                    Ok(PeerMsg::Hello { version, from: name }),
-                ) if version == VERSION => {
+                    Ok(PeerMsg::Hello { version: VERSION, from: name, token }),
+                ) => {
+                    if !grants.get(name).is_some_and(|granted| same_token(granted, token)) {
+                        notices.push(PeerNotice::Refused { claimed: name.to_owned() });
+                        return false;
+                    }
                     *from = Some(name.to_owned());
                     None
                 }
@@ -426,6 +467,12 @@ impl Conn {
         }
         true
     }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a
+/// guessed token was right.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The unconfirmed messages for `user` at `addr` already reported in
@@ -509,7 +556,8 @@ mod tests {
     fn incoming_private_messages_are_reported() -> io::Result<()> {
         let (mut poll, mut peers) = setup()?;
         let mut sender = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
-        sender.write_all(b"PEER 1 B\nPRIVATE 1 hello  there\r\nPRIVATE 2 again\n")?;
+        peers.allow("B", "s3cret");
+        sender.write_all(b"PEER 1 B s3cret\nPRIVATE 1 hello  there\r\nPRIVATE 2 again\n")?;
         let notices = pump(&mut poll, &mut peers, |n| n.len() >= 2)?;
         assert_eq!(
             notices,
@@ -532,24 +580,51 @@ mod tests {
     #[test]
     fn malformed_peer_is_closed_alone() -> io::Result<()> {
         let (mut poll, mut peers) = setup()?;
+        peers.allow("B", "good");
+        peers.allow("C", "t0k");
         let mut bad = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
         bad.write_all(b"PRIVATE 1 no greeting\n")?;
         let mut good = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
-        good.write_all(b"PEER 1 C\nPRIVATE 1 fine\n")?;
+        good.write_all(b"PEER 1 C t0k\nPRIVATE 1 fine\n")?;
         let notices = pump(&mut poll, &mut peers, |n| !n.is_empty())?;
         assert_eq!(notices, vec![PeerNotice::Private { from: "C".into(), text: "fine".into() }]);
         // The bad peer's connection was closed by us: it reads end of stream.
         bad.set_read_timeout(Some(Duration::from_secs(2)))?;
         let mut buf = [0u8; 8];
         assert!(matches!(bad.read(&mut buf), Ok(0) | Err(_)));
-        for wrong in [&b"PEER 2 B\n"[..], b"PEER 1 B\nPEER 1 B\n", b"\xff\n", b"PEER 1 B\nPACK 1\n"]
-        {
+        let wrongs = [
+            &b"PEER 2 B good\n"[..],
+            b"PEER 1 B good\nPEER 1 B good\n",
+            b"\xff\n",
+            b"PEER 1 B good\nPACK 1\n",
+            b"PEER 1 B\n",
+        ];
+        for wrong in wrongs {
             let mut conn = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
             conn.write_all(wrong)?;
             conn.write_all(b"PRIVATE 1 x\n")?;
         }
         let notices = pump(&mut poll, &mut peers, |_| false)?;
         assert!(notices.is_empty(), "{notices:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_connection_without_the_granted_token_is_refused() -> io::Result<()> {
+        let (mut poll, mut peers) = setup()?;
+        peers.allow("B", "right");
+        for (attempt, claimed) in [("PEER 1 B wrong", "B"), ("PEER 1 C right", "C")] {
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
+            conn.write_all(format!("{attempt}\nPRIVATE 1 forged\n").as_bytes())?;
+            let notices = pump(&mut poll, &mut peers, |n| !n.is_empty())?;
+            assert_eq!(notices, vec![PeerNotice::Refused { claimed: claimed.into() }]);
+        }
+        // Revoked: the right token no longer opens anything.
+        peers.revoke("B", poll.registry());
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
+        conn.write_all(b"PEER 1 B right\nPRIVATE 1 after revoke\n")?;
+        let notices = pump(&mut poll, &mut peers, |n| !n.is_empty())?;
+        assert_eq!(notices, vec![PeerNotice::Refused { claimed: "B".into() }]);
         Ok(())
     }
 
@@ -575,13 +650,13 @@ mod tests {
         let remote = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = remote.local_addr()?;
         let mut notices = Vec::new();
-        peers.send_private(poll.registry(), "A", "B", addr, "hello", &mut notices);
-        peers.send_private(poll.registry(), "A", "B", addr, "hello again", &mut notices);
+        peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "hello", &mut notices);
+        peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "hello again", &mut notices);
         assert!(notices.is_empty());
         let (stream, _) = remote.accept()?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         let lines = read_lines(&mut io::BufReader::new(stream), 3)?;
-        assert_eq!(lines, vec!["PEER 1 A\n", "PRIVATE 1 hello\n", "PRIVATE 2 hello again\n"]);
+        assert_eq!(lines, vec!["PEER 1 A t0k\n", "PRIVATE 1 hello\n", "PRIVATE 2 hello again\n"]);
         Ok(())
     }
 
@@ -592,7 +667,7 @@ mod tests {
         let addr = remote.local_addr()?;
         let mut notices = Vec::new();
         for text in ["one", "two", "three"] {
-            peers.send_private(poll.registry(), "A", "B", addr, text, &mut notices);
+            peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), text, &mut notices);
         }
         let (mut stream, _) = remote.accept()?;
         stream.write_all(b"PACK 1\n")?;
@@ -612,14 +687,14 @@ mod tests {
         let remote = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = remote.local_addr()?;
         let mut notices = Vec::new();
-        peers.send_private(poll.registry(), "A", "B", addr, "hello", &mut notices);
+        peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "hello", &mut notices);
         let (stream, _) = remote.accept()?;
         drop(stream);
         drop(remote);
         std::thread::sleep(Duration::from_millis(100));
         // The old connection is seen as closed, and reconnecting is refused:
         // one notice names both messages.
-        peers.send_private(poll.registry(), "A", "B", addr, "again", &mut notices);
+        peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "again", &mut notices);
         assert_eq!(notices, vec![unavailable(addr, &["hello", "again"])]);
         assert!(!peers.has_pending_output());
         Ok(())

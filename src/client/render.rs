@@ -67,6 +67,11 @@ pub fn no_longer_available(user: &str, addr: SocketAddr) -> String {
     )
 }
 
+/// A peer connection that claimed to be `user` without a valid grant.
+pub fn refused_peer(user: &str) -> String {
+    format!("Refused a private connection claiming to be {user}: it had no valid grant.")
+}
+
 /// A private message the peer never acknowledged.
 pub fn unconfirmed_private(user: &str, text: &str) -> String {
     format!("Private message to {user} was not confirmed: {}", clean(text))
@@ -155,9 +160,11 @@ pub fn server_lines(msg: &ServerMsg<'_>, me: &str) -> Vec<String> {
         ServerMsg::ConsentRequest { user } => {
             vec![format!("User {user} is asking for consent."), CONSENT_HOWTO.into()]
         }
-        ServerMsg::Address { user, ip, port } => {
+        ServerMsg::Address { user, ip, port, .. } => {
             vec![format!("User {user} ip: {ip}, port: {port}")]
         }
+        // Bookkeeping for the peer-to-peer code; nothing to show.
+        ServerMsg::Granted { .. } | ServerMsg::Revoked { .. } => Vec::new(),
         ServerMsg::AddressChanged { user } => {
             vec![format!("User {user} has changed IP addresses. Ask for the address again.")]
         }
@@ -238,7 +245,7 @@ mod tests {
         );
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         assert_eq!(
-            one(ServerMsg::Address { user: "A", ip, port: 51791 }),
+            one(ServerMsg::Address { user: "A", ip, port: 51791, token: "t" }),
             "User A ip: 127.0.0.1, port: 51791"
         );
         assert_eq!(

@@ -194,6 +194,7 @@ impl Core {
         }
         log::info!("user {} blocked {name}", self.name(me));
         self.send(conn, &ServerMsg::Blocked { user: name });
+        self.revoke_grants(me, target);
     }
 
     fn unblock(&mut self, conn: ConnId, me: UserId, name: &str) {
@@ -242,10 +243,34 @@ impl Core {
             return;
         };
         let (ip, port) = (state.ip, state.p2p_port);
+        let Some(token) = self.new_token() else {
+            log::error!("no randomness for a grant token; refusing consent");
+            self.refuse(conn, Failure::NoRequest { user: name });
+            return;
+        };
         self.users[me].address_holders.insert(asker);
         log::info!("user {} gave their address to {name}", self.name(me));
         let granter = self.name(me).to_owned();
-        self.send_to_user(asker, &ServerMsg::Address { user: &granter, ip, port });
+        self.send(conn, &ServerMsg::Granted { user: name, token: &token });
+        self.send_to_user(asker, &ServerMsg::Address { user: &granter, ip, port, token: &token });
+    }
+
+    /// Withdraws every peer-to-peer grant and pending consent request
+    /// between `a` and `b`, telling both clients: the grantor's client then
+    /// refuses the other's connections, whatever that client does.
+    fn revoke_grants(&mut self, a: UserId, b: UserId) {
+        let mut granted = false;
+        for (x, y) in [(a, b), (b, a)] {
+            granted |= self.users[x].address_holders.remove(&y);
+            self.users[x].asked_by.remove(&y);
+            self.users[x].asking.remove(&y);
+        }
+        if !granted {
+            return;
+        }
+        let (name_a, name_b) = (self.name(a).to_owned(), self.name(b).to_owned());
+        self.send_to_user(a, &ServerMsg::Revoked { user: &name_b });
+        self.send_to_user(b, &ServerMsg::Revoked { user: &name_a });
     }
 
     /// Drops every sent outbox entry up to and including `seq`, then
@@ -467,9 +492,40 @@ mod tests {
         h.line(2, "GETADDRESS A");
         assert_eq!(h.take(), vec![(2, "CONSENT-ASKED A".into()), (1, "CONSENT-REQUEST B".into())]);
         h.line(1, "CONSENT B");
-        assert_eq!(h.take(), vec![(2, "ADDRESS A 127.0.0.1 5001".into())]);
+        let sent = h.take();
+        let token = sent[0].1.strip_prefix("GRANTED B ").expect("grantor told the token");
+        assert_eq!(token.len(), 32);
+        assert_eq!(sent[1], (2, format!("ADDRESS A 127.0.0.1 5001 {token}")));
         h.line(1, "CONSENT B");
         assert_eq!(h.take(), vec![(1, "FAIL no-request B".into())], "consent is used up");
+    }
+
+    #[test]
+    fn blocking_revokes_grants_both_ways_and_pending_requests() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.login(3, "C");
+        h.line(2, "GETADDRESS A");
+        h.line(1, "CONSENT B");
+        h.line(3, "GETADDRESS A");
+        h.take();
+        // B blocks A: the grant A gave B is revoked, on both clients; C's
+        // pending request to A is not between the two and stays.
+        h.line(2, "BLOCK A");
+        assert_eq!(
+            h.take(),
+            vec![(2, "BLOCKED A".into()), (2, "REVOKED A".into()), (1, "REVOKED B".into())]
+        );
+        h.line(1, "CONSENT C");
+        assert!(h.to(1)[0].starts_with("GRANTED C "), "C's request was not between A and B");
+        // A pending request between the two lapses too.
+        h.line(3, "GETADDRESS B");
+        h.take();
+        h.line(3, "BLOCK B");
+        h.take();
+        h.line(2, "CONSENT C");
+        assert_eq!(h.to(2), vec!["FAIL no-request C"]);
     }
 
     #[test]

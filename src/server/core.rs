@@ -168,6 +168,17 @@ pub struct Core {
     effects: Vec<Effect>,
     /// Changes to durable state since the last drain (only when durable).
     records: Vec<Record>,
+    /// Fills a buffer with unpredictable bytes for grant tokens; the OS
+    /// generator, or a fixed sequence in tests.
+    random: fn(&mut [u8]) -> bool,
+}
+
+/// Bytes of randomness in a peer-to-peer grant token (printed as hex).
+const TOKEN_BYTES: usize = 16;
+
+/// The operating system's random generator.
+fn os_random(buf: &mut [u8]) -> bool {
+    getrandom::fill(buf).is_ok()
 }
 
 /// Encodes one frame into a fresh line.
@@ -213,7 +224,17 @@ impl Core {
             online: BTreeSet::new(),
             effects: Vec::new(),
             records: Vec::new(),
+            random: os_random,
         }
+    }
+
+    /// A fresh grant token: 128 random bits as 32 hex digits.
+    pub(super) fn new_token(&mut self) -> Option<String> {
+        let mut bytes = [0u8; TOKEN_BYTES];
+        if !(self.random)(&mut bytes) {
+            return None;
+        }
+        Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
 
     pub(super) fn config(&self) -> &CoreConfig {
@@ -679,6 +700,14 @@ impl Core {
 pub(super) mod tests {
     use super::*;
 
+    /// Predictable "randomness" for tests: each call fills with a counter.
+    fn counting_random(buf: &mut [u8]) -> bool {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        static NEXT: AtomicU8 = AtomicU8::new(1);
+        buf.fill(NEXT.fetch_add(1, Ordering::Relaxed));
+        true
+    }
+
     pub const TIMEOUT: Duration = Duration::from_secs(35);
     pub const BLOCK: Duration = Duration::from_secs(60);
 
@@ -711,7 +740,8 @@ pub(super) mod tests {
         }
 
         pub fn with_config(accounts: Vec<Account>, config: CoreConfig) -> Self {
-            let core = Core::new(accounts, config);
+            let mut core = Core::new(accounts, config);
+            core.random = counting_random;
             let now = Instant::now();
             Harness { core, now, armed: Vec::new(), closed: Vec::new(), sent: Vec::new() }
         }
