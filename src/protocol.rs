@@ -322,6 +322,9 @@ pub enum DenyReason {
     Locked,
     /// No such user in the credentials file.
     UnknownUser,
+    /// Too many failed logins from the client's address lately: the login
+    /// was not even checked.
+    Throttled,
 }
 
 impl DenyReason {
@@ -331,6 +334,7 @@ impl DenyReason {
             DenyReason::NowLocked => "now-locked",
             DenyReason::Locked => "locked",
             DenyReason::UnknownUser => "unknown-user",
+            DenyReason::Throttled => "throttled",
         }
     }
 
@@ -340,6 +344,7 @@ impl DenyReason {
             "now-locked" => Ok(DenyReason::NowLocked),
             "locked" => Ok(DenyReason::Locked),
             "unknown-user" => Ok(DenyReason::UnknownUser),
+            "throttled" => Ok(DenyReason::Throttled),
             _ => Err(ParseError::BadField("reason")),
         }
     }
@@ -361,6 +366,10 @@ pub enum ByeReason {
     TooSlow,
     /// The client broke the protocol in a way that cannot be recovered.
     ProtocolError,
+    /// The connection did not log in within the server's login deadline.
+    LoginTimeout,
+    /// The server is at its connection limit; sent right after accepting.
+    ServerFull,
 }
 
 impl ByeReason {
@@ -372,6 +381,8 @@ impl ByeReason {
             ByeReason::Timeout => "timeout",
             ByeReason::TooSlow => "too-slow",
             ByeReason::ProtocolError => "protocol-error",
+            ByeReason::LoginTimeout => "login-timeout",
+            ByeReason::ServerFull => "server-full",
         }
     }
 
@@ -383,6 +394,8 @@ impl ByeReason {
             "timeout" => Ok(ByeReason::Timeout),
             "too-slow" => Ok(ByeReason::TooSlow),
             "protocol-error" => Ok(ByeReason::ProtocolError),
+            "login-timeout" => Ok(ByeReason::LoginTimeout),
+            "server-full" => Ok(ByeReason::ServerFull),
             _ => Err(ParseError::BadField("reason")),
         }
     }
@@ -721,16 +734,24 @@ impl<'a> PeerMsg<'a> {
     }
 }
 
-/// Splits complete lines off the front of a byte buffer, enforcing
-/// [`MAX_LINE`]. Shared by every reader of the protocol so that framing
-/// rules are the same on both ends.
-#[derive(Debug, Default)]
+/// Splits complete lines off the front of a byte buffer, enforcing a line
+/// limit ([`MAX_LINE`] unless set lower). Shared by every reader of the
+/// protocol so that framing rules are the same on both ends.
+#[derive(Debug)]
 pub struct LineBuffer {
     buf: Vec<u8>,
     /// Start of the not-yet-returned data in `buf`.
     start: usize,
+    /// Longest line accepted, newline included.
+    limit: u16,
     /// True while skipping the rest of an over-long line.
     discarding: bool,
+}
+
+impl Default for LineBuffer {
+    fn default() -> Self {
+        LineBuffer::with_limit(MAX_LINE)
+    }
 }
 
 /// One item split off a [`LineBuffer`].
@@ -743,6 +764,12 @@ pub enum Line<'a> {
 }
 
 impl LineBuffer {
+    /// A buffer for lines of at most `limit` bytes (capped at [`MAX_LINE`]).
+    pub fn with_limit(limit: usize) -> Self {
+        let limit = limit.clamp(2, MAX_LINE) as u16;
+        LineBuffer { buf: Vec::new(), start: 0, limit, discarding: false }
+    }
+
     /// Makes one `read` call on `reader` into the buffer, reading at most
     /// what keeps a partial line within [`MAX_LINE`], so an endless line
     /// never grows the buffer. Returns what `read` returned (0: end of
@@ -750,7 +777,7 @@ impl LineBuffer {
     pub fn read_from(&mut self, reader: &mut impl Read) -> io::Result<usize> {
         self.compact();
         let len = self.buf.len();
-        let room = MAX_LINE.saturating_sub(len).max(1);
+        let room = usize::from(self.limit).saturating_sub(len).max(1);
         self.buf.resize(len + room, 0);
         let result = reader.read(&mut self.buf[len..]);
         self.buf.truncate(len + *result.as_ref().unwrap_or(&0));
@@ -795,7 +822,7 @@ impl LineBuffer {
                         self.discarding = false;
                         continue;
                     }
-                    if pos + 1 > MAX_LINE {
+                    if pos + 1 > usize::from(self.limit) {
                         return Some(Line::TooLong);
                     }
                     let mut line = &self.buf[begin..begin + pos];
@@ -804,7 +831,7 @@ impl LineBuffer {
                     }
                     return Some(Line::Complete(line));
                 }
-                None if data.len() >= MAX_LINE => {
+                None if data.len() >= usize::from(self.limit) => {
                     // Too long already: drop it now instead of buffering it.
                     self.start = self.buf.len();
                     let first_report = !self.discarding;
@@ -870,6 +897,7 @@ mod tests {
             DenyReason::NowLocked,
             DenyReason::Locked,
             DenyReason::UnknownUser,
+            DenyReason::Throttled,
         ] {
             round_trip_server(ServerMsg::Denied { reason });
         }
@@ -926,6 +954,8 @@ mod tests {
             ByeReason::Timeout,
             ByeReason::TooSlow,
             ByeReason::ProtocolError,
+            ByeReason::LoginTimeout,
+            ByeReason::ServerFull,
         ] {
             round_trip_server(ServerMsg::Bye { reason });
         }
@@ -1030,6 +1060,20 @@ mod tests {
         assert_eq!(lines(&mut buf), Vec::<Vec<u8>>::new());
         buf.extend(b"xx\nPING\n");
         assert_eq!(lines(&mut buf), vec![b"PING".to_vec()]);
+    }
+
+    #[test]
+    fn a_lower_limit_applies_to_complete_and_partial_lines() {
+        let mut buf = LineBuffer::with_limit(10);
+        buf.extend(b"123456789\n1234567890\nPING\n");
+        assert_eq!(
+            lines(&mut buf),
+            vec![b"123456789".to_vec(), b"<too long>".to_vec(), b"PING".to_vec()]
+        );
+        let endless = [b'x'; 100];
+        assert_eq!(buf.read_from(&mut &endless[..]).unwrap(), 10);
+        assert_eq!(lines(&mut buf), vec![b"<too long>".to_vec()]);
+        assert_eq!(LineBuffer::with_limit(1 << 20).limit as usize, MAX_LINE, "capped");
     }
 
     #[test]

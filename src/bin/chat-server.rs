@@ -41,6 +41,26 @@ struct Args {
     /// kept in memory only.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Longest line accepted from a client, in bytes (newline included);
+    /// a longer one is refused and discarded without being buffered.
+    #[arg(long, value_name = "BYTES", default_value_t = chat::protocol::MAX_LINE,
+          value_parser = clap::value_parser!(u32).range(128..=4096).map(|n| n as usize))]
+    max_line: usize,
+    /// Most connections open at once; a connection past it is told the
+    /// server is full and closed.
+    #[arg(long, value_name = "N", default_value_t = chat::server::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
+    max_connections: usize,
+    /// Seconds a connection may take to log in before it is closed.
+    #[arg(long, value_name = "SECS",
+          default_value_t = chat::server::core::DEFAULT_LOGIN_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    login_timeout: u64,
+    /// Most failed logins per client address (IPv6: per /64) per minute;
+    /// past it, logins from that address are refused without being checked.
+    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_LOGIN_ATTEMPTS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    login_attempts: u32,
     /// Log level on stderr: error, warn, info, debug, trace or off.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
@@ -63,6 +83,10 @@ fn main() -> ExitCode {
         max_queued: args.max_queued,
         max_output: args.max_output,
         state_dir: args.state_dir,
+        max_line: args.max_line,
+        max_connections: args.max_connections,
+        login_timeout: Duration::from_secs(args.login_timeout),
+        login_attempts: args.login_attempts,
     };
     match chat::server::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -582,7 +582,11 @@ impl Client {
                 ByeReason::Logout => Exit::LoggedOut,
                 ByeReason::Shutdown => Exit::ServerShutdown,
                 ByeReason::Replaced => Exit::Replaced,
-                ByeReason::Timeout | ByeReason::TooSlow | ByeReason::ProtocolError => Exit::Failure,
+                ByeReason::Timeout
+                | ByeReason::TooSlow
+                | ByeReason::ProtocolError
+                | ByeReason::LoginTimeout
+                | ByeReason::ServerFull => Exit::Failure,
             })),
             _ => Ok(()),
         }
@@ -609,7 +613,9 @@ impl Client {
                 self.phase = Phase::Password;
                 Ok(())
             }
-            DenyReason::NowLocked | DenyReason::Locked => Err(End::Exit(Exit::Locked)),
+            DenyReason::NowLocked | DenyReason::Locked | DenyReason::Throttled => {
+                Err(End::Exit(Exit::Locked))
+            }
             DenyReason::UnknownUser if self.user_from_flag => Err(End::Exit(Exit::UnknownUser)),
             DenyReason::UnknownUser => {
                 self.phase = Phase::Username;

@@ -19,6 +19,7 @@ pub const NOW_LOCKED: &str =
 pub const LOCKED: &str =
     "Your account is blocked due to multiple login failures. Please try again later.";
 pub const UNKNOWN_USER: &str = "Invalid Username. Please try again.";
+pub const THROTTLED: &str = "Too many failed logins from your address. Please try again later.";
 pub const ONLINE_WARNING: &str = "(Warning: Users that have blocked you will not be listed)";
 pub const CONSENT_HOWTO: &str = "To ignore, do nothing. To give consent, enter: consent <user>";
 pub const VERSION_MISMATCH: &str = "The server speaks a different protocol version.";
@@ -83,6 +84,7 @@ fn deny_line(reason: DenyReason) -> &'static str {
         DenyReason::NowLocked => NOW_LOCKED,
         DenyReason::Locked => LOCKED,
         DenyReason::UnknownUser => UNKNOWN_USER,
+        DenyReason::Throttled => THROTTLED,
     }
 }
 
@@ -123,6 +125,8 @@ fn bye_lines(reason: ByeReason) -> Vec<String> {
         ByeReason::Timeout => &["The server ended this session: no heartbeat arrived in time."],
         ByeReason::TooSlow => &["The server ended this session: output was not read fast enough."],
         ByeReason::ProtocolError => &["The server ended this session after a protocol error."],
+        ByeReason::LoginTimeout => &["The server ended this session: no login in time."],
+        ByeReason::ServerFull => &["The server is full. Please try again later."],
     };
     lines.iter().map(|line| (*line).to_owned()).collect()
 }

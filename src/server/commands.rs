@@ -161,13 +161,15 @@ impl Core {
     }
 
     fn list_online(&mut self, conn: ConnId, me: UserId) {
-        let users: Vec<&str> = self
+        let mut users: Vec<&str> = self
             .online
             .iter()
             .copied()
             .filter(|&u| u != me && !self.has_blocked(u, me))
             .map(|u| self.users[u].name.as_str())
             .collect();
+        // Ids follow name order only until a reload adds users.
+        users.sort_unstable();
         let mut lines = Vec::new();
         let mut chunks = users.chunks(ONLINE_NAMES_PER_FRAME).peekable();
         if chunks.peek().is_none() {

@@ -54,6 +54,12 @@ pub struct CoreConfig {
     pub window_bytes: usize,
     /// Emit [`Record`]s for a journal (`--state-dir`).
     pub durable: bool,
+    /// A connection that has not logged in this long after connecting is
+    /// closed.
+    pub login_timeout: Duration,
+    /// Most failed logins from one address (an IPv6 /64) per
+    /// [`THROTTLE_WINDOW`]; past it, logins from there are refused unchecked.
+    pub login_attempts: u32,
 }
 
 impl CoreConfig {
@@ -65,9 +71,28 @@ impl CoreConfig {
             max_queued: DEFAULT_MAX_QUEUED,
             window_bytes: DEFAULT_WINDOW_BYTES,
             durable: false,
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
+            login_attempts: DEFAULT_LOGIN_ATTEMPTS,
         }
     }
 }
+
+/// Default login deadline: time enough for a person to type a name and a
+/// password at the prompts.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default failed logins per address per [`THROTTLE_WINDOW`]: generous for
+/// a person who mistypes, slow for anyone guessing names or passwords.
+pub const DEFAULT_LOGIN_ATTEMPTS: u32 = 10;
+
+/// The period over which failed logins per address are counted.
+pub const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Most addresses whose failed logins are tracked at once. Past it, stale
+/// entries are dropped; if all are fresh (a flood from many addresses),
+/// logins from new addresses are refused until some expire, so the table
+/// cannot grow without bound.
+const MAX_THROTTLED_ADDRESSES: usize = 65_536;
 
 /// Default outbox cap: a thousand messages of at most 4 KiB bound what one
 /// absent user can make the server hold to 4 MiB.
@@ -85,6 +110,9 @@ pub enum Timer {
     Heartbeat { conn: ConnId, due: Instant },
     /// The user's lockout may have ended.
     Lockout(UserId),
+    /// The connection must have logged in by now. `due` tells it from a
+    /// stale timer of an earlier connection with the same id.
+    Login { conn: ConnId, due: Instant },
 }
 
 /// What the event loop must do on the core's behalf.
@@ -154,6 +182,27 @@ pub(super) struct Conn {
     last_seen: Instant,
     /// Due time of this connection's one live heartbeat timer.
     heartbeat_due: Instant,
+    /// When this connection must have logged in.
+    login_due: Instant,
+}
+
+/// Failed logins from one address within the current window.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    since: Instant,
+}
+
+/// What failed logins are counted by: an IPv4 address, or an IPv6 /64
+/// (one host usually owns a whole /64).
+fn throttle_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+    }
 }
 
 /// The chat server's whole state.
@@ -163,8 +212,10 @@ pub struct Core {
     pub(super) users: Vec<User>,
     by_name: HashMap<String, UserId>,
     pub(super) conns: HashMap<ConnId, Conn>,
-    /// Logged-in users; ids follow name order, so iteration is sorted.
+    /// Logged-in users.
     pub(super) online: BTreeSet<UserId>,
+    /// Failed logins per address, for throttling.
+    failures: HashMap<IpAddr, Failures>,
     effects: Vec<Effect>,
     /// Changes to durable state since the last drain (only when durable).
     records: Vec<Record>,
@@ -194,34 +245,38 @@ fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+impl User {
+    fn new(Account { name, password }: Account) -> Self {
+        User {
+            name,
+            password,
+            session: None,
+            blocked: HashSet::new(),
+            outbox: VecDeque::new(),
+            sent: 0,
+            sent_bytes: 0,
+            next_seq: 1,
+            failures: 0,
+            locked_until: None,
+            asked_by: HashSet::new(),
+            asking: HashSet::new(),
+            address_holders: HashSet::new(),
+        }
+    }
+}
+
 impl Core {
     pub fn new(mut accounts: Vec<Account>, config: CoreConfig) -> Self {
         accounts.sort_by(|a, b| a.name.cmp(&b.name));
         let by_name = accounts.iter().enumerate().map(|(id, a)| (a.name.clone(), id)).collect();
-        let users = accounts
-            .into_iter()
-            .map(|Account { name, password }| User {
-                name,
-                password,
-                session: None,
-                blocked: HashSet::new(),
-                outbox: VecDeque::new(),
-                sent: 0,
-                sent_bytes: 0,
-                next_seq: 1,
-                failures: 0,
-                locked_until: None,
-                asked_by: HashSet::new(),
-                asking: HashSet::new(),
-                address_holders: HashSet::new(),
-            })
-            .collect();
+        let users = accounts.into_iter().map(User::new).collect();
         Core {
             config,
             users,
             by_name,
             conns: HashMap::new(),
             online: BTreeSet::new(),
+            failures: HashMap::new(),
             effects: Vec::new(),
             records: Vec::new(),
             random: os_random,
@@ -312,10 +367,14 @@ impl Core {
     /// A connection was accepted from `peer`.
     pub fn connected(&mut self, conn: ConnId, peer: SocketAddr, now: Instant) {
         let due = now + self.config.timeout;
+        let login_due = now + self.config.login_timeout;
         let ip = peer.ip();
-        self.conns
-            .insert(conn, Conn { ip, user: None, p2p_port: 0, last_seen: now, heartbeat_due: due });
+        let state =
+            Conn { ip, user: None, p2p_port: 0, last_seen: now, heartbeat_due: due, login_due };
+        self.conns.insert(conn, state);
         self.effects.push(Effect::Arm { at: due, timer: Timer::Heartbeat { conn, due } });
+        let login = Timer::Login { conn, due: login_due };
+        self.effects.push(Effect::Arm { at: login_due, timer: login });
         let timeout_secs = self.config.timeout.as_secs();
         self.send(conn, &ServerMsg::Hello { version: VERSION, timeout_secs });
         debug!("connection {conn} from {peer}");
@@ -468,18 +527,56 @@ impl Core {
     // -- login ---------------------------------------------------------------
 
     fn login(&mut self, conn: ConnId, name: &str, p2p_port: u16, password: &str, now: Instant) {
-        let ip = self.conns.get(&conn).map(|c| c.ip);
-        let Some(user) = self.user_id(name) else {
-            info!("refused login from {ip:?}: unknown user {name}");
-            self.send(conn, &ServerMsg::Denied { reason: DenyReason::UnknownUser });
+        let Some(ip) = self.conns.get(&conn).map(|c| c.ip) else {
             return;
         };
-        if let Err(reason) = self.check_password(user, password, now) {
-            info!("refused login for {name} from {ip:?}: {}", reason.as_str());
-            self.send(conn, &ServerMsg::Denied { reason });
+        if self.throttled(ip, now) {
+            info!("refused login for {name} from {ip}: too many failed logins from there");
+            self.send(conn, &ServerMsg::Denied { reason: DenyReason::Throttled });
             return;
         }
-        self.start_session(conn, user, p2p_port);
+        let result = match self.user_id(name) {
+            None => Err(DenyReason::UnknownUser),
+            Some(user) => self.check_password(user, password, now).map(|()| user),
+        };
+        match result {
+            Ok(user) => self.start_session(conn, user, p2p_port),
+            Err(reason) => {
+                info!("refused login for {name} from {ip}: {}", reason.as_str());
+                // A locked account checks nothing, so guessing gains nothing.
+                if reason != DenyReason::Locked {
+                    self.count_failure(ip, now);
+                }
+                self.send(conn, &ServerMsg::Denied { reason });
+            }
+        }
+    }
+
+    /// Whether logins from `ip` are over their failure budget.
+    fn throttled(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let key = throttle_key(ip);
+        match self.failures.get(&key) {
+            Some(f) if now.duration_since(f.since) >= THROTTLE_WINDOW => {
+                self.failures.remove(&key);
+                false
+            }
+            Some(f) => f.count >= self.config.login_attempts,
+            None => self.failures.len() >= MAX_THROTTLED_ADDRESSES && !self.prune_failures(now),
+        }
+    }
+
+    /// Drops expired entries; true if that made room.
+    fn prune_failures(&mut self, now: Instant) -> bool {
+        self.failures.retain(|_, f| now.duration_since(f.since) < THROTTLE_WINDOW);
+        self.failures.len() < MAX_THROTTLED_ADDRESSES
+    }
+
+    fn count_failure(&mut self, ip: IpAddr, now: Instant) {
+        let key = throttle_key(ip);
+        if self.failures.len() >= MAX_THROTTLED_ADDRESSES && !self.failures.contains_key(&key) {
+            return; // throttled() already refuses new addresses while full.
+        }
+        self.failures.entry(key).or_insert(Failures { count: 0, since: now }).count += 1;
     }
 
     /// Applies the lockout rules; on success the failure count starts over.
@@ -576,6 +673,30 @@ impl Core {
         }
     }
 
+    /// Takes a re-read credentials file (SIGHUP) without dropping anyone:
+    /// passwords change, new users appear, and users no longer listed can
+    /// no longer be found by name (logins, messages to them), while a
+    /// session they have open goes on. Their state is kept, should they
+    /// come back.
+    pub fn reload(&mut self, accounts: Vec<Account>) {
+        let known: HashMap<String, UserId> =
+            self.users.iter().enumerate().map(|(id, u)| (u.name.clone(), id)).collect();
+        self.by_name.clear();
+        for account in accounts {
+            let id = match known.get(&account.name) {
+                Some(&id) => {
+                    self.users[id].password = account.password;
+                    id
+                }
+                None => {
+                    self.users.push(User::new(account));
+                    self.users.len() - 1
+                }
+            };
+            self.by_name.insert(self.users[id].name.clone(), id);
+        }
+    }
+
     // -- durable state -------------------------------------------------------
 
     /// Rebuilds outboxes, block lists and lockouts from journal records, at
@@ -663,6 +784,14 @@ impl Core {
     pub fn timer_fired(&mut self, timer: Timer, now: Instant) {
         match timer {
             Timer::Heartbeat { conn, due } => self.check_heartbeat(conn, due, now),
+            Timer::Login { conn, due } => {
+                let late =
+                    self.conns.get(&conn).is_some_and(|c| c.user.is_none() && c.login_due == due);
+                if late {
+                    info!("{} did not log in within the login deadline", self.describe(conn));
+                    self.bye(conn, ByeReason::LoginTimeout);
+                }
+            }
             Timer::Lockout(user) => {
                 let account = &mut self.users[user];
                 if account.locked_until.is_some_and(|until| until <= now) {
@@ -851,6 +980,103 @@ pub(super) mod tests {
         h.take();
         h.line(2, "LOGIN A 1 nope");
         assert_eq!(h.to(2), vec!["DENIED bad-password"]);
+    }
+
+    #[test]
+    fn a_connection_that_never_logs_in_is_closed_at_the_deadline() {
+        let mut h = Harness::new();
+        h.connect(1);
+        h.connect(2);
+        h.line(2, "LOGIN B 1 B_pwd");
+        h.take();
+        // Pings keep both alive (heartbeat), but do not log anyone in.
+        for _ in 0..(DEFAULT_LOGIN_TIMEOUT.as_secs() - 1) {
+            h.advance(Duration::from_secs(1));
+            h.line(1, "PING");
+            h.line(2, "PING");
+        }
+        assert!(h.closed.is_empty());
+        h.advance(Duration::from_secs(1));
+        assert_eq!(h.take(), vec![(1, "BYE login-timeout".into())]);
+        assert_eq!(h.closed, vec![1], "the logged-in connection stays");
+    }
+
+    #[test]
+    fn failed_logins_from_one_address_are_throttled_for_a_window() {
+        let mut h = Harness::with_config(
+            Harness::accounts(&["A", "B"]),
+            CoreConfig { login_attempts: 3, ..CoreConfig::new(TIMEOUT, BLOCK) },
+        );
+        h.connect(1);
+        h.take();
+        for login in ["LOGIN Zed 1 x", "LOGIN Yan 1 x", "LOGIN A 1 wrong"] {
+            h.line(1, login);
+        }
+        h.line(1, "LOGIN B 1 B_pwd");
+        assert_eq!(
+            h.to(1),
+            vec![
+                "DENIED unknown-user",
+                "DENIED unknown-user",
+                "DENIED bad-password",
+                "DENIED throttled"
+            ],
+            "guessing names counts too, and the right password is not even checked"
+        );
+        // Another address is not affected.
+        let other = SocketAddr::from(([127, 0, 0, 2], 4000));
+        h.core.connected(2, other, h.now);
+        h.line(2, "LOGIN B 1 B_pwd");
+        assert_eq!(h.to(2), vec!["HELLO 1 35", "WELCOME B"]);
+        h.advance(THROTTLE_WINDOW);
+        h.connect(3);
+        h.line(3, "LOGIN A 1 A_pwd");
+        assert_eq!(h.to(3), vec!["HELLO 1 35", "WELCOME A"], "the window has passed");
+    }
+
+    #[test]
+    fn ipv6_addresses_are_throttled_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(throttle_key(a), throttle_key(b));
+        assert_ne!(throttle_key(a), throttle_key(c));
+        assert_eq!(
+            throttle_key("10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn reload_changes_passwords_adds_and_hides_users_without_dropping_anyone() {
+        let mut h = Harness::new();
+        h.login(1, "C");
+        h.line(1, "MESSAGE D kept for later");
+        h.take();
+        let accounts = vec![
+            Account { name: "A".into(), password: "new".into() },
+            Account { name: "B".into(), password: "B_pwd".into() },
+            Account { name: "AA".into(), password: "AA_pwd".into() },
+            Account { name: "D".into(), password: "D_pwd".into() },
+        ];
+        h.core.reload(accounts);
+        h.connect(2);
+        h.line(2, "LOGIN A 1 A_pwd");
+        h.line(2, "LOGIN A 1 new");
+        assert_eq!(h.to(2), vec!["HELLO 1 35", "DENIED bad-password", "WELCOME A"]);
+        h.login(3, "AA");
+        h.line(3, "ONLINE");
+        assert_eq!(h.to(3), vec!["ONLINE A C"], "C is still online, the list still sorted");
+        h.line(1, "MESSAGE AA hello newcomer");
+        assert_eq!(h.to(3), vec!["MSG 1 direct C hello newcomer"]);
+        h.connect(4);
+        h.line(4, "LOGIN C 1 C_pwd");
+        assert_eq!(h.to(4), vec!["HELLO 1 35", "DENIED unknown-user"]);
+        h.line(3, "MESSAGE C hi");
+        assert_eq!(h.to(3), vec!["FAIL unknown-user C"]);
+        h.connect(5);
+        h.line(5, "LOGIN D 1 D_pwd");
+        assert_eq!(h.to(5), vec!["HELLO 1 35", "WELCOME D", "MSG 1 offline C kept for later"]);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! each connection's line buffer, hands complete lines to the [`Core`],
 //! and writes what the core queued. It knows nothing of the chat protocol
 //! beyond line framing. Timers live in a [`TimerWheel`] whose next deadline
-//! sets the poll timeout; SIGINT and SIGTERM arrive as poll events through
-//! `signal-hook-mio`, so the handler does nothing but wake the loop.
+//! sets the poll timeout; SIGINT and SIGTERM (shut down) and SIGHUP (reload
+//! the credentials file) arrive as poll events through `signal-hook-mio`,
+//! so the handler does nothing but wake the loop.
 //!
 //! Writing follows Redis: replies are written directly at the end of each
 //! pass, and WRITABLE interest is registered only for what is left over.
@@ -17,16 +18,18 @@
 //! pass is written: nothing is confirmed to anyone before it is durable.
 
 use std::io::{self, ErrorKind, Write};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use super::core::{Core, Effect, Timer};
+use super::credentials;
 use super::journal::Journal;
 use super::timer_wheel::TimerWheel;
 use crate::protocol::{Line, LineBuffer};
@@ -48,6 +51,35 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// How long shutdown waits for goodbyes to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Per-connection limits, from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most bytes queued for one client before it is dropped as too slow
+    /// (`--max-output`). Chat messages are kept in the recipient's outbox
+    /// until acknowledged and the core keeps their in-flight bytes under
+    /// half of this, so dropping the connection loses nothing, while
+    /// letting the buffer grow would let one stalled reader eat the
+    /// server's memory.
+    pub max_output: usize,
+    /// Longest line read from a client (`--max-line`); a longer one is
+    /// refused and dropped without being buffered whole.
+    pub max_line: usize,
+    /// Most connections at once (`--max-connections`): each costs a file
+    /// descriptor and some memory, so a flood must not take them all.
+    pub max_connections: usize,
+}
+
+/// What a connection refused at the limit reads before it is closed.
+const SERVER_FULL: &[u8] = b"HELLO 1 0\nBYE server-full\n";
+
+/// How long a refused connection is held, its input discarded, so that it
+/// can read why before the close: closing a socket with unread input sends
+/// a reset, which can destroy the notice before the peer reads it.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Most refused connections held at once; past it they are closed at once.
+const MAX_REFUSING: usize = 64;
 
 /// One client connection's I/O state.
 struct Connection {
@@ -92,13 +124,9 @@ pub struct EventLoop {
     conns: Slab<Connection>,
     core: Core,
     journal: Option<Journal>,
-    /// Most bytes queued for one client before it is dropped as too slow
-    /// (`--max-output`). Chat messages are kept in the recipient's outbox
-    /// until acknowledged and the core keeps their in-flight bytes under
-    /// half of this, so dropping the connection loses nothing, while
-    /// letting the buffer grow would let one stalled reader eat the
-    /// server's memory.
-    max_output: usize,
+    limits: Limits,
+    /// Re-read on SIGHUP.
+    credentials: PathBuf,
     timers: TimerWheel<Timer>,
     /// Accepting is paused until then after file descriptors ran out.
     accept_paused_until: Option<Instant>,
@@ -109,6 +137,9 @@ pub struct EventLoop {
     unfinished_reads: Vec<usize>,
     /// Connections marked closing or dead, freed once nothing is left to write.
     closing: Vec<usize>,
+    /// Connections refused at the limit, held until they close or linger
+    /// out (not in the slab: they count against nothing).
+    refusing: Vec<(TcpStream, Instant)>,
 }
 
 impl EventLoop {
@@ -117,11 +148,12 @@ impl EventLoop {
         mut listener: TcpListener,
         core: Core,
         journal: Option<Journal>,
-        max_output: usize,
+        limits: Limits,
+        credentials: PathBuf,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         Ok(EventLoop {
             poll,
@@ -130,13 +162,15 @@ impl EventLoop {
             conns: Slab::new(),
             core,
             journal,
-            max_output,
+            limits,
+            credentials,
             timers: TimerWheel::new(Instant::now()),
             accept_paused_until: None,
             shutting_down: false,
             pending_writes: Vec::new(),
             unfinished_reads: Vec::new(),
             closing: Vec::new(),
+            refusing: Vec::new(),
         })
     }
 
@@ -176,7 +210,8 @@ impl EventLoop {
             return Some(Duration::ZERO);
         }
         let close_by = self.closing.iter().filter_map(|&k| self.conns.get(k)?.close_by).min();
-        [self.timers.next_deadline(), self.accept_paused_until, close_by]
+        let refused_by = self.refusing.iter().map(|(_, until)| *until).min();
+        [self.timers.next_deadline(), self.accept_paused_until, close_by, refused_by]
             .into_iter()
             .flatten()
             .min()
@@ -195,6 +230,7 @@ impl EventLoop {
             self.accept_paused_until = None;
             self.accept();
         }
+        self.linger_refused(now);
         let mut fired = Vec::new();
         self.timers.expire(now, &mut fired);
         for timer in fired {
@@ -234,9 +270,30 @@ impl EventLoop {
     }
 
     fn take_signals(&mut self) {
+        let mut reload = false;
         for signal in self.signals.pending() {
-            info!("received signal {signal}; shutting down");
-            self.shutting_down = true;
+            if signal == SIGHUP {
+                reload = true;
+            } else {
+                info!("received signal {signal}; shutting down");
+                self.shutting_down = true;
+            }
+        }
+        if reload {
+            self.reload_credentials();
+        }
+    }
+
+    /// SIGHUP: re-reads the credentials file without dropping anyone. A
+    /// file that does not load leaves the old accounts in force.
+    fn reload_credentials(&mut self) {
+        match credentials::load(&self.credentials) {
+            Ok(accounts) => {
+                let count = accounts.len();
+                self.core.reload(accounts);
+                info!("reloaded {count} users from {}", self.credentials.display());
+            }
+            Err(e) => warn!("SIGHUP: keeping the current users: {e}"),
         }
     }
 
@@ -271,6 +328,11 @@ impl EventLoop {
     }
 
     fn add_connection(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
+        if self.conns.len() >= self.limits.max_connections {
+            info!("refused connection from {peer}: at --max-connections");
+            self.refuse(stream);
+            return;
+        }
         // Lines are small and interactive: send them at once.
         if let Err(e) = stream.set_nodelay(true) {
             debug!("set_nodelay for {peer}: {e}");
@@ -283,7 +345,7 @@ impl EventLoop {
         }
         entry.insert(Connection {
             stream,
-            input: LineBuffer::default(),
+            input: LineBuffer::with_limit(self.limits.max_line),
             output: Vec::new(),
             written: 0,
             wants_writable: false,
@@ -291,6 +353,33 @@ impl EventLoop {
             dead: false,
         });
         self.core.connected(key, peer, Instant::now());
+    }
+
+    /// Tells a connection the server is full, in one write the fresh
+    /// socket's buffer surely takes, and holds it briefly so the notice is
+    /// read before the close.
+    fn refuse(&mut self, mut stream: TcpStream) {
+        if stream.write_all(SERVER_FULL).is_err() || self.refusing.len() >= MAX_REFUSING {
+            return; // Dropped: closed at once.
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        self.refusing.push((stream, Instant::now() + REFUSE_LINGER));
+    }
+
+    /// Discards what refused connections sent; closes those that ended or
+    /// lingered long enough. Not polled: a pass comes at least by the
+    /// deadline, and sooner under load.
+    fn linger_refused(&mut self, now: Instant) {
+        let mut scratch = [0u8; 512];
+        self.refusing.retain_mut(|(stream, until)| loop {
+            match std::io::Read::read(stream, &mut scratch) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return now < *until,
+                Err(_) => return false,
+            }
+        });
     }
 
     /// Reads what the socket has (within the budget) and feeds whole lines
@@ -348,7 +437,7 @@ impl EventLoop {
                     if conn.dead {
                         continue;
                     }
-                    if conn.pending_output() + line.len() > self.max_output {
+                    if conn.pending_output() + line.len() > self.limits.max_output {
                         // Its messages wait in the outbox for its next login.
                         info!("connection {key} reads too slowly; dropping it");
                         conn.dead = true;

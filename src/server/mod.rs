@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use self::core::{Core, CoreConfig};
 use self::credentials::CredentialsError;
-use self::event_loop::EventLoop;
+use self::event_loop::{EventLoop, Limits};
 use self::journal::{Journal, JournalError};
 
 /// Everything the server needs to start.
@@ -42,7 +42,18 @@ pub struct Config {
     pub max_output: usize,
     /// Where the durable spool lives; `None` keeps state in memory only.
     pub state_dir: Option<PathBuf>,
+    /// Longest line accepted from a client, newline included.
+    pub max_line: usize,
+    /// Most connections open at once; more are told and closed.
+    pub max_connections: usize,
+    /// A connection must log in this soon after connecting.
+    pub login_timeout: Duration,
+    /// Most failed logins per address per minute.
+    pub login_attempts: u32,
 }
+
+/// Default `--max-connections`: within a common 1024 file descriptor limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 
 /// Default `--max-output`: room for the send window and other frames.
 pub const DEFAULT_MAX_OUTPUT: usize = 256 * 1024;
@@ -59,6 +70,10 @@ impl Config {
             max_queued: self::core::DEFAULT_MAX_QUEUED,
             max_output: DEFAULT_MAX_OUTPUT,
             state_dir: None,
+            max_line: crate::protocol::MAX_LINE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            login_timeout: self::core::DEFAULT_LOGIN_TIMEOUT,
+            login_attempts: self::core::DEFAULT_LOGIN_ATTEMPTS,
         }
     }
 }
@@ -130,14 +145,22 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         max_queued: config.max_queued,
         window_bytes: config.max_output / 2,
         durable: config.state_dir.is_some(),
+        login_timeout: config.login_timeout,
+        login_attempts: config.login_attempts,
     };
     let mut core = Core::new(accounts, core_config);
     let journal = match &config.state_dir {
         Some(dir) => Some(open_journal(dir, &mut core)?),
         None => None,
     };
+    let limits = Limits {
+        max_output: config.max_output,
+        max_line: config.max_line,
+        max_connections: config.max_connections,
+    };
+    let credentials = config.credentials.clone();
     let mut event_loop =
-        EventLoop::new(listener, core, journal, config.max_output).map_err(ServerError::Io)?;
+        EventLoop::new(listener, core, journal, limits, credentials).map_err(ServerError::Io)?;
     announce(&format!("Server listening on {local}"));
     event_loop.run().map_err(ServerError::Io)?;
     announce("Notifying clients of server shutdown...");

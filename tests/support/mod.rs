@@ -96,6 +96,17 @@ impl Output {
         }
     }
 
+    /// Skips lines until one contains `part`; returns that line.
+    pub fn expect_matching(&mut self, part: &str) -> String {
+        loop {
+            match self.next_line() {
+                Some(line) if line.contains(part) => return line,
+                Some(_) => {}
+                None => panic!("{}: output ended before {part:?}; saw {:#?}", self.what, self.seen),
+            }
+        }
+    }
+
     /// Asserts that the output ends with no further line.
     pub fn expect_end(&mut self) {
         let got = self.next_line();
