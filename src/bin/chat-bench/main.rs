@@ -1,0 +1,142 @@
+//! `chat-bench`: the load generator. It starts a `chat-server` on
+//! 127.0.0.1 port 0 (or uses `--connect`), logs in synthetic users over
+//! the real protocol, runs bounded scenarios, and prints a table, or with
+//! `--json` one JSON object per scenario. `direct`, `fanout` and `latency`
+//! also run the same load against a bare relay in the same run, so every
+//! server figure comes with the physical limit beside it.
+
+mod load;
+mod relay;
+mod scenarios;
+mod target;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Load generator and benchmark for chat-server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// One JSON object per scenario on its own line instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Use the server at HOST:PORT instead of starting one (its users must
+    /// be u0, u1, ... with password `pw`).
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    connect: Option<SocketAddr>,
+    /// The chat-server binary to start (default: beside this program).
+    #[arg(long, global = true, value_name = "PATH")]
+    server: Option<PathBuf>,
+    /// Extra argument for the started server (repeatable), e.g.
+    /// `--server-arg=--state-dir=/tmp/spool`.
+    #[arg(long = "server-arg", global = true, value_name = "ARG", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Seconds each measured run lasts.
+    #[arg(long, global = true, default_value_t = 5.0, value_name = "SECS")]
+    duration: f64,
+    /// Small counts and short runs: checks that every scenario works.
+    #[arg(long, global = true)]
+    smoke: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Sender/receiver pairs, 100-byte messages, a window in flight per pair.
+    Direct {
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+    },
+    /// One broadcaster, many receivers.
+    Fanout {
+        #[arg(long, default_value_t = 100)]
+        receivers: usize,
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+    },
+    /// A fixed total rate over pairs; end-to-end latency percentiles.
+    Latency {
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+    },
+    /// Idle logged-in connections: server RSS at rest and per connection.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
+    /// Logins and logouts per second.
+    Login {
+        #[arg(long, default_value_t = 2000)]
+        logins: usize,
+    },
+    /// Wall time to start chat-client, log in, send one message, log out.
+    Spawn {
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+    },
+    /// `direct` with 100 and with 10 000 users connected.
+    Scale {
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+    },
+    /// `direct`, `fanout` and `latency` against the bare relay only.
+    Relay,
+    /// Every scenario in turn.
+    All,
+    /// Internal: serve as the bare relay (started by chat-bench itself).
+    #[command(hide = true)]
+    RelayServe {
+        #[arg(long, value_enum)]
+        mode: relay::RelayMode,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Scenario::RelayServe { mode } = args.scenario {
+        return match run_relay(mode) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chat-bench relay: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    target::pin(0, target::Core::Generator);
+    let settings = match scenarios::Settings::new(&args) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("chat-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !args.json {
+        println!("# {}", target::pinning());
+    }
+    match scenarios::run(&args.scenario, &settings) {
+        Ok(reports) => {
+            for report in reports {
+                println!("{}", if args.json { report.json() } else { report.table() });
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chat-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_relay(mode: relay::RelayMode) -> std::io::Result<()> {
+    let (listener, addr) = relay::bind()?;
+    println!("Relay listening on {addr}");
+    relay::serve(listener, mode)
+}

@@ -1,0 +1,382 @@
+//! The scenarios: what each measures, against which target, and the
+//! report it makes. Every run is bounded in count and in time.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::load::{self, Load, Outcome, Shape, Target as Speaks};
+use crate::target::{self, Target};
+use crate::{Args, Scenario};
+
+/// How long a run may take to drain what is still in flight.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// How long logging in every connection may take.
+const LOGIN_LIMIT: Duration = Duration::from_secs(300);
+
+/// Options shared by every scenario.
+pub struct Settings {
+    server: PathBuf,
+    server_args: Vec<String>,
+    connect: Option<SocketAddr>,
+    duration: Duration,
+    smoke: bool,
+}
+
+impl Settings {
+    pub fn new(args: &Args) -> io::Result<Settings> {
+        let duration = if args.smoke { 0.5 } else { args.duration };
+        if !(0.05..=600.0).contains(&duration) {
+            return Err(io::Error::other("--duration must be between 0.05 and 600 seconds"));
+        }
+        Ok(Settings {
+            server: target::server_binary(args.server.clone())?,
+            server_args: args.server_args.clone(),
+            connect: args.connect,
+            duration: Duration::from_secs_f64(duration),
+            smoke: args.smoke,
+        })
+    }
+
+    /// `full` normally, `small` with `--smoke`.
+    fn count(&self, full: usize, small: usize) -> usize {
+        if self.smoke {
+            full.min(small)
+        } else {
+            full
+        }
+    }
+
+    fn server(&self, names: &[String]) -> io::Result<Target> {
+        match self.connect {
+            Some(addr) => Ok(Target::existing(addr)),
+            None => Target::server(&self.server, names, &self.server_args),
+        }
+    }
+}
+
+/// One value in a report.
+enum Value {
+    Num(f64),
+    Int(u64),
+    Text(String),
+}
+
+/// One scenario's figures, in order.
+pub struct Report {
+    scenario: &'static str,
+    fields: Vec<(&'static str, Value)>,
+}
+
+impl Report {
+    fn new(scenario: &'static str) -> Report {
+        Report { scenario, fields: Vec::new() }
+    }
+
+    fn num(mut self, key: &'static str, value: f64) -> Report {
+        self.fields.push((key, Value::Num(value)));
+        self
+    }
+
+    fn int(mut self, key: &'static str, value: u64) -> Report {
+        self.fields.push((key, Value::Int(value)));
+        self
+    }
+
+    fn text(mut self, key: &'static str, value: String) -> Report {
+        self.fields.push((key, Value::Text(value)));
+        self
+    }
+
+    /// One JSON object on one line.
+    pub fn json(&self) -> String {
+        let mut out = format!("{{\"scenario\":\"{}\"", self.scenario);
+        for (key, value) in &self.fields {
+            let value = match value {
+                Value::Num(v) if v.is_finite() => format!("{v:.3}"),
+                Value::Num(_) => "null".into(),
+                Value::Int(v) => v.to_string(),
+                Value::Text(t) => format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\"")),
+            };
+            out.push_str(&format!(",\"{key}\":{value}"));
+        }
+        out.push('}');
+        out
+    }
+
+    /// A small human table.
+    pub fn table(&self) -> String {
+        let mut out = format!("{}\n", self.scenario);
+        for (key, value) in &self.fields {
+            let value = match value {
+                Value::Num(v) => format!("{v:.1}"),
+                Value::Int(v) => v.to_string(),
+                Value::Text(t) => t.clone(),
+            };
+            out.push_str(&format!("  {key:<22} {value}\n"));
+        }
+        out
+    }
+}
+
+/// Runs a scenario (or all) and returns its reports.
+pub fn run(scenario: &Scenario, s: &Settings) -> io::Result<Vec<Report>> {
+    Ok(match scenario {
+        Scenario::Direct { pairs, window } => vec![direct(s, *pairs, *window)?],
+        Scenario::Fanout { receivers, window } => vec![fanout(s, *receivers, *window)?],
+        Scenario::Latency { rate, pairs } => vec![latency(s, *rate, *pairs)?],
+        Scenario::Idle { connections } => vec![idle(s, *connections)?],
+        Scenario::Login { logins } => vec![login(s, *logins)?],
+        Scenario::Spawn { runs } => vec![spawn(s, *runs)?],
+        Scenario::Scale { users } => vec![scale(s, *users)?],
+        Scenario::Relay => relay_only(s)?,
+        Scenario::All => vec![
+            direct(s, 50, 32)?,
+            fanout(s, 100, 16)?,
+            latency(s, 5000.0, 50)?,
+            idle(s, 1000)?,
+            login(s, 2000)?,
+            spawn(s, 100)?,
+            scale(s, 10_000)?,
+        ],
+        Scenario::RelayServe { .. } => Vec::new(),
+    })
+}
+
+fn names(count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("u{i}")).collect()
+}
+
+/// Runs `shape` over `users` connections against the chat server.
+fn against_server(s: &Settings, users: usize, shape: Shape) -> io::Result<Outcome> {
+    let names = names(users);
+    let server = s.server(&names)?;
+    let mut load = Load::connect(server.addr, Speaks::Chat, names, LOGIN_LIMIT)?;
+    load.run(shape, s.duration, DRAIN)
+}
+
+/// Runs `shape` over `users` connections against a fresh bare relay.
+fn against_relay(s: &Settings, users: usize, shape: Shape, mode: &str) -> io::Result<Outcome> {
+    let relay = Target::relay(mode)?;
+    let mut load = Load::connect(relay.addr, Speaks::Relay, names(users), LOGIN_LIMIT)?;
+    load.run(shape, s.duration, DRAIN)
+}
+
+fn with_outcome(report: Report, o: &Outcome) -> Report {
+    report
+        .num("rate", o.rate())
+        .int("delivered", o.delivered)
+        .int("lost", o.lost)
+        .int("duplicated", o.duplicated)
+}
+
+fn versus_relay(report: Report, server: &Outcome, relay: &Outcome) -> Report {
+    report.num("relay_rate", relay.rate()).num("relay_ratio", server.rate() / relay.rate())
+}
+
+fn direct(s: &Settings, pairs: usize, window: usize) -> io::Result<Report> {
+    let pairs = s.count(pairs, 5);
+    let shape = Shape::Direct { window };
+    let server = against_server(s, 2 * pairs, shape)?;
+    let relay = against_relay(s, 2 * pairs, shape, "direct")?;
+    let report = with_outcome(Report::new("direct"), &server).int("pairs", pairs as u64);
+    Ok(versus_relay(report, &server, &relay))
+}
+
+fn fanout(s: &Settings, receivers: usize, window: usize) -> io::Result<Report> {
+    let receivers = s.count(receivers, 10);
+    let shape = Shape::Fanout { window };
+    let server = against_server(s, receivers + 1, shape)?;
+    let relay = against_relay(s, receivers + 1, shape, "fanout")?;
+    let report = with_outcome(Report::new("fanout"), &server).int("receivers", receivers as u64);
+    Ok(versus_relay(report, &server, &relay))
+}
+
+/// The `p`-th percentile (0..=100) of sorted samples.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn latency(s: &Settings, rate: f64, pairs: usize) -> io::Result<Report> {
+    let pairs = s.count(pairs, 5);
+    let rate = if s.smoke { rate.min(500.0) } else { rate };
+    if !(1.0..=1_000_000.0).contains(&rate) {
+        return Err(io::Error::other("--rate must be between 1 and 1000000"));
+    }
+    let shape = Shape::Paced { per_second: rate };
+    let mut server = against_server(s, 2 * pairs, shape)?;
+    let mut relay = against_relay(s, 2 * pairs, shape, "direct")?;
+    server.latencies_us.sort_unstable();
+    relay.latencies_us.sort_unstable();
+    let lat = &server.latencies_us;
+    Ok(with_outcome(Report::new("latency"), &server)
+        .num("target_rate", rate)
+        .int("p50_us", percentile(lat, 50.0))
+        .int("p99_us", percentile(lat, 99.0))
+        .int("p999_us", percentile(lat, 99.9))
+        .int("relay_p50_us", percentile(&relay.latencies_us, 50.0))
+        .int("relay_p99_us", percentile(&relay.latencies_us, 99.0))
+        .int("relay_p999_us", percentile(&relay.latencies_us, 99.9)))
+}
+
+fn idle(s: &Settings, connections: usize) -> io::Result<Report> {
+    let connections = s.count(connections, 100);
+    let limit = target::raise_fd_limit(connections as u64 + 256);
+    if limit < connections as u64 + 64 {
+        return Err(io::Error::other(format!(
+            "open-file limit is {limit}, too low for {connections} connections (raise `ulimit -n`)"
+        )));
+    }
+    let names = names(connections);
+    let server = s.server(&names)?;
+    let pid = server.pid().ok_or_else(|| io::Error::other("idle needs a server it started"))?;
+    settle();
+    let at_rest = load::rss_kib(pid)?;
+    let load = Load::connect(server.addr, Speaks::Chat, names, LOGIN_LIMIT)?;
+    settle();
+    let loaded = load::rss_kib(pid)?;
+    let per_connection = (loaded.saturating_sub(at_rest) * 1024) / load.len().max(1) as u64;
+    Ok(Report::new("idle")
+        .int("connections", connections as u64)
+        .int("rss_idle_kib", at_rest)
+        .int("rss_loaded_kib", loaded)
+        .int("bytes_per_connection", per_connection)
+        .int("fd_limit", limit))
+}
+
+/// Gives the server a moment to finish what the last step set off, so
+/// /proc shows memory at rest.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+fn login(s: &Settings, logins: usize) -> io::Result<Report> {
+    const WORKERS: usize = 8;
+    let logins = s.count(logins, 100);
+    let names = names(WORKERS);
+    let server = s.server(&names)?;
+    let addr = server.addr;
+    let start = Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let share = logins / WORKERS + usize::from(w < logins % WORKERS);
+            std::thread::spawn(move || -> io::Result<u64> {
+                for _ in 0..share {
+                    login_once(addr, &format!("u{w}"))?;
+                }
+                Ok(share as u64)
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for worker in workers {
+        done += worker.join().map_err(|_| io::Error::other("login worker panicked"))??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(Report::new("login")
+        .num("rate", done as f64 / elapsed)
+        .int("logins", done)
+        .int("lost", 0)
+        .int("duplicated", 0))
+}
+
+/// One full connect, login, logout.
+fn login_once(addr: SocketAddr, user: &str) -> io::Result<()> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    writer.write_all(format!("HELLO 1\nLOGIN {user} 0 pw\n").as_bytes())?;
+    wait_for(&mut reader, "WELCOME ")?;
+    writer.write_all(b"LOGOUT\n")?;
+    wait_for(&mut reader, "BYE ")
+}
+
+fn wait_for(reader: &mut impl BufRead, prefix: &str) -> io::Result<()> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::other(format!("connection closed before {prefix:?}")));
+        }
+        if line.starts_with(prefix) {
+            return Ok(());
+        }
+    }
+}
+
+fn spawn(s: &Settings, runs: usize) -> io::Result<Report> {
+    let runs = s.count(runs, 3).max(1);
+    let names = names(2);
+    let server = s.server(&names)?;
+    let client = s.server.with_file_name("chat-client");
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut child = Command::new(&client)
+            .args(["--user", "u0", "127.0.0.1", &server.addr.port().to_string()])
+            .env("CHAT_PASSWORD", "pw")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(b"message u1 hello from a script\n")?;
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(io::Error::other(format!("chat-client exited with {status}")));
+        }
+        times.push(start.elapsed().as_micros() as u64);
+    }
+    times.sort_unstable();
+    Ok(Report::new("spawn")
+        .int("runs", runs as u64)
+        .num("median_ms", percentile(&times, 50.0) as f64 / 1000.0)
+        .num("p90_ms", percentile(&times, 90.0) as f64 / 1000.0))
+}
+
+fn scale(s: &Settings, users: usize) -> io::Result<Report> {
+    let users = s.count(users, 300).max(100);
+    target::raise_fd_limit(users as u64 + 256);
+    let shape = Shape::Direct { window: 32 };
+    let small = against_server(s, 100, shape)?;
+    // The same 50 pairs, with everyone else logged in and idle.
+    let names = names(users);
+    let server = s.server(&names)?;
+    let busy: Vec<String> = names[..100].to_vec();
+    let _idle = Load::connect(server.addr, Speaks::Chat, names[100..].to_vec(), LOGIN_LIMIT)?;
+    let mut load = Load::connect(server.addr, Speaks::Chat, busy, LOGIN_LIMIT)?;
+    let large = load.run(shape, s.duration, DRAIN)?;
+    Ok(with_outcome(Report::new("scale"), &large)
+        .int("users", users as u64)
+        .num("rate_100_users", small.rate())
+        .num("ratio", large.rate() / small.rate()))
+}
+
+fn relay_only(s: &Settings) -> io::Result<Vec<Report>> {
+    let pairs = s.count(50, 5);
+    let receivers = s.count(100, 10);
+    let direct = against_relay(s, 2 * pairs, Shape::Direct { window: 32 }, "direct")?;
+    let fanout = against_relay(s, receivers + 1, Shape::Fanout { window: 16 }, "fanout")?;
+    let rate = if s.smoke { 500.0 } else { 5000.0 };
+    let mut latency = against_relay(s, 2 * pairs, Shape::Paced { per_second: rate }, "direct")?;
+    latency.latencies_us.sort_unstable();
+    let lat = &latency.latencies_us;
+    Ok(vec![
+        with_outcome(Report::new("relay-direct"), &direct),
+        with_outcome(Report::new("relay-fanout"), &fanout),
+        with_outcome(Report::new("relay-latency"), &latency)
+            .int("p50_us", percentile(lat, 50.0))
+            .int("p99_us", percentile(lat, 99.0))
+            .int("p999_us", percentile(lat, 99.9))
+            .text("note", "the bare relay: no login, no acknowledgements".into()),
+    ])
+}
