@@ -200,40 +200,54 @@ impl Load {
             Shape::Direct { window } => {
                 for pair in 0..self.conns.len() / 2 {
                     let (s, r) = (2 * pair, 2 * pair + 1);
+                    let queued = self.conns[s].next;
                     while self.conns[s].next - self.conns[r].expected < window as u64 {
-                        self.send_one(s, outcome)?;
+                        self.queue_one(s, outcome);
+                    }
+                    if self.conns[s].next != queued {
+                        self.flush(s)?;
                     }
                 }
             }
             Shape::Fanout { window } => {
                 let slowest = self.conns.iter().skip(1).map(|c| c.expected).min().unwrap_or(0);
                 while self.conns[0].next - slowest < window as u64 {
-                    self.send_one(0, outcome)?;
+                    self.queue_one(0, outcome);
                 }
+                self.flush(0)?;
             }
             Shape::Paced { .. } => {}
         }
         Ok(())
     }
 
-    /// Queues the next message of connection `s` (to its partner, or to
-    /// everyone for connection 0 in a fanout).
+    /// Queues and writes the next message of connection `s`.
     fn send_one(&mut self, s: usize, outcome: &mut Outcome) -> io::Result<()> {
-        let n = self.conns[s].next;
-        self.conns[s].next += 1;
-        let micros = self.start.elapsed().as_micros() as u64;
-        let head = format!("{n} {micros} ");
-        let pad = "x".repeat(MESSAGE_BYTES.saturating_sub(head.len()));
-        let line = match self.target {
-            Target::Relay => format!("{head}{pad}\n"),
-            Target::Chat if s == 0 && self.fanout => {
-                format!("BROADCAST {head}{pad}\n")
-            }
-            Target::Chat => format!("MESSAGE {} {head}{pad}\n", self.names[s + 1]),
-        };
-        self.conns[s].output.extend_from_slice(line.as_bytes());
-        outcome.sent += 1;
+        self.queue_one(s, outcome);
         self.flush(s)
+    }
+
+    /// Queues the next message of connection `s` (to its partner, or to
+    /// everyone for connection 0 in a fanout): its number, its send time,
+    /// and padding to [`MESSAGE_BYTES`] of text. No allocation.
+    fn queue_one(&mut self, s: usize, outcome: &mut Outcome) {
+        let micros = self.start.elapsed().as_micros() as u64;
+        let conn = &mut self.conns[s];
+        let n = conn.next;
+        conn.next += 1;
+        let out = &mut conn.output;
+        // Writing to a Vec cannot fail.
+        let _ = match self.target {
+            Target::Relay => Ok(()),
+            Target::Chat if s == 0 && self.fanout => write!(out, "BROADCAST "),
+            Target::Chat => write!(out, "MESSAGE {} ", self.names[s + 1]),
+        };
+        let text_start = out.len();
+        let _ = write!(out, "{n} {micros} ");
+        let pad = MESSAGE_BYTES.saturating_sub(out.len() - text_start);
+        out.extend(std::iter::repeat_n(b'x', pad));
+        out.push(b'\n');
+        outcome.sent += 1;
     }
 
     /// One poll and everything that follows.
