@@ -64,12 +64,48 @@ struct Args {
     /// Log level on stderr: error, warn, info, debug, trace or off.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
+    /// Read a password from standard input, print its argon2id hash (the
+    /// field to paste after the username in the credentials file), exit.
+    #[arg(long)]
+    hash_password: bool,
     /// Port to listen on; 0 picks a free one (printed on the first line).
-    port: u16,
+    #[arg(required_unless_present = "hash_password")]
+    port: Option<u16>,
+}
+
+/// `--hash-password`: one password line in, one PHC string out.
+fn hash_password() -> ExitCode {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        eprint!("Password to hash: ");
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("chat-server: cannot read the password: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() || password.contains(char::is_whitespace) {
+        eprintln!("chat-server: a password is one word without spaces");
+        return ExitCode::FAILURE;
+    }
+    match chat::server::credentials::hash_password(password) {
+        Ok(phc) => {
+            println!("{phc}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chat-server: cannot hash the password: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let Some(port) = args.port.filter(|_| !args.hash_password) else {
+        return hash_password();
+    };
     if let Err(e) = simple_logger::SimpleLogger::new().with_level(args.log_level).init() {
         eprintln!("chat-server: cannot start logging: {e}");
         return ExitCode::FAILURE;
@@ -77,7 +113,7 @@ fn main() -> ExitCode {
     let config = chat::server::Config {
         credentials: args.credentials,
         bind: args.bind,
-        port: args.port,
+        port,
         timeout: Duration::from_secs(args.timeout),
         block_time: Duration::from_secs(args.block_time),
         max_queued: args.max_queued,

@@ -38,18 +38,28 @@ pub const PROMPT_USER: &str = "Username: ";
 pub const PROMPT_PASSWORD: &str = "Password: ";
 pub const PROMPT_COMMAND: &str = "> ";
 
-/// Replaces control characters in text that came from someone else, so a
-/// message cannot move the cursor, clear the screen or retitle the terminal.
+/// Escapes control characters in text that came from someone else, so a
+/// message cannot move the cursor, clear the screen or retitle the
+/// terminal, while the reader still sees what was sent: C0 controls and
+/// DEL as `^X` (ESC is `^[`), other controls as `\u{...}`. Tabs stay.
 pub fn clean(text: &str) -> Cow<'_, str> {
-    if text.chars().any(|c| c.is_control() && c != '\t') {
-        Cow::Owned(
-            text.chars()
-                .map(|c| if c.is_control() && c != '\t' { '\u{FFFD}' } else { c })
-                .collect(),
-        )
-    } else {
-        Cow::Borrowed(text)
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return Cow::Borrowed(text);
     }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            '\0'..='\u{1f}' => {
+                out.push('^');
+                out.push(char::from(c as u8 + b'@'));
+            }
+            '\u{7f}' => out.push_str("^?"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// A chat message, whether it came through the server or straight from a peer.
@@ -331,7 +341,8 @@ mod tests {
 
     #[test]
     fn control_characters_from_others_are_neutralised() {
-        assert_eq!(chat_line("A", "a\u{1b}[2Jb\tc"), "A: a\u{FFFD}[2Jb\tc");
+        assert_eq!(chat_line("A", "a\u{1b}[2Jb\tc"), "A: a^[[2Jb\tc");
+        assert_eq!(clean("bell\u{7}\0nul\u{7f}\u{9b}csi\r"), "bell^G^@nul^?\\u{9b}csi^M");
         assert!(matches!(clean("plain text"), Cow::Borrowed(_)));
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use super::commands::{phase, Phase};
-use super::credentials::Account;
+use super::credentials::{Account, Secret};
 use super::journal::Record;
 use crate::protocol::{
     ByeReason, ClientMsg, DenyReason, Failure, MsgKind, QueueReason, ServerMsg, VERSION,
@@ -151,7 +151,7 @@ impl Stored {
 #[derive(Debug)]
 pub(super) struct User {
     pub name: String,
-    password: String,
+    password: Secret,
     /// The connection this user is logged in on.
     pub session: Option<ConnId>,
     /// Users this user has blocked.
@@ -237,12 +237,6 @@ pub(super) fn encode(msg: &ServerMsg<'_>) -> String {
     let mut line = String::new();
     msg.encode(&mut line);
     line
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a
-/// password guess was right.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl User {
@@ -592,7 +586,7 @@ impl Core {
             return Err(DenyReason::Locked);
         }
         account.locked_until = None;
-        if same_secret(&account.password, password) {
+        if account.password.verify(password) {
             account.failures = 0;
             return Ok(());
         }
@@ -864,7 +858,10 @@ pub(super) mod tests {
         pub fn accounts(names: &[&str]) -> Vec<Account> {
             names
                 .iter()
-                .map(|n| Account { name: n.to_string(), password: format!("{n}_pwd") })
+                .map(|n| Account {
+                    name: n.to_string(),
+                    password: Secret::Plain(format!("{n}_pwd")),
+                })
                 .collect()
         }
 
@@ -1053,12 +1050,13 @@ pub(super) mod tests {
         h.login(1, "C");
         h.line(1, "MESSAGE D kept for later");
         h.take();
-        let accounts = vec![
-            Account { name: "A".into(), password: "new".into() },
-            Account { name: "B".into(), password: "B_pwd".into() },
-            Account { name: "AA".into(), password: "AA_pwd".into() },
-            Account { name: "D".into(), password: "D_pwd".into() },
-        ];
+        let accounts = ["A new", "B B_pwd", "AA AA_pwd", "D D_pwd"]
+            .iter()
+            .map(|line| {
+                let (name, password) = line.split_once(' ').unwrap();
+                Account { name: name.into(), password: Secret::Plain(password.into()) }
+            })
+            .collect();
         h.core.reload(accounts);
         h.connect(2);
         h.line(2, "LOGIN A 1 A_pwd");

@@ -2,13 +2,18 @@
 //!
 //! Blank lines and lines starting with `#` are skipped. Every other line
 //! must hold exactly two whitespace-separated fields, the first a valid
-//! username ([`crate::protocol::valid_name`]). Any bad line is an error that
+//! username ([`crate::protocol::valid_name`]), the second either a plain
+//! password or an argon2id hash in PHC string format (`$argon2id$...`, as
+//! printed by `chat-server --hash-password`). Any bad line is an error that
 //! names the file and line, so an operator can fix it at once. This module
-//! only parses; it does not decide what a login means.
+//! parses and checks passwords; it does not decide what a login means.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
 
 use crate::protocol::{valid_name, MAX_LINE};
 
@@ -16,7 +21,94 @@ use crate::protocol::{valid_name, MAX_LINE};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub name: String,
-    pub password: String,
+    pub password: Secret,
+}
+
+/// A password as the credentials file stores it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// The password itself.
+    Plain(String),
+    /// An argon2id hash in PHC string format, checked for well-formedness
+    /// when the file was read.
+    Argon2id(String),
+}
+
+/// Passwords never reach a log line, not even through `{:?}`.
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Plain(_) => f.write_str("Plain(..)"),
+            Secret::Argon2id(_) => f.write_str("Argon2id(..)"),
+        }
+    }
+}
+
+impl Secret {
+    /// Reads the password field of a credentials line.
+    pub fn parse(field: &str) -> Result<Secret, &'static str> {
+        if !field.starts_with("$argon2") {
+            return Ok(Secret::Plain(field.to_owned()));
+        }
+        let hash = PasswordHash::new(field).map_err(|_| "malformed argon2 PHC string")?;
+        if hash.algorithm.as_str() != "argon2id" {
+            return Err("only argon2id hashes (from chat-server --hash-password) are accepted");
+        }
+        if hash.hash.is_none() || hash.salt.is_none() {
+            return Err("malformed argon2 PHC string");
+        }
+        Ok(Secret::Argon2id(field.to_owned()))
+    }
+
+    /// Whether `attempt` is the password. Plain passwords are compared
+    /// without an early exit, so timing does not reveal how much of a guess
+    /// was right; hashes are checked by argon2 with their own parameters.
+    pub fn verify(&self, attempt: &str) -> bool {
+        match self {
+            Secret::Plain(password) => {
+                password.len() == attempt.len()
+                    && password.bytes().zip(attempt.bytes()).fold(0, |acc, (x, y)| acc | (x ^ y))
+                        == 0
+            }
+            Secret::Argon2id(phc) => PasswordHash::new(phc).is_ok_and(|hash| {
+                Argon2::default().verify_password(attempt.as_bytes(), &hash).is_ok()
+            }),
+        }
+    }
+}
+
+/// argon2id cost for new hashes: the lowest-memory setting OWASP
+/// recommends (7 MiB, 5 passes), so that a login does not strain a small
+/// host. Verification uses whatever parameters a hash names.
+const HASH_MEMORY_KIB: u32 = 7 * 1024;
+const HASH_PASSES: u32 = 5;
+
+/// Hashes `password` with a fresh random salt, as a PHC string.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| format!("no randomness for a salt: {e}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    let params = Params::new(HASH_MEMORY_KIB, HASH_PASSES, 1, None).map_err(|e| e.to_string())?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    argon2
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A warning if the credentials file can be read or written by users
+/// other than its owner (passwords, or hashes open to offline guessing).
+pub fn permission_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "credentials file {} is accessible to other users (mode {:o}); run: chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
 }
 
 /// Why the credentials file could not be used.
@@ -86,7 +178,8 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<Account>, CredentialsError
             let name = name.to_owned();
             return Err(CredentialsError::Duplicate { path: path.to_owned(), line: number, name });
         }
-        accounts.push(Account { name: name.to_owned(), password: password.to_owned() });
+        let password = Secret::parse(password).map_err(|why| bad(number, why))?;
+        accounts.push(Account { name: name.to_owned(), password });
     }
     if accounts.is_empty() {
         return Err(CredentialsError::Empty { path: path.to_owned() });
@@ -106,7 +199,58 @@ mod tests {
     fn reads_users_skipping_blanks_and_comments() {
         let accounts = parse_str("# users\nA A_pwd\n\n  hans   falcon*solo  \r\n").unwrap();
         assert_eq!(accounts.len(), 2);
-        assert_eq!(accounts[1], Account { name: "hans".into(), password: "falcon*solo".into() });
+        let hans = Account { name: "hans".into(), password: Secret::Plain("falcon*solo".into()) };
+        assert_eq!(accounts[1], hans);
+    }
+
+    #[test]
+    fn argon2id_hashes_verify_and_bad_ones_are_refused_with_their_line() {
+        let phc = hash_password("wise@!man").unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=7168,t=5,p=1$"), "{phc}");
+        let accounts = parse_str(&format!(
+            "yoda {phc}
+"
+        ))
+        .unwrap();
+        assert!(accounts[0].password.verify("wise@!man"));
+        assert!(!accounts[0].password.verify("wise@!man "));
+        assert!(!accounts[0].password.verify(""));
+        assert_ne!(hash_password("wise@!man").unwrap(), phc, "a fresh salt each time");
+        let err = parse_str(
+            "A $argon2id$v=19$nonsense
+",
+        )
+        .unwrap_err();
+        assert_eq!(err, "creds.txt:1: malformed argon2 PHC string");
+        let argon2i = phc.replacen("argon2id", "argon2i", 1);
+        assert!(parse_str(&format!(
+            "A {argon2i}
+"
+        ))
+        .unwrap_err()
+        .contains("only argon2id"));
+    }
+
+    #[test]
+    fn plain_passwords_compare_exactly_and_never_print() {
+        let secret = Secret::Plain("A_pwd".into());
+        assert!(secret.verify("A_pwd"));
+        assert!(!secret.verify("A_pw"));
+        assert!(!secret.verify("A_pwe"));
+        assert_eq!(format!("{secret:?}"), "Plain(..)");
+    }
+
+    #[test]
+    fn a_file_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("chat-creds-{}", std::process::id()));
+        std::fs::write(&path, "A A_pwd\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warning = permission_warning(&path).unwrap();
+        assert!(warning.contains("mode 644") && warning.contains("chmod 600"), "{warning}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(permission_warning(&path), None);
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]

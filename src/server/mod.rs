@@ -135,6 +135,9 @@ fn open_journal(dir: &std::path::Path, core: &mut Core) -> Result<Journal, Serve
 pub fn run(config: &Config) -> Result<(), ServerError> {
     let accounts = credentials::load(&config.credentials).map_err(ServerError::Credentials)?;
     log::info!("loaded {} users from {}", accounts.len(), config.credentials.display());
+    if let Some(warning) = credentials::permission_warning(&config.credentials) {
+        log::warn!("{warning}");
+    }
     let addr = SocketAddr::new(config.bind, config.port);
     let listener =
         mio::net::TcpListener::bind(addr).map_err(|error| ServerError::Listen { addr, error })?;
