@@ -386,7 +386,6 @@ impl Core {
         };
         match ClientMsg::parse(text) {
             Ok(msg) => self.dispatch(conn, msg, now),
-            Err(crate::protocol::ParseError::Empty) => {}
             Err(error) => {
                 let detail = error.to_string();
                 self.refuse(conn, Failure::BadCommand { detail: &detail });
@@ -1117,6 +1116,7 @@ pub(super) mod tests {
                 "FAIL bad-encoding",
                 "FAIL bad-command unknown verb",
                 "FAIL bad-command missing username",
+                "FAIL bad-command empty line",
                 "FAIL line-too-long"
             ]
         );
