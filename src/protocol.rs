@@ -79,9 +79,11 @@ fn field<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseErr
     Ok(head)
 }
 
-/// Takes the rest of the line as free text (one separating space removed).
+/// Takes the rest of the line as free text (one separating space removed,
+/// and carriage returns at the end, which a line ending may have doubled,
+/// so that parsing what was encoded gives the same text).
 fn text<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseError> {
-    let s = rest.strip_prefix(' ').unwrap_or(rest);
+    let s = rest.strip_prefix(' ').unwrap_or(rest).trim_end_matches('\r');
     *rest = "";
     if s.trim().is_empty() {
         return Err(ParseError::MissingField(name));
@@ -980,6 +982,12 @@ mod tests {
             ClientMsg::parse("MESSAGE B it's  user C.\r\n"),
             Ok(ClientMsg::Message { to: "B", text: "it's  user C." })
         );
+        // Found by fuzzing: trailing carriage returns did not round-trip.
+        assert_eq!(
+            ClientMsg::parse("MESSAGE B a\rb\r\r\r"),
+            Ok(ClientMsg::Message { to: "B", text: "a\rb" })
+        );
+        assert_eq!(ClientMsg::parse("BROADCAST \r\r"), Err(ParseError::MissingField("message")));
     }
 
     #[test]
