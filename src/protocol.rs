@@ -440,23 +440,48 @@ pub enum Failure<'a> {
 }
 
 impl Failure<'_> {
-    fn encode(&self, out: &mut String) -> fmt::Result {
+    /// The failure's code, as on the wire (`FAIL <code> ...`).
+    pub fn code(&self) -> &'static str {
         match self {
-            Failure::BlockedBy { user } => write!(out, "blocked-by {user}"),
-            Failure::PartialBroadcast => out.write_str("partial-broadcast"),
-            Failure::GetAddress { user } => write!(out, "getaddress {user}"),
-            Failure::UnknownUser { user } => write!(out, "unknown-user {user}"),
-            Failure::NotYourself => out.write_str("not-yourself"),
-            Failure::NoRequest { user } => write!(out, "no-request {user}"),
-            Failure::NotBlocked { user } => write!(out, "not-blocked {user}"),
-            Failure::NotLoggedIn => out.write_str("not-logged-in"),
-            Failure::AlreadyLoggedIn => out.write_str("already-logged-in"),
-            Failure::Version => out.write_str("version"),
-            Failure::LineTooLong => out.write_str("line-too-long"),
-            Failure::BadEncoding => out.write_str("bad-encoding"),
-            Failure::TextTooLong => out.write_str("text-too-long"),
-            Failure::QueueFull { user } => write!(out, "queue-full {user}"),
-            Failure::BadCommand { detail } => write!(out, "bad-command {detail}"),
+            Failure::BlockedBy { .. } => "blocked-by",
+            Failure::PartialBroadcast => "partial-broadcast",
+            Failure::GetAddress { .. } => "getaddress",
+            Failure::UnknownUser { .. } => "unknown-user",
+            Failure::NotYourself => "not-yourself",
+            Failure::NoRequest { .. } => "no-request",
+            Failure::NotBlocked { .. } => "not-blocked",
+            Failure::NotLoggedIn => "not-logged-in",
+            Failure::AlreadyLoggedIn => "already-logged-in",
+            Failure::Version => "version",
+            Failure::LineTooLong => "line-too-long",
+            Failure::BadEncoding => "bad-encoding",
+            Failure::TextTooLong => "text-too-long",
+            Failure::QueueFull { .. } => "queue-full",
+            Failure::BadCommand { .. } => "bad-command",
+        }
+    }
+
+    /// The user a failure names, if any.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Failure::BlockedBy { user }
+            | Failure::GetAddress { user }
+            | Failure::UnknownUser { user }
+            | Failure::NoRequest { user }
+            | Failure::NotBlocked { user }
+            | Failure::QueueFull { user } => Some(user),
+            _ => None,
+        }
+    }
+
+    fn encode(&self, out: &mut String) -> fmt::Result {
+        out.write_str(self.code())?;
+        match self {
+            Failure::BadCommand { detail } => write!(out, " {detail}"),
+            _ => match self.user() {
+                Some(user) => write!(out, " {user}"),
+                None => Ok(()),
+            },
         }
     }
 

@@ -286,6 +286,9 @@ fn an_unacknowledged_private_message_is_reported_and_can_go_through_the_server()
     let port = address.rsplit(' ').next().expect("port").to_owned();
     b.send("private A acknowledged");
     a.out.expect_next("B: acknowledged");
+    // Barrier: A's loop has moved on, so its acknowledgement went out.
+    a.send("online");
+    a.out.expect("(Warning: Users that have blocked you will not be listed)");
     // A freezes with its connections open: nothing it is sent is shown.
     signal(a.pid(), "STOP");
     b.send("private A first");

@@ -2,27 +2,60 @@
 //! exit code (see [`chat::client::Exit`]).
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
-use chat::client::{Config, Exit};
+use chat::client::{Config, Exit, Format};
 
 /// Terminal client of the chat system.
 ///
-/// The password is taken from the environment variable CHAT_PASSWORD when it
-/// is set, otherwise asked for (or read as the next input line).
+/// Interactive when standard input and output are both a terminal (prompts,
+/// line editing); otherwise one line per event, flushed at once, for
+/// scripts. The password comes from --password-file, else the environment
+/// variable CHAT_PASSWORD, else the next input line (never the command
+/// line). Exit codes: 0 logged out, 1 connection failed or lost, 2 usage,
+/// 3 wrong password, 4 unknown user, 5 locked out, 6 server shut down,
+/// 7 replaced by a new login, 8 --until timed out.
 #[derive(Debug, Parser)]
-#[command(name = "chat-client", version, about)]
+#[command(name = "chat-client", version, about, verbatim_doc_comment)]
 struct Args {
     /// Log in as this user instead of asking for a username.
     #[arg(long, value_name = "NAME", value_parser = parse_user)]
     user: Option<String>,
+    /// Read the password from the first line of this file.
+    #[arg(long, value_name = "PATH")]
+    password_file: Option<PathBuf>,
+    /// How events are printed: the original texts, or one JSON object per
+    /// line (see docs/JSON.md).
+    #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+    format: FormatArg,
+    /// Wait until an output line contains PATTERN (plain text, as printed
+    /// in the chosen format), then log out and exit 0; exit 8 if it has not
+    /// appeared within --wait. Input is still read and carried out.
+    #[arg(long, value_name = "PATTERN")]
+    until: Option<String>,
+    /// Seconds --until waits.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, requires = "until",
+          value_parser = parse_wait)]
+    wait: f64,
+    /// Stay logged in after standard input ends, until SIGINT, SIGTERM or
+    /// server shutdown.
+    #[arg(long)]
+    stay: bool,
     /// Server host name or IP address.
     host: String,
     /// Server port.
     #[arg(value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Text,
+    Json,
 }
 
 fn parse_user(name: &str) -> Result<String, String> {
@@ -36,14 +69,49 @@ fn parse_user(name: &str) -> Result<String, String> {
     }
 }
 
+fn parse_wait(secs: &str) -> Result<f64, String> {
+    match secs.parse::<f64>() {
+        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(s),
+        _ => Err("a number of seconds from 0 to 86400".into()),
+    }
+}
+
+/// The first line of the password file, or a message naming the problem.
+fn read_password_file(path: &PathBuf) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read password file {}: {e}", path.display()))?;
+    let password = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if password.is_empty() {
+        return Err(format!("password file {} is empty", path.display()));
+    }
+    Ok(password.to_owned())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    let password = match &args.password_file {
+        Some(path) => match read_password_file(path) {
+            Ok(password) => Some(password),
+            Err(e) => {
+                eprintln!("chat-client: {e}");
+                return ExitCode::from(Exit::Failure.code());
+            }
+        },
+        None => std::env::var_os("CHAT_PASSWORD").map(|p| p.to_string_lossy().into_owned()),
+    };
     let config = Config {
         host: args.host,
         port: args.port,
         user: args.user,
-        password: std::env::var_os("CHAT_PASSWORD").map(|p| p.to_string_lossy().into_owned()),
-        interactive: std::io::stdin().is_terminal(),
+        password,
+        interactive: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        format: match args.format {
+            FormatArg::Text => Format::Text,
+            FormatArg::Json => Format::Json,
+        },
+        until: args.until,
+        wait: Duration::from_secs_f64(args.wait),
+        stay: args.stay,
     };
     match chat::client::run(&config) {
         Ok(exit) => ExitCode::from(exit.code()),

@@ -52,6 +52,18 @@ pub enum CommandError {
     TooLong,
 }
 
+impl CommandError {
+    /// A short name for scripts (`--format json`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::Usage(_) => "usage",
+            CommandError::Unknown(_) => "unknown-command",
+            CommandError::NoSuchUser(_) => "unknown-user",
+            CommandError::TooLong => "text-too-long",
+        }
+    }
+}
+
 impl fmt::Display for CommandError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -16,9 +16,11 @@
 //! from [`Exit`] and [`Error`]), and any retrying of a lost server connection.
 
 pub mod command;
+pub mod event;
 pub mod peers;
 pub mod render;
 pub mod stdin;
+pub mod terminal;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,7 +30,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::event::Event;
+use mio::event::Event as Readiness;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -39,8 +41,9 @@ use crate::protocol::{
     VERSION,
 };
 use command::Command;
+use event::Event;
 use peers::{PeerNotice, Peers};
-use stdin::StdinEvent;
+use stdin::{SharedLine, StdinEvent};
 
 const SERVER: Token = Token(0);
 const STDIN: Token = Token(1);
@@ -70,8 +73,27 @@ pub struct Config {
     pub user: Option<String>,
     /// Password from `CHAT_PASSWORD`; asked for (next input line) when absent.
     pub password: Option<String>,
-    /// Whether stdin is a terminal: only then are prompts shown.
+    /// Whether stdin and stdout are both a terminal: only then are prompts
+    /// shown and the typed line edited and redrawn by the client.
     pub interactive: bool,
+    /// How events are printed.
+    pub format: Format,
+    /// `--until`: end the session (exit 0) once an output line contains
+    /// this, or after `wait` (exit 8).
+    pub until: Option<String>,
+    /// `--wait`: how long `--until` waits.
+    pub wait: Duration,
+    /// `--stay`: keep the session after standard input ends.
+    pub stay: bool,
+}
+
+/// How events are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The original system's texts, one event per line (or a few).
+    Text,
+    /// One JSON object per event per line (docs/JSON.md).
+    Json,
 }
 
 /// How a session ended normally; the value is the process exit code.
@@ -94,6 +116,8 @@ pub enum Exit {
     ServerShutdown = 6,
     /// The same user logged in from another client.
     Replaced = 7,
+    /// `--until` did not see its pattern within `--wait`.
+    WaitTimeout = 8,
 }
 
 impl Exit {
@@ -183,30 +207,55 @@ impl Phase {
     }
 }
 
-/// Standard output: one flushed line per call; prompts in interactive mode.
+/// Standard output: each event printed and flushed at once; prompts, and
+/// the line being typed, in interactive mode.
 struct Output {
-    interactive: bool,
-    /// A prompt is on screen with the cursor after it.
-    prompt_shown: bool,
+    format: Format,
+    /// The prompt on screen, with the cursor after it (interactive only).
+    prompt: Option<&'static str>,
+    /// The line being typed (interactive only).
+    editor: Option<SharedLine>,
+    /// `--until`'s pattern, and whether an output line has matched it.
+    until: Option<String>,
+    matched: bool,
 }
 
 impl Output {
-    fn line(&mut self, text: &str) -> Result<(), Error> {
+    fn event(&mut self, event: &Event) -> Result<(), Error> {
+        let lines = match self.format {
+            Format::Text => event.lines.clone(),
+            Format::Json => vec![event.json()],
+        };
         let mut out = io::stdout().lock();
-        // Erase a prompt on screen so the event gets a line of its own; the
-        // prompt comes back after the event.
-        let erase = if self.prompt_shown { "\r\x1b[K" } else { "" };
-        self.prompt_shown = false;
-        writeln!(out, "{erase}{text}").and_then(|()| out.flush()).map_err(Error::Stdout)
+        for line in &lines {
+            if self.until.as_ref().is_some_and(|pattern| line.contains(pattern.as_str())) {
+                self.matched = true;
+            }
+        }
+        let text = lines.join("\n");
+        let result = match (self.prompt, &self.editor) {
+            // Erase the prompt and the typed line, print the event on lines
+            // of its own, then put the prompt and the typed line back.
+            (Some(prompt), Some(editor)) => {
+                let typed = stdin::lock(editor);
+                write!(out, "\r\x1b[K{text}\n{prompt}{}", typed.shown())
+            }
+            _ => writeln!(out, "{text}"),
+        };
+        result.and_then(|()| out.flush()).map_err(Error::Stdout)
     }
 
-    fn prompt(&mut self, prompt: &str) -> Result<(), Error> {
-        if !self.interactive || self.prompt_shown {
+    fn prompt(&mut self, prompt: &'static str, echo: bool) -> Result<(), Error> {
+        let Some(editor) = &self.editor else {
+            return Ok(());
+        };
+        if self.prompt.is_some() {
             return Ok(());
         }
         let mut out = io::stdout().lock();
+        stdin::lock(editor).echo = echo;
         out.write_all(prompt.as_bytes()).and_then(|()| out.flush()).map_err(Error::Stdout)?;
-        self.prompt_shown = true;
+        self.prompt = Some(prompt);
         Ok(())
     }
 }
@@ -263,6 +312,14 @@ struct Client {
     /// Highest message sequence number shown: the server numbers each
     /// user's messages in order, so one at or below it is a repeat.
     last_seq: u64,
+    /// `--stay` or `--until`: the end of input does not end the session.
+    stay: bool,
+    /// When `--until` gives up.
+    until_deadline: Option<Instant>,
+    /// The exit code once the session ends, when not the usual one.
+    exit_as: Option<Exit>,
+    /// Interactive mode: the terminal's settings, restored on drop.
+    _raw_input: Option<terminal::RawInput>,
 }
 
 /// Runs one client session until it ends.
@@ -312,7 +369,13 @@ impl Client {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(local("install signal handlers"))?;
         let waker = Arc::new(Waker::new(registry, STDIN).map_err(local("create the input waker"))?);
-        let stdin = stdin::spawn(Arc::clone(&waker)).map_err(local("start the input reader"))?;
+        let raw_input = match config.interactive {
+            true => Some(terminal::RawInput::enable().map_err(local("set up the terminal"))?),
+            false => None,
+        };
+        let editor = raw_input.as_ref().map(|_| SharedLine::default());
+        let stdin = stdin::spawn(Arc::clone(&waker), editor.clone())
+            .map_err(local("start the input reader"))?;
         let phase = match (&config.user, &config.password) {
             (None, _) => Phase::Username,
             (Some(_), None) => Phase::Password,
@@ -332,7 +395,13 @@ impl Client {
             stdin,
             _waker: waker,
             stdin_done: false,
-            out: Output { interactive: config.interactive, prompt_shown: false },
+            out: Output {
+                format: config.format,
+                prompt: None,
+                editor,
+                until: config.until.clone(),
+                matched: false,
+            },
             phase,
             user_from_flag: config.user.is_some(),
             password_from_env: config.password.is_some(),
@@ -345,6 +414,10 @@ impl Client {
             addresses: HashMap::new(),
             last_seq: 0,
             unconfirmed: Vec::new(),
+            stay: config.stay || config.until.is_some(),
+            until_deadline: config.until.as_ref().map(|_| Instant::now() + config.wait),
+            exit_as: None,
+            _raw_input: raw_input,
         })
     }
 
@@ -365,7 +438,8 @@ impl Client {
         self.drain_stdin()?;
         self.show_prompt()?;
         let wake_at = if self.hello { self.next_ping } else { Some(self.hello_deadline) };
-        let wake_at = wake_at.into_iter().chain(self.peers.next_deadline()).min();
+        let wake_at =
+            wake_at.into_iter().chain(self.peers.next_deadline()).chain(self.until_deadline).min();
         let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
         if let Err(e) = self.poll.poll(events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -375,10 +449,36 @@ impl Client {
         for event in events.iter() {
             self.dispatch(event)?;
         }
-        self.timers()
+        self.timers()?;
+        self.check_until()
     }
 
-    fn dispatch(&mut self, event: &Event) -> Step {
+    /// `--until`: once matched, or once the wait is over, log out; the
+    /// exit code says which.
+    fn check_until(&mut self) -> Step {
+        let timed_out = self.until_deadline.is_some_and(|at| Instant::now() >= at);
+        if !(self.out.matched || timed_out) || self.exit_as.is_some() {
+            return Ok(());
+        }
+        self.until_deadline = None;
+        let exit = if self.out.matched { Exit::LoggedOut } else { Exit::WaitTimeout };
+        self.exit_as = Some(exit);
+        if exit == Exit::WaitTimeout {
+            let wanted = self.out.until.clone().unwrap_or_default();
+            let line = format!("Gave up waiting for \"{wanted}\".");
+            self.out.event(&Event::line("wait_timeout", &line).text("pattern", &wanted))?;
+        }
+        match self.phase {
+            Phase::Chat => {
+                self.phase = Phase::LoggingOut;
+                self.send(&ClientMsg::Logout)
+            }
+            Phase::LoggingOut => Ok(()),
+            _ => Err(End::Exit(exit)),
+        }
+    }
+
+    fn dispatch(&mut self, event: &Readiness) -> Step {
         match event.token() {
             SERVER => {
                 if event.is_writable() {
@@ -391,7 +491,7 @@ impl Client {
             }
             SIGNALS => {
                 if self.signals.pending().next().is_some() {
-                    self.out.line(render::TERMINATING)?;
+                    self.out.event(&Event::line("terminating", render::TERMINATING))?;
                     return Err(End::Exit(Exit::LoggedOut));
                 }
                 Ok(())
@@ -440,7 +540,10 @@ impl Client {
         msg.encode(&mut line);
         if line.len() > MAX_LINE {
             // Only possible when lossy decoding grew a typed line.
-            return self.out.line(render::LINE_TOO_LONG).map_err(End::from);
+            return self
+                .out
+                .event(&Event::error("line-too-long", render::LINE_TOO_LONG))
+                .map_err(End::from);
         }
         if self.server.broken {
             return Ok(());
@@ -479,7 +582,7 @@ impl Client {
     }
 
     fn lost_connection(&mut self) -> Step {
-        self.out.line(render::LOST_CONNECTION)?;
+        self.out.event(&Event::line("lost_connection", render::LOST_CONNECTION))?;
         Err(End::Exit(Exit::Failure))
     }
 
@@ -527,7 +630,7 @@ impl Client {
     fn on_server(&mut self, msg: &ServerMsg<'_>) -> Step {
         if let ServerMsg::Hello { version, .. } = msg {
             if *version != VERSION {
-                self.out.line(render::VERSION_MISMATCH)?;
+                self.out.event(&Event::error("version", render::VERSION_MISMATCH))?;
                 return Err(End::Exit(Exit::Failure));
             }
         }
@@ -538,8 +641,8 @@ impl Client {
             }
             self.last_seq = *seq;
         }
-        for line in render::server_lines(msg, &self.user) {
-            self.out.line(&line)?;
+        if let Some(event) = event::from_server(msg, &self.user) {
+            self.out.event(&event)?;
         }
         match msg {
             ServerMsg::Hello { timeout_secs, .. } => self.on_hello(*timeout_secs),
@@ -577,6 +680,9 @@ impl Client {
             // Only LOGIN can have failed: waiting on would wait forever.
             ServerMsg::Fail(_) if self.phase == Phase::LoginPending => {
                 Err(End::Exit(Exit::Failure))
+            }
+            ServerMsg::Bye { reason: ByeReason::Logout } if self.exit_as.is_some() => {
+                Err(End::Exit(self.exit_as.unwrap_or(Exit::LoggedOut)))
             }
             ServerMsg::Bye { reason } => Err(End::Exit(match reason {
                 ByeReason::Logout => Exit::LoggedOut,
@@ -633,7 +739,7 @@ impl Client {
         // file and in LOGIN), so anything else cannot be right; the server
         // would only reject the frame.
         if self.password.is_empty() || self.password.contains(char::is_whitespace) {
-            self.out.line(render::BAD_PASSWORD)?;
+            self.out.event(&event::local_denied(DenyReason::BadPassword, render::BAD_PASSWORD))?;
             if self.password_from_env {
                 return Err(End::Exit(Exit::BadPassword));
             }
@@ -658,7 +764,7 @@ impl Client {
                 Err(TryRecvError::Disconnected) => StdinEvent::Eof,
             };
             // The user pressed Enter: the cursor is past any prompt.
-            self.out.prompt_shown = false;
+            self.out.prompt = None;
             self.on_stdin(event)?;
         }
         Ok(())
@@ -667,9 +773,15 @@ impl Client {
     fn on_stdin(&mut self, event: StdinEvent) -> Step {
         match event {
             StdinEvent::Line(line) => self.on_line(&line),
-            StdinEvent::TooLong => self.out.line(render::LINE_TOO_LONG).map_err(End::from),
+            StdinEvent::TooLong => self
+                .out
+                .event(&Event::error("line-too-long", render::LINE_TOO_LONG))
+                .map_err(End::from),
             StdinEvent::Eof => {
                 self.stdin_done = true;
+                if self.stay && self.phase == Phase::Chat {
+                    return Ok(());
+                }
                 if self.phase == Phase::Chat {
                     self.phase = Phase::LoggingOut;
                     return self.send(&ClientMsg::Logout);
@@ -690,7 +802,9 @@ impl Client {
             Phase::Chat => match command::parse(line) {
                 Ok(Some(command)) => self.on_command(command),
                 Ok(None) => Ok(()),
-                Err(e) => self.out.line(&e.to_string()).map_err(End::from),
+                Err(e) => {
+                    self.out.event(&Event::error(e.code(), &e.to_string())).map_err(End::from)
+                }
             },
             // drain_stdin takes no input in the other phases.
             _ => Ok(()),
@@ -700,7 +814,8 @@ impl Client {
     fn on_username(&mut self, name: &str) -> Step {
         if !valid_name(name) {
             // No such user can exist; say so as the server would.
-            return self.out.line(render::UNKNOWN_USER).map_err(End::from);
+            let denied = event::local_denied(DenyReason::UnknownUser, render::UNKNOWN_USER);
+            return self.out.event(&denied).map_err(End::from);
         }
         self.user = name.to_owned();
         self.phase = if self.password_from_env { Phase::LoginReady } else { Phase::Password };
@@ -734,7 +849,10 @@ impl Client {
 
     fn private(&mut self, to: &str, text: &str) -> Step {
         let Some((addr, token)) = self.addresses.get(to) else {
-            return self.out.line(render::NO_ADDRESS).map_err(End::from);
+            return self
+                .out
+                .event(&Event::error("no-address", render::NO_ADDRESS))
+                .map_err(End::from);
         };
         let mut notices = Vec::new();
         let peer = (to, *addr, token.as_str());
@@ -746,7 +864,8 @@ impl Client {
     /// it is delivered (or kept) like any other message.
     fn resend(&mut self) -> Step {
         if self.unconfirmed.is_empty() {
-            return self.out.line(render::NOTHING_TO_RESEND).map_err(End::from);
+            let nothing = Event::error("nothing-to-resend", render::NOTHING_TO_RESEND);
+            return self.out.event(&nothing).map_err(End::from);
         }
         for (to, text) in std::mem::take(&mut self.unconfirmed) {
             self.send(&ClientMsg::Message { to: &to, text: &text })?;
@@ -759,20 +878,18 @@ impl Client {
         for notice in notices {
             match notice {
                 PeerNotice::Private { from, text } => {
-                    self.out.line(&render::chat_line(&from, &text))?;
+                    self.out.event(&event::private(&from, &text))?;
                 }
                 PeerNotice::Refused { claimed } => {
-                    self.out.line(&render::refused_peer(&claimed))?;
+                    let line = render::refused_peer(&claimed);
+                    self.out
+                        .event(&Event::line("peer_refused", &line).text("claimed", &claimed))?;
                 }
                 PeerNotice::Unavailable { user, addr, unconfirmed } => {
-                    self.out.line(&render::no_longer_available(&user, addr))?;
                     if self.addresses.get(&user).is_some_and(|(a, _)| *a == addr) {
                         self.addresses.remove(&user);
                     }
-                    for text in &unconfirmed {
-                        self.out.line(&render::unconfirmed_private(&user, text))?;
-                    }
-                    self.out.line(render::RESEND_HOWTO)?;
+                    self.out.event(&event::peer_unavailable(&user, addr, &unconfirmed))?;
                     self.unconfirmed.extend(unconfirmed.into_iter().map(|t| (user.clone(), t)));
                 }
             }
@@ -790,7 +907,7 @@ impl Client {
             Phase::Chat => render::PROMPT_COMMAND,
             _ => return Ok(()),
         };
-        self.out.prompt(prompt).map_err(End::from)
+        self.out.prompt(prompt, self.phase != Phase::Password).map_err(End::from)
     }
 
     // --- exit ------------------------------------------------------------

@@ -1,0 +1,245 @@
+//! What the client reports, as events: each has a kind, a few fields, and
+//! the text lines text mode shows (from [`render`](super::render)). With
+//! `--format json` each event is printed as one JSON object on one line;
+//! docs/JSON.md is the schema.
+//!
+//! Pure: frames and facts go in, events come out. Adding a kind of event is
+//! one match arm here and one line in the schema.
+
+use std::net::SocketAddr;
+
+use super::render;
+use crate::protocol::{ByeReason, DenyReason, ServerMsg};
+
+/// One field's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    Text(String),
+    Number(u64),
+    Flag(bool),
+    Names(Vec<String>),
+}
+
+/// One thing to tell the user (or the script).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: &'static str,
+    fields: Vec<(&'static str, Field)>,
+    /// What text mode prints, one line each.
+    pub lines: Vec<String>,
+}
+
+impl Event {
+    /// An event shown as `lines` in text mode.
+    pub fn new(kind: &'static str, lines: Vec<String>) -> Event {
+        Event { kind, fields: Vec::new(), lines }
+    }
+
+    /// An event of one fixed line.
+    pub fn line(kind: &'static str, line: &str) -> Event {
+        Event::new(kind, vec![line.to_owned()])
+    }
+
+    /// A local error (not from the server): `code` names it for scripts.
+    pub fn error(code: &'static str, line: &str) -> Event {
+        Event::line("error", line).text("code", code)
+    }
+
+    pub fn text(mut self, key: &'static str, value: &str) -> Event {
+        self.fields.push((key, Field::Text(value.to_owned())));
+        self
+    }
+
+    pub fn number(mut self, key: &'static str, value: u64) -> Event {
+        self.fields.push((key, Field::Number(value)));
+        self
+    }
+
+    pub fn flag(mut self, key: &'static str, value: bool) -> Event {
+        self.fields.push((key, Field::Flag(value)));
+        self
+    }
+
+    pub fn names(mut self, key: &'static str, value: Vec<String>) -> Event {
+        self.fields.push((key, Field::Names(value)));
+        self
+    }
+
+    /// One JSON object: `{"event": kind, fields..., "text": lines}`.
+    pub fn json(&self) -> String {
+        let mut out = String::from("{\"event\":");
+        json_string(&mut out, self.kind);
+        for (key, value) in &self.fields {
+            out.push(',');
+            json_string(&mut out, key);
+            out.push(':');
+            match value {
+                Field::Text(text) => json_string(&mut out, text),
+                Field::Number(n) => out.push_str(&n.to_string()),
+                Field::Flag(b) => out.push_str(if *b { "true" } else { "false" }),
+                Field::Names(names) => {
+                    out.push('[');
+                    for (i, name) in names.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        json_string(&mut out, name);
+                    }
+                    out.push(']');
+                }
+            }
+        }
+        out.push_str(",\"text\":");
+        json_string(&mut out, &self.lines.join("\n"));
+        out.push('}');
+        out
+    }
+}
+
+/// Appends `s` as a JSON string. Control characters (C0, DEL and C1) are
+/// escaped, so a JSON line is also safe to print on a terminal.
+pub fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The event for a frame from the server, or `None` for frames that are
+/// bookkeeping only (HELLO, grants). `me` is this client's user.
+pub fn from_server(msg: &ServerMsg<'_>, me: &str) -> Option<Event> {
+    let lines = render::server_lines(msg, me);
+    let event = |kind| Event::new(kind, lines.clone());
+    Some(match msg {
+        ServerMsg::Hello { .. } | ServerMsg::Granted { .. } | ServerMsg::Revoked { .. } => {
+            return None
+        }
+        ServerMsg::Welcome { user } => event("welcome").text("user", user),
+        ServerMsg::Denied { reason } => event("denied").text("reason", reason.as_str()),
+        ServerMsg::Msg { seq, kind, from, text } => event("message")
+            .text("from", from)
+            .text("kind", kind.as_str())
+            .number("seq", *seq)
+            .text("message", text),
+        ServerMsg::Delivered { user } => event("delivered").text("to", user),
+        ServerMsg::Queued { user, reason } => {
+            event("queued").text("to", user).text("reason", reason.as_str())
+        }
+        ServerMsg::Presence { user, online } => {
+            event("presence").text("user", user).flag("online", *online)
+        }
+        ServerMsg::Online { users, more } => event("online")
+            .names("users", users.iter().map(|u| (*u).to_owned()).collect())
+            .flag("more", *more),
+        ServerMsg::Blocked { user } => event("blocked").text("user", user),
+        ServerMsg::Unblocked { user } => event("unblocked").text("user", user),
+        ServerMsg::ConsentAsked { user } => event("consent_asked").text("user", user),
+        ServerMsg::ConsentRequest { user } => event("consent_request").text("user", user),
+        ServerMsg::Address { user, ip, port, .. } => event("address")
+            .text("user", user)
+            .text("ip", &ip.to_string())
+            .number("port", u64::from(*port)),
+        ServerMsg::AddressChanged { user } => event("address_changed").text("user", user),
+        ServerMsg::Fail(failure) => {
+            let event = event("error").text("code", failure.code());
+            match failure.user() {
+                Some(user) => event.text("user", user),
+                None => event,
+            }
+        }
+        ServerMsg::Bye { reason } => bye(*reason, lines),
+    })
+}
+
+fn bye(reason: ByeReason, lines: Vec<String>) -> Event {
+    Event::new("bye", lines).text("reason", reason.as_str())
+}
+
+/// A private message that arrived from a peer.
+pub fn private(from: &str, text: &str) -> Event {
+    Event::new("message", vec![render::chat_line(from, text)])
+        .text("from", from)
+        .text("kind", "private")
+        .text("message", text)
+}
+
+/// A peer that cannot be reached, with the private messages it did not
+/// acknowledge.
+pub fn peer_unavailable(user: &str, addr: SocketAddr, unconfirmed: &[String]) -> Event {
+    let mut lines = vec![render::no_longer_available(user, addr)];
+    lines.extend(unconfirmed.iter().map(|text| render::unconfirmed_private(user, text)));
+    lines.push(render::RESEND_HOWTO.to_owned());
+    Event::new("peer_unavailable", lines)
+        .text("user", user)
+        .text("ip", &addr.ip().to_string())
+        .number("port", u64::from(addr.port()))
+        .names("unconfirmed", unconfirmed.to_vec())
+}
+
+/// A login refused by the client itself before asking the server.
+pub fn local_denied(reason: DenyReason, line: &str) -> Event {
+    Event::line("denied", line).text("reason", reason.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Failure, MsgKind, QueueReason};
+
+    fn json(msg: ServerMsg<'_>) -> String {
+        from_server(&msg, "B").map(|e| e.json()).unwrap_or_default()
+    }
+
+    #[test]
+    fn frames_become_json_lines_with_their_text() {
+        assert_eq!(
+            json(ServerMsg::Msg { seq: 7, kind: MsgKind::Offline, from: "A", text: "hi \"you\"" }),
+            r#"{"event":"message","from":"A","kind":"offline","seq":7,"message":"hi \"you\"","text":"A: hi \"you\""}"#
+        );
+        assert_eq!(
+            json(ServerMsg::Queued { user: "C", reason: QueueReason::Offline }),
+            r#"{"event":"queued","to":"C","reason":"offline","text":"User C is offline. The message will be delivered when C logs in."}"#
+        );
+        assert_eq!(
+            json(ServerMsg::Online { users: vec!["A", "C"], more: false }),
+            r#"{"event":"online","users":["A","C"],"more":false,"text":"A\nC\n(Warning: Users that have blocked you will not be listed)"}"#
+        );
+        assert_eq!(
+            json(ServerMsg::Fail(Failure::BlockedBy { user: "A" })),
+            r#"{"event":"error","code":"blocked-by","user":"A","text":"Your message could not be delivered as the recipient has blocked you."}"#
+        );
+        assert_eq!(
+            json(ServerMsg::Bye { reason: ByeReason::Shutdown }),
+            r#"{"event":"bye","reason":"shutdown","text":"Server is shutting down. Press Enter or CTRL-c to exit.\nClient is terminating. Bye!"}"#
+        );
+        assert_eq!(from_server(&ServerMsg::Hello { version: 1, timeout_secs: 3 }, "B"), None);
+    }
+
+    #[test]
+    fn json_strings_escape_everything_a_terminal_or_parser_could_trip_on() {
+        let mut out = String::new();
+        json_string(&mut out, "a\"b\\c\nd\u{1b}[2J\u{7f}\u{9b}é");
+        assert_eq!(out, r#""a\"b\\c\nd\u001b[2J\u007f\u009bé""#);
+    }
+
+    #[test]
+    fn private_messages_and_unreachable_peers() {
+        assert_eq!(
+            private("A", "psst").json(),
+            r#"{"event":"message","from":"A","kind":"private","message":"psst","text":"A: psst"}"#
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let event = peer_unavailable("A", addr, &["one".into()]);
+        assert_eq!(event.lines.len(), 3);
+        assert!(event.json().contains(r#""unconfirmed":["one"]"#));
+    }
+}
