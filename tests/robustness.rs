@@ -63,10 +63,13 @@ fn a_stopped_then_killed_client_loses_nothing() {
     a.out.expect_next("B: two");
 }
 
+/// Users of the tests that need no real binary: an in-process server.
+const USERS: &[(&str, &str)] = &[("A", "A_pwd"), ("B", "B_pwd")];
+
 #[test]
 fn only_login_is_accepted_before_login() {
-    let server = Server::start("prelogin", &[]);
-    let mut raw = Raw::connect(server.port);
+    let server = chat::server::EmbeddedServer::start(USERS).expect("start in-process server");
+    let mut raw = Raw::connect(server.addr().port());
     assert_eq!(raw.line(), "HELLO 1 35");
     raw.send("MESSAGE B hi");
     raw.send("ONLINE");
@@ -126,8 +129,8 @@ fn the_sender_is_whoever_logged_in_on_the_connection() {
 
 #[test]
 fn a_client_of_a_wrong_version_is_refused() {
-    let server = Server::start("version", &[]);
-    let mut raw = Raw::connect(server.port);
+    let server = chat::server::EmbeddedServer::start(USERS).expect("start in-process server");
+    let mut raw = Raw::connect(server.addr().port());
     raw.line();
     raw.send("HELLO 2");
     assert_eq!(raw.line(), "FAIL version");

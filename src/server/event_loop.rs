@@ -19,11 +19,13 @@
 
 use std::io::{self, ErrorKind, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
@@ -36,6 +38,32 @@ use crate::protocol::{Line, LineBuffer};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const STOP: Token = Token(usize::MAX - 3);
+
+/// How the loop is told to stop.
+pub enum Control {
+    /// By SIGINT or SIGTERM (and SIGHUP reloads this credentials file):
+    /// the `chat-server` program.
+    Signals { credentials: PathBuf },
+    /// By a [`Stopper`] from another thread: a server embedded in a
+    /// program (a test), which must not take over the process's signals.
+    Embedded,
+}
+
+/// Stops an embedded loop from another thread.
+#[derive(Clone)]
+pub struct Stopper {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl Stopper {
+    /// Asks the loop to shut down (as on SIGTERM) and wakes it.
+    pub fn stop(&self) -> io::Result<()> {
+        self.flag.store(true, Ordering::SeqCst);
+        self.waker.wake()
+    }
+}
 
 /// Most bytes read from one connection per pass, so one flooding client
 /// cannot starve the others.
@@ -120,13 +148,16 @@ impl Connection {
 pub struct EventLoop {
     poll: Poll,
     listener: TcpListener,
-    signals: Signals,
+    /// With `Control::Signals`.
+    signals: Option<Signals>,
+    /// With `Control::Embedded`.
+    stopper: Option<Stopper>,
     conns: Slab<Connection>,
     core: Core,
     journal: Option<Journal>,
     limits: Limits,
     /// Re-read on SIGHUP.
-    credentials: PathBuf,
+    credentials: Option<PathBuf>,
     timers: TimerWheel<Timer>,
     /// Accepting is paused until then after file descriptors ran out.
     accept_paused_until: Option<Instant>,
@@ -149,16 +180,27 @@ impl EventLoop {
         core: Core,
         journal: Option<Journal>,
         limits: Limits,
-        credentials: PathBuf,
+        control: Control,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let (signals, stopper, credentials) = match control {
+            Control::Signals { credentials } => {
+                let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+                poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+                (Some(signals), None, Some(credentials))
+            }
+            Control::Embedded => {
+                let waker = Arc::new(Waker::new(poll.registry(), STOP)?);
+                let flag = Arc::new(AtomicBool::new(false));
+                (None, Some(Stopper { flag, waker }), None)
+            }
+        };
         Ok(EventLoop {
             poll,
             listener,
             signals,
+            stopper,
             conns: Slab::new(),
             core,
             journal,
@@ -189,6 +231,11 @@ impl EventLoop {
                 match event.token() {
                     LISTENER => self.accept(),
                     SIGNALS => self.take_signals(),
+                    STOP => {
+                        let stop =
+                            self.stopper.as_ref().is_some_and(|s| s.flag.load(Ordering::SeqCst));
+                        self.shutting_down |= stop;
+                    }
                     Token(key) => {
                         if event.is_writable() {
                             self.pending_writes.push(key);
@@ -269,9 +316,17 @@ impl EventLoop {
         Ok(())
     }
 
+    /// The handle that stops an embedded loop (`None` for `Control::Signals`).
+    pub fn stopper(&self) -> Option<Stopper> {
+        self.stopper.clone()
+    }
+
     fn take_signals(&mut self) {
+        let Some(signals) = &mut self.signals else {
+            return;
+        };
         let mut reload = false;
-        for signal in self.signals.pending() {
+        for signal in signals.pending() {
             if signal == SIGHUP {
                 reload = true;
             } else {
@@ -287,11 +342,14 @@ impl EventLoop {
     /// SIGHUP: re-reads the credentials file without dropping anyone. A
     /// file that does not load leaves the old accounts in force.
     fn reload_credentials(&mut self) {
-        match credentials::load(&self.credentials) {
+        let Some(path) = &self.credentials else {
+            return;
+        };
+        match credentials::load(path) {
             Ok(accounts) => {
                 let count = accounts.len();
                 self.core.reload(accounts);
-                info!("reloaded {count} users from {}", self.credentials.display());
+                info!("reloaded {count} users from {}", path.display());
             }
             Err(e) => warn!("SIGHUP: keeping the current users: {e}"),
         }

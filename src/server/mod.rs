@@ -1,4 +1,6 @@
-//! The chat server: configuration, start-up, and the run loop.
+//! The chat server: configuration, start-up, and the run loop; and
+//! [`EmbeddedServer`], the same server inside another program, for
+//! loopback integration tests.
 //!
 //! - [`core`]: the chat state machine (no I/O, fake-clock testable).
 //! - [`commands`]: the command table and the chat command handlers.
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use self::core::{Core, CoreConfig};
 use self::credentials::CredentialsError;
-use self::event_loop::{EventLoop, Limits};
+use self::event_loop::{Control, EventLoop, Limits, Stopper};
 use self::journal::{Journal, JournalError};
 
 /// Everything the server needs to start.
@@ -138,6 +140,22 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     if let Some(warning) = credentials::permission_warning(&config.credentials) {
         log::warn!("{warning}");
     }
+    let control = Control::Signals { credentials: config.credentials.clone() };
+    let (mut event_loop, local) = build(config, accounts, control)?;
+    announce(&format!("Server listening on {local}"));
+    event_loop.run().map_err(ServerError::Io)?;
+    announce("Notifying clients of server shutdown...");
+    event_loop.shutdown().map_err(ServerError::Io)?;
+    announce("Server is shutting down.");
+    Ok(())
+}
+
+/// Binds the listener and sets up the core, the journal and the loop.
+fn build(
+    config: &Config,
+    accounts: Vec<credentials::Account>,
+    control: Control,
+) -> Result<(EventLoop, SocketAddr), ServerError> {
     let addr = SocketAddr::new(config.bind, config.port);
     let listener =
         mio::net::TcpListener::bind(addr).map_err(|error| ServerError::Listen { addr, error })?;
@@ -161,13 +179,95 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         max_line: config.max_line,
         max_connections: config.max_connections,
     };
-    let credentials = config.credentials.clone();
-    let mut event_loop =
-        EventLoop::new(listener, core, journal, limits, credentials).map_err(ServerError::Io)?;
-    announce(&format!("Server listening on {local}"));
-    event_loop.run().map_err(ServerError::Io)?;
-    announce("Notifying clients of server shutdown...");
-    event_loop.shutdown().map_err(ServerError::Io)?;
-    announce("Server is shutting down.");
-    Ok(())
+    let event_loop =
+        EventLoop::new(listener, core, journal, limits, control).map_err(ServerError::Io)?;
+    Ok((event_loop, local))
+}
+
+/// A chat server running on a thread of this program, for loopback tests:
+/// the same event loop as `chat-server`, without its output lines or its
+/// signal handling. Stopping it (or dropping it) tells every client the
+/// server is shutting down, as SIGTERM would, and waits for the thread.
+///
+/// ```
+/// use std::io::{BufRead, BufReader, Write};
+///
+/// let server = chat::server::EmbeddedServer::start(&[("A", "A_pwd"), ("B", "B_pwd")])?;
+/// let stream = std::net::TcpStream::connect(server.addr())?;
+/// let mut lines = BufReader::new(stream.try_clone()?).lines();
+/// assert_eq!(lines.next().transpose()?.as_deref(), Some("HELLO 1 35"));
+/// (&stream).write_all(b"HELLO 1\nLOGIN A 0 A_pwd\n")?;
+/// assert_eq!(lines.next().transpose()?.as_deref(), Some("WELCOME A"));
+/// server.stop()?;
+/// assert_eq!(lines.next().transpose()?.as_deref(), Some("BYE shutdown"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct EmbeddedServer {
+    addr: SocketAddr,
+    stopper: Stopper,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl EmbeddedServer {
+    /// Starts a server on 127.0.0.1, a free port, for `users` given as
+    /// (name, plain password), every option at its default.
+    pub fn start(users: &[(&str, &str)]) -> Result<EmbeddedServer, ServerError> {
+        let config = Config::new(PathBuf::new(), IpAddr::from([127, 0, 0, 1]), 0);
+        EmbeddedServer::start_with(&config, users)
+    }
+
+    /// Starts a server with `config` (its credentials path is not read:
+    /// the users are `users`).
+    pub fn start_with(
+        config: &Config,
+        users: &[(&str, &str)],
+    ) -> Result<EmbeddedServer, ServerError> {
+        let accounts = users
+            .iter()
+            .map(|(name, password)| credentials::Account {
+                name: (*name).to_owned(),
+                password: credentials::Secret::Plain((*password).to_owned()),
+            })
+            .collect();
+        let (mut event_loop, addr) = build(config, accounts, Control::Embedded)?;
+        let stopper = event_loop.stopper().ok_or_else(|| {
+            ServerError::Io(std::io::Error::other("embedded loop has no stopper"))
+        })?;
+        let thread = std::thread::Builder::new()
+            .name("chat-server".into())
+            .spawn(move || {
+                event_loop.run()?;
+                event_loop.shutdown()
+            })
+            .map_err(ServerError::Io)?;
+        Ok(EmbeddedServer { addr, stopper, thread: Some(thread) })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shuts the server down cleanly and waits for it.
+    pub fn stop(mut self) -> Result<(), ServerError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), ServerError> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        self.stopper.stop().map_err(ServerError::Io)?;
+        match thread.join() {
+            Ok(result) => result.map_err(ServerError::Io),
+            Err(_) => Err(ServerError::Io(std::io::Error::other("the server thread panicked"))),
+        }
+    }
+}
+
+impl Drop for EmbeddedServer {
+    fn drop(&mut self) {
+        // Nothing to report to from a drop; stop() reports.
+        let _ = self.finish();
+    }
 }
