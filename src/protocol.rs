@@ -79,11 +79,9 @@ fn field<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseErr
     Ok(head)
 }
 
-/// Takes the rest of the line as free text (one separating space removed,
-/// and carriage returns at the end, which a line ending may have doubled,
-/// so that parsing what was encoded gives the same text).
+/// Takes the rest of the line as free text (one separating space removed).
 fn text<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseError> {
-    let s = rest.strip_prefix(' ').unwrap_or(rest).trim_end_matches('\r');
+    let s = rest.strip_prefix(' ').unwrap_or(rest);
     *rest = "";
     if s.trim().is_empty() {
         return Err(ParseError::MissingField(name));
@@ -133,10 +131,12 @@ fn finish(rest: &str) -> Result<(), ParseError> {
     }
 }
 
-/// Strips one trailing `\n` and an optional `\r` before it.
+/// Strips one trailing `\n` and every `\r` before it. All of them, not
+/// just one: a last field ending in `\r` would otherwise not survive
+/// encoding and parsing again (fuzzing found this).
 pub fn trim_line_end(line: &str) -> &str {
     let line = line.strip_suffix('\n').unwrap_or(line);
-    line.strip_suffix('\r').unwrap_or(line)
+    line.trim_end_matches('\r')
 }
 
 /// Splits a line into its verb and the rest.
@@ -1011,6 +1011,10 @@ mod tests {
         assert_eq!(
             ClientMsg::parse("MESSAGE B a\rb\r\r\r"),
             Ok(ClientMsg::Message { to: "B", text: "a\rb" })
+        );
+        assert_eq!(
+            ClientMsg::parse("LOGIN A 0 pw\r\r"),
+            Ok(ClientMsg::Login { user: "A", p2p_port: 0, password: "pw" })
         );
         assert_eq!(ClientMsg::parse("BROADCAST \r\r"), Err(ParseError::MissingField("message")));
     }

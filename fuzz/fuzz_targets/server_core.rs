@@ -55,15 +55,18 @@ fuzz_target!(|data: &[u8]| {
             _ if open[conn] => core.received(conn, rest, now),
             _ => {}
         }
-        for effect in core.effects() {
+        let mut effects = core.effects();
+        while let Some(effect) = effects.next() {
             match effect {
-                Effect::Send { line, .. } => {
-                    assert!(ServerMsg::parse(&line).is_ok(), "unparsable frame {line:?}");
+                Effect::Send { start, end, .. } => {
+                    let line = std::str::from_utf8(effects.bytes(start, end)).unwrap();
+                    assert!(ServerMsg::parse(line).is_ok(), "unparsable frame {line:?}");
                 }
                 Effect::Close { conn } => open[conn] = false,
                 Effect::Arm { at, timer } => timers.push((at, timer)),
             }
         }
+        drop(effects);
         let _ = core.records().count();
         let _ = core.snapshot(now).count();
     }

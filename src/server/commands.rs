@@ -7,7 +7,7 @@
 //!
 //! Handlers only update state and queue replies; they never touch sockets.
 
-use super::core::{encode, ConnId, Core, Stored, UserId};
+use super::core::{emit, ConnId, Core, Stored, UserId};
 use super::journal::Record;
 use crate::protocol::{
     ClientMsg, Failure, MsgKind, QueueReason, ServerMsg, MAX_TEXT, ONLINE_NAMES_PER_FRAME,
@@ -170,17 +170,14 @@ impl Core {
             .collect();
         // Ids follow name order only until a reload adds users.
         users.sort_unstable();
-        let mut lines = Vec::new();
+        let (out, effects) = (&mut self.out, &mut self.effects);
         let mut chunks = users.chunks(ONLINE_NAMES_PER_FRAME).peekable();
         if chunks.peek().is_none() {
-            lines.push(encode(&ServerMsg::Online { users: Vec::new(), more: false }));
+            emit(out, effects, conn, &ServerMsg::Online { users: Vec::new(), more: false });
         }
         while let Some(chunk) = chunks.next() {
             let more = chunks.peek().is_some();
-            lines.push(encode(&ServerMsg::Online { users: chunk.to_vec(), more }));
-        }
-        for line in lines {
-            self.push_line(conn, line);
+            emit(out, effects, conn, &ServerMsg::Online { users: chunk.to_vec(), more });
         }
     }
 
@@ -295,9 +292,12 @@ impl Core {
         if let Some(seq) = last {
             self.record(|core| Record::Acked { user: core.name(me).to_owned(), seq });
         }
-        let name = self.name(me).to_owned();
+        let name = &self.users[me].name;
         for sender in senders {
-            self.send_to_user(sender, &ServerMsg::Delivered { user: &name });
+            if let Some(conn) = self.users[sender].session {
+                let msg = ServerMsg::Delivered { user: name };
+                emit(&mut self.out, &mut self.effects, conn, &msg);
+            }
         }
         self.pump(me);
     }

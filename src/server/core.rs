@@ -118,8 +118,11 @@ pub enum Timer {
 /// What the event loop must do on the core's behalf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Queue this encoded line (newline included) for the connection.
-    Send { conn: ConnId, line: String },
+    /// Queue an encoded line (newline included) for the connection: bytes
+    /// `start..end` of the pass's output, [`Effects::bytes`]. Lines are
+    /// encoded into one buffer rather than a string each, so steady
+    /// traffic allocates nothing per message.
+    Send { conn: ConnId, start: usize, end: usize },
     /// Close the connection once what is queued for it has been written.
     /// The core has already forgotten it.
     Close { conn: ConnId },
@@ -205,18 +208,91 @@ fn throttle_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Open connections by id. Ids are the event loop's slab keys, small and
+/// dense, so a vector indexed by id beats hashing on every line.
+#[derive(Debug, Default)]
+pub(super) struct ConnTable {
+    slots: Vec<Option<Conn>>,
+    len: usize,
+}
+
+impl ConnTable {
+    pub fn get(&self, id: &ConnId) -> Option<&Conn> {
+        self.slots.get(*id)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, id: &ConnId) -> Option<&mut Conn> {
+        self.slots.get_mut(*id)?.as_mut()
+    }
+
+    fn insert(&mut self, id: ConnId, conn: Conn) {
+        if id >= self.slots.len() {
+            self.slots.resize_with(id + 1, || None);
+        }
+        if self.slots[id].replace(conn).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, id: &ConnId) -> Option<Conn> {
+        let conn = self.slots.get_mut(*id)?.take();
+        if conn.is_some() {
+            self.len -= 1;
+        }
+        conn
+    }
+
+    fn keys(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.slots.iter().enumerate().filter(|(_, c)| c.is_some()).map(|(id, _)| id)
+    }
+}
+
+/// The effects of a pass and the bytes their lines live in. Dropping it
+/// clears both, ready for the next pass.
+pub struct Effects<'a> {
+    list: std::vec::Drain<'a, Effect>,
+    out: &'a mut String,
+}
+
+impl Effects<'_> {
+    /// The bytes of an [`Effect::Send`].
+    pub fn bytes(&self, start: usize, end: usize) -> &[u8] {
+        self.out.as_bytes().get(start..end).unwrap_or_default()
+    }
+}
+
+impl Iterator for Effects<'_> {
+    type Item = Effect;
+
+    fn next(&mut self) -> Option<Effect> {
+        self.list.next()
+    }
+}
+
+impl Drop for Effects<'_> {
+    fn drop(&mut self) {
+        self.out.clear();
+        // A burst (a big backlog at login) is over: give the memory back.
+        if self.out.capacity() > 1 << 20 {
+            *self.out = String::new();
+        }
+    }
+}
+
 /// The chat server's whole state.
 #[derive(Debug)]
 pub struct Core {
     config: CoreConfig,
     pub(super) users: Vec<User>,
     by_name: HashMap<String, UserId>,
-    pub(super) conns: HashMap<ConnId, Conn>,
+    pub(super) conns: ConnTable,
     /// Logged-in users.
     pub(super) online: BTreeSet<UserId>,
     /// Failed logins per address, for throttling.
     failures: HashMap<IpAddr, Failures>,
-    effects: Vec<Effect>,
+    pub(super) effects: Vec<Effect>,
+    /// The lines of this pass's `Send` effects, back to back.
+    pub(super) out: String,
     /// Changes to durable state since the last drain (only when durable).
     records: Vec<Record>,
     /// Fills a buffer with unpredictable bytes for grant tokens; the OS
@@ -232,11 +308,13 @@ fn os_random(buf: &mut [u8]) -> bool {
     getrandom::fill(buf).is_ok()
 }
 
-/// Encodes one frame into a fresh line.
-pub(super) fn encode(msg: &ServerMsg<'_>) -> String {
-    let mut line = String::new();
-    msg.encode(&mut line);
-    line
+/// Encodes `msg` at the end of `out` and queues it for `conn`. A free
+/// function, so callers can encode frames that borrow other parts of the
+/// core (user names) without copying them.
+pub(super) fn emit(out: &mut String, effects: &mut Vec<Effect>, conn: ConnId, msg: &ServerMsg<'_>) {
+    let start = out.len();
+    msg.encode(out);
+    effects.push(Effect::Send { conn, start, end: out.len() });
 }
 
 impl User {
@@ -268,10 +346,11 @@ impl Core {
             config,
             users,
             by_name,
-            conns: HashMap::new(),
+            conns: ConnTable::default(),
             online: BTreeSet::new(),
             failures: HashMap::new(),
             effects: Vec::new(),
+            out: String::new(),
             records: Vec::new(),
             random: os_random,
         }
@@ -291,8 +370,8 @@ impl Core {
     }
 
     /// The effects produced since the last call, in order.
-    pub fn effects(&mut self) -> std::vec::Drain<'_, Effect> {
-        self.effects.drain(..)
+    pub fn effects(&mut self) -> Effects<'_> {
+        Effects { list: self.effects.drain(..), out: &mut self.out }
     }
 
     /// Whether effects are waiting to be drained.
@@ -315,7 +394,7 @@ impl Core {
 
     /// Number of open connections the core knows.
     pub fn connections(&self) -> usize {
-        self.conns.len()
+        self.conns.len
     }
 
     pub(super) fn user_id(&self, name: &str) -> Option<UserId> {
@@ -329,12 +408,7 @@ impl Core {
     // -- output helpers ------------------------------------------------------
 
     pub(super) fn send(&mut self, conn: ConnId, msg: &ServerMsg<'_>) {
-        self.push_line(conn, encode(msg));
-    }
-
-    /// Queues an already encoded line.
-    pub(super) fn push_line(&mut self, conn: ConnId, line: String) {
-        self.effects.push(Effect::Send { conn, line });
+        emit(&mut self.out, &mut self.effects, conn, msg);
     }
 
     pub(super) fn fail(&mut self, conn: ConnId, failure: Failure<'_>) {
@@ -511,7 +585,7 @@ impl Core {
 
     /// Server shutdown: every connection is told and closed.
     pub fn shutdown(&mut self) {
-        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        let conns: Vec<ConnId> = self.conns.keys().collect();
         for conn in conns {
             self.bye(conn, ByeReason::Shutdown);
         }
@@ -644,26 +718,23 @@ impl Core {
         let window_bytes = self.config.window_bytes;
         let recipient = &self.users[user];
         let (mut sent, mut bytes) = (recipient.sent, recipient.sent_bytes);
-        let mut lines = Vec::new();
         for stored in recipient.outbox.range(sent..) {
             let len = stored.wire_len();
             if sent >= SEND_WINDOW || (sent > 0 && bytes + len > window_bytes) {
                 break;
             }
-            lines.push(encode(&ServerMsg::Msg {
+            let msg = ServerMsg::Msg {
                 seq: stored.seq,
                 kind: stored.kind,
                 from: &self.users[stored.from].name,
                 text: &stored.text,
-            }));
+            };
+            emit(&mut self.out, &mut self.effects, conn, &msg);
             sent += 1;
             bytes += len;
         }
         self.users[user].sent = sent;
         self.users[user].sent_bytes = bytes;
-        for line in lines {
-            self.push_line(conn, line);
-        }
     }
 
     /// Takes a re-read credentials file (SIGHUP) without dropping anyone:
@@ -873,9 +944,11 @@ pub(super) mod tests {
 
         /// Moves the core's effects into the harness's records.
         fn collect(&mut self) {
-            for effect in self.core.effects() {
+            let mut effects = self.core.effects();
+            while let Some(effect) = effects.next() {
                 match effect {
-                    Effect::Send { conn, line } => {
+                    Effect::Send { conn, start, end } => {
+                        let line = String::from_utf8_lossy(effects.bytes(start, end));
                         self.sent.push((conn, line.trim_end().to_owned()))
                     }
                     Effect::Close { conn } => self.closed.push(conn),

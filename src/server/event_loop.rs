@@ -486,9 +486,11 @@ impl EventLoop {
     fn apply_effects(&mut self) {
         let now = Instant::now();
         let mut too_slow = Vec::new();
-        for effect in self.core.effects() {
+        let mut effects = self.core.effects();
+        while let Some(effect) = effects.next() {
             match effect {
-                Effect::Send { conn: key, line } => {
+                Effect::Send { conn: key, start, end } => {
+                    let line = effects.bytes(start, end);
                     let Some(conn) = self.conns.get_mut(key) else {
                         continue;
                     };
@@ -505,7 +507,7 @@ impl EventLoop {
                     if conn.pending_output() == 0 {
                         self.pending_writes.push(key);
                     }
-                    conn.output.extend_from_slice(line.as_bytes());
+                    conn.output.extend_from_slice(line);
                 }
                 Effect::Close { conn: key } => {
                     if self.conns.get_mut(key).is_some_and(|c| c.mark_closing(now)) {
@@ -515,6 +517,7 @@ impl EventLoop {
                 Effect::Arm { at, timer } => self.timers.insert(at, timer),
             }
         }
+        drop(effects);
         for key in too_slow {
             self.core.disconnected(key);
             self.closing.push(key);
