@@ -7,6 +7,8 @@
 //!
 //! Handlers only update state and queue replies; they never touch sockets.
 
+use std::sync::Arc;
+
 use super::core::{emit, ConnId, Core, Stored, UserId};
 use super::journal::Record;
 use crate::protocol::{
@@ -92,7 +94,7 @@ impl Core {
         to: UserId,
         from: UserId,
         live_kind: MsgKind,
-        text: &str,
+        text: &Arc<str>,
     ) -> Option<bool> {
         if self.users[to].outbox.len() >= self.config().max_queued {
             let name = self.name(to).to_owned();
@@ -105,13 +107,14 @@ impl Core {
         let online = recipient.session.is_some();
         let kind = if online { live_kind } else { MsgKind::Offline };
         let notify = online && live_kind == MsgKind::Direct;
-        recipient.outbox.push_back(Stored { seq, kind, from, text: text.into(), notify });
+        let text = Arc::clone(text);
+        recipient.outbox.push_back(Stored { seq, kind, from, text, notify });
         self.record(|core| Record::Queued {
             user: core.name(to).to_owned(),
             seq,
             kind,
             from: core.name(from).to_owned(),
-            text: text.to_owned(),
+            text: core.users[to].outbox.back().map_or_else(String::new, |s| s.text.to_string()),
         });
         self.pump(to);
         Some(online)
@@ -133,7 +136,7 @@ impl Core {
             return;
         }
         log::debug!("message {} -> {}", self.name(me), self.name(to));
-        if self.deliver(conn, to, me, MsgKind::Direct, text) == Some(false) {
+        if self.deliver(conn, to, me, MsgKind::Direct, &Arc::from(text)) == Some(false) {
             let name = self.name(to).to_owned();
             self.send(conn, &ServerMsg::Queued { user: &name, reason: QueueReason::Offline });
         }
@@ -148,11 +151,13 @@ impl Core {
         }
         let mut someone_blocked = false;
         let recipients: Vec<UserId> = self.online.iter().copied().filter(|&u| u != me).collect();
+        // One copy of the text, shared by every recipient's outbox.
+        let text: Arc<str> = Arc::from(text);
         for to in recipients {
             if self.has_blocked(to, me) {
                 someone_blocked = true;
             } else {
-                self.deliver(conn, to, me, MsgKind::Broadcast, text);
+                self.deliver(conn, to, me, MsgKind::Broadcast, &text);
             }
         }
         if someone_blocked {

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -136,7 +137,9 @@ pub(super) struct Stored {
     pub seq: u64,
     pub kind: MsgKind,
     pub from: UserId,
-    pub text: Box<str>,
+    /// Shared by every recipient of a broadcast (`Arc`: the core moves to
+    /// the event loop's thread).
+    pub text: Arc<str>,
     /// The sender still expects to hear what became of it: sent live, it
     /// is told `DELIVERED` on acknowledgement, or `QUEUED unreachable` if
     /// the recipient's session ends first.
@@ -247,10 +250,14 @@ impl ConnTable {
     }
 }
 
+/// Buffers bigger than this after a pass are released, not kept.
+const BURST_BYTES: usize = 256 * 1024;
+
 /// The effects of a pass and the bytes their lines live in. Dropping it
 /// clears both, ready for the next pass.
 pub struct Effects<'a> {
-    list: std::vec::Drain<'a, Effect>,
+    list: &'a mut Vec<Effect>,
+    next: usize,
     out: &'a mut String,
 }
 
@@ -265,16 +272,23 @@ impl Iterator for Effects<'_> {
     type Item = Effect;
 
     fn next(&mut self) -> Option<Effect> {
-        self.list.next()
+        let effect = self.list.get(self.next).cloned();
+        self.next += 1;
+        effect
     }
 }
 
 impl Drop for Effects<'_> {
     fn drop(&mut self) {
+        self.list.clear();
         self.out.clear();
-        // A burst (a big backlog at login) is over: give the memory back.
-        if self.out.capacity() > 1 << 20 {
+        // A burst (a backlog at login, a storm of presence notices) is
+        // over: give its memory back rather than keep the peak for good.
+        if self.out.capacity() > BURST_BYTES {
             *self.out = String::new();
+        }
+        if self.list.capacity() * std::mem::size_of::<Effect>() > BURST_BYTES {
+            *self.list = Vec::new();
         }
     }
 }
@@ -371,7 +385,7 @@ impl Core {
 
     /// The effects produced since the last call, in order.
     pub fn effects(&mut self) -> Effects<'_> {
-        Effects { list: self.effects.drain(..), out: &mut self.out }
+        Effects { list: &mut self.effects, next: 0, out: &mut self.out }
     }
 
     /// Whether effects are waiting to be drained.

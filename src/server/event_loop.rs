@@ -77,6 +77,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// goodbye) before it is dropped anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// After this much output, the next second without events hands freed
+/// heap memory back to the system (see [`release_memory`]).
+const CHURN_BEFORE_TRIM: usize = 4 << 20;
+
+/// How long the loop must be quiet before memory is handed back.
+const QUIET_BEFORE_TRIM: Duration = Duration::from_secs(1);
+
 /// How long shutdown waits for goodbyes to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -171,6 +178,8 @@ pub struct EventLoop {
     /// Connections refused at the limit, held until they close or linger
     /// out (not in the slab: they count against nothing).
     refusing: Vec<(TcpStream, Instant)>,
+    /// Bytes queued for clients since memory was last handed back.
+    churn: usize,
 }
 
 impl EventLoop {
@@ -213,6 +222,7 @@ impl EventLoop {
             unfinished_reads: Vec::new(),
             closing: Vec::new(),
             refusing: Vec::new(),
+            churn: 0,
         })
     }
 
@@ -220,12 +230,20 @@ impl EventLoop {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         while !self.shutting_down {
-            let timeout = self.poll_timeout(Instant::now());
+            let mut timeout = self.poll_timeout(Instant::now());
+            let trim_due = self.churn >= CHURN_BEFORE_TRIM;
+            if trim_due {
+                timeout = Some(timeout.map_or(QUIET_BEFORE_TRIM, |t| t.min(QUIET_BEFORE_TRIM)));
+            }
             if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() == ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(error);
+            }
+            if trim_due && events.is_empty() {
+                release_memory();
+                self.churn = 0;
             }
             for event in events.iter() {
                 match event.token() {
@@ -508,6 +526,7 @@ impl EventLoop {
                         self.pending_writes.push(key);
                     }
                     conn.output.extend_from_slice(line);
+                    self.churn += line.len();
                 }
                 Effect::Close { conn: key } => {
                     if self.conns.get_mut(key).is_some_and(|c| c.mark_closing(now)) {
@@ -605,6 +624,18 @@ impl EventLoop {
             warn!("{} clients did not take their shutdown notice in time", self.conns.len());
         }
         Ok(())
+    }
+}
+
+/// Hands freed heap memory back to the system. glibc's allocator keeps what
+/// a burst of traffic freed (a storm of presence notices, a big backlog),
+/// so without this an idle server would sit at its peak footprint. Other
+/// allocators return memory by themselves; there this does nothing.
+fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

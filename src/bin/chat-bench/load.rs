@@ -143,6 +143,19 @@ impl Load {
         self.conns.len()
     }
 
+    /// Reads whatever arrives for `duration`, sending nothing: the clients
+    /// sit idle but never leave the server with output to hold.
+    pub fn idle(&mut self, duration: Duration) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let until = Instant::now() + duration;
+        let mut outcome = Outcome::default();
+        while Instant::now() < until {
+            let left = until.saturating_duration_since(Instant::now());
+            self.pass(&mut events, Some(left), &mut outcome, None)?;
+        }
+        Ok(())
+    }
+
     /// Runs `shape` for `duration`, then drains for at most `drain`.
     pub fn run(
         &mut self,

@@ -239,8 +239,9 @@ fn idle(s: &Settings, connections: usize) -> io::Result<Report> {
     let pid = server.pid().ok_or_else(|| io::Error::other("idle needs a server it started"))?;
     settle();
     let at_rest = load::rss_kib(pid)?;
-    let load = Load::connect(server.addr, Speaks::Chat, names, LOGIN_LIMIT)?;
-    settle();
+    let mut load = Load::connect(server.addr, Speaks::Chat, names, LOGIN_LIMIT)?;
+    // Long enough for the server's quiet-time memory release (1 s).
+    load.idle(Duration::from_secs(2))?;
     let loaded = load::rss_kib(pid)?;
     let per_connection = (loaded.saturating_sub(at_rest) * 1024) / load.len().max(1) as u64;
     Ok(Report::new("idle")
