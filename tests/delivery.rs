@@ -12,7 +12,7 @@ mod support;
 use std::io::Write;
 use std::time::Duration;
 
-use support::{signal, temp_dir, Client, Raw, Server};
+use support::{grant_address, signal, temp_dir, Client, Raw, Server};
 
 const SAVED_A: &str = "User A is offline. The message will be delivered when A logs in.";
 const UNREACHABLE_A: &str =
@@ -278,12 +278,7 @@ fn an_unacknowledged_private_message_is_reported_and_can_go_through_the_server()
     let mut a = server.login("A");
     let mut b = server.login("B");
     a.out.expect_next("User B has logged on.");
-    b.send("getaddress A");
-    a.out.expect("To ignore, do nothing. To give consent, enter: consent <user>");
-    a.send("consent B");
-    b.out.expect_next("consent asked from User B.");
-    let address = b.out.next_line().expect("address line");
-    let port = address.rsplit(' ').next().expect("port").to_owned();
+    let port = grant_address(&mut a, &mut b);
     b.send("private A acknowledged");
     a.out.expect_next("B: acknowledged");
     // Barrier: A's loop has moved on, so its acknowledgement went out.

@@ -89,11 +89,7 @@ fn a_real_client_forgets_a_revoked_address() {
     let mut a = server.login("A");
     let mut b = server.login("B");
     a.out.expect_next("User B has logged on.");
-    b.send("getaddress A");
-    a.out.expect("To ignore, do nothing. To give consent, enter: consent <user>");
-    a.send("consent B");
-    b.out.expect_next("consent asked from User B.");
-    b.out.next_line().expect("address line");
+    support::grant_address(&mut a, &mut b);
     b.send("private A hello");
     a.out.expect_next("B: hello");
     // Blocked by A: B's client drops the grant (whoever blocked whom).

@@ -250,12 +250,7 @@ fn sigterm_also_shuts_the_server_down_cleanly() {
 fn a_second_login_replaces_the_first_and_address_holders_are_told() {
     let server = Server::start("relogin", &[]);
     let (mut a, mut b, mut c) = three_users(&server);
-    b.send("getaddress A");
-    b.out.expect_next("consent asked from User B.");
-    a.out.expect("To ignore, do nothing. To give consent, enter: consent <user>");
-    a.send("consent B");
-    let address = b.out.next_line().expect("address");
-    assert!(address.starts_with("User A ip: 127.0.0.1, port: "), "got {address:?}");
+    support::grant_address(&mut a, &mut b);
 
     let mut a2 = server.login("A");
     a.out.expect_next("You have logged in from another client. This session has ended.");

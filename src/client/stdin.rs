@@ -95,7 +95,6 @@ fn read_keys(
     let mut keys = [0u8; 256];
     loop {
         let n = match input.read(&mut keys) {
-            Ok(0) => 0,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {

@@ -310,6 +310,18 @@ pub fn run(bin: &str, args: &[&str]) -> (Option<i32>, String, String) {
     (status.code(), out, err)
 }
 
+/// B asks A for its address and A consents; returns A's peer-to-peer port
+/// from the address line B is shown.
+pub fn grant_address(a: &mut Client, b: &mut Client) -> u16 {
+    b.send("getaddress A");
+    a.out.expect("To ignore, do nothing. To give consent, enter: consent <user>");
+    a.send("consent B");
+    b.out.expect_next("consent asked from User B.");
+    let address = b.out.next_line().expect("address line");
+    let port = address.strip_prefix("User A ip: 127.0.0.1, port: ").and_then(|p| p.parse().ok());
+    port.unwrap_or_else(|| panic!("unexpected address line {address:?}"))
+}
+
 /// A raw protocol connection to the server.
 pub struct Raw {
     reader: BufReader<TcpStream>,
