@@ -348,7 +348,8 @@ impl EventLoop {
             if signal == SIGHUP {
                 reload = true;
             } else {
-                info!("received signal {signal}; shutting down");
+                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                info!("received {name}; shutting down");
                 self.shutting_down = true;
             }
         }
