@@ -3,14 +3,18 @@
 //! The loop waits on the server connection, the peer-to-peer listener and
 //! connections ([`peers`]), SIGINT/SIGTERM, and a waker the standard-input
 //! thread ([`stdin`]) uses. Typed lines become commands ([`command`]); frames
-//! from the server become text ([`render`]). Each event prints one line (or
-//! the few the spec asks for) to stdout, flushed at once.
+//! from the server become events ([`event`], with the texts of [`render`]),
+//! printed as text or JSON, each flushed at once. In interactive mode the
+//! terminal is set up by [`terminal`] and the typed line is redrawn after
+//! every event.
 //!
 //! Login: the username comes from `--user` or the first input line, the
-//! password from `CHAT_PASSWORD` or the next line. While the login answer is
-//! pending no input is taken, so what follows can be a password retry or a
-//! command. At end of input the client logs out and waits for `BYE logout`,
-//! so everything sent before has been handled by the server.
+//! password from `--password-file`, `CHAT_PASSWORD` or the next line. While
+//! the login answer is pending no input is taken, so what follows can be a
+//! password retry or a command. At end of input the client logs out and
+//! waits for `BYE logout`, so everything sent before has been handled by
+//! the server; with `--stay` or `--until` it stays until a signal, the
+//! server's shutdown, or (`--until`) the pattern or the end of the wait.
 //!
 //! Not here: flag parsing and the process exit code (the binary does that
 //! from [`Exit`] and [`Error`]), and any retrying of a lost server connection.
