@@ -94,13 +94,8 @@ fn read_keys(
 ) {
     let mut keys = [0u8; 256];
     loop {
-        let n = match input.read(&mut keys) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                deliver(tx, waker, StdinEvent::Error(e));
-                return;
-            }
+        let Some(n) = read_or_report(tx, waker, || input.read(&mut keys)) else {
+            return;
         };
         if n == 0 {
             deliver(tx, waker, StdinEvent::Eof);
@@ -172,6 +167,25 @@ fn edit(editor: &mut EditLine, key: u8, out: &mut impl Write) -> Option<StdinEve
     }
 }
 
+/// Runs `read` until it does not fail with EINTR; a real failure is
+/// delivered as the last event (`None`: the thread should stop).
+fn read_or_report(
+    tx: &SyncSender<StdinEvent>,
+    waker: &Waker,
+    mut read: impl FnMut() -> io::Result<usize>,
+) -> Option<usize> {
+    loop {
+        match read() {
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                deliver(tx, waker, StdinEvent::Error(e));
+                return None;
+            }
+        }
+    }
+}
+
 /// Sends one event; false when the client no longer listens.
 fn deliver(tx: &SyncSender<StdinEvent>, waker: &Waker, event: StdinEvent) -> bool {
     if tx.send(event).is_err() {
@@ -192,13 +206,8 @@ fn convert(line: Line<'_>) -> StdinEvent {
 fn read_all(mut input: impl Read, tx: &SyncSender<StdinEvent>, waker: &Waker) {
     let mut buf = LineBuffer::default();
     loop {
-        let n = match buf.read_from(&mut input) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                deliver(tx, waker, StdinEvent::Error(e));
-                return;
-            }
+        let Some(n) = read_or_report(tx, waker, || buf.read_from(&mut input)) else {
+            return;
         };
         if n == 0 {
             // A last line without a newline still counts.
