@@ -266,8 +266,11 @@ impl Journal {
         file.read_to_end(&mut data).map_err(|e| error(&path, e))?;
         let clock = Clock::now();
         let (replay, size) = if data.len() < MAGIC.len() && MAGIC.starts_with(&data) {
-            // New, or torn while its header was written: start it over.
+            // New, or torn while its header was written: start it over, and
+            // make its directory entry durable too, or a power loss could
+            // take the whole file with it.
             write_new(&mut file, &[]).map_err(|e| error(&path, e))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| error(dir, e))?;
             (Replay { records: Vec::new(), damage: None }, MAGIC.len() as u64)
         } else if !data.starts_with(MAGIC) {
             return Err(error(&path, "not a chat journal (wrong header); refusing to touch it"));
