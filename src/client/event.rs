@@ -1,5 +1,5 @@
 //! What the client reports, as events: each has a kind, a few fields, and
-//! the text lines text mode shows (from [`render`](super::render)). With
+//! the text lines text mode shows (from [`super::render`]). With
 //! `--format json` each event is printed as one JSON object on one line;
 //! docs/JSON.md is the schema.
 //!
