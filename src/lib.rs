@@ -1,8 +1,10 @@
 //! A small, dependable chat system: one `mio` server and a terminal client.
 //!
 //! - [`protocol`]: the wire frames, pure parse and encode.
+//! - [`outbuf`]: a connection's pending output, bounded in bytes and memory.
 //! - [`server`]: the chat state machine and the event loop that feeds it.
 //! - [`client`]: the terminal client's poll loop, command parsing and rendering.
 pub mod client;
+pub mod outbuf;
 pub mod protocol;
 pub mod server;

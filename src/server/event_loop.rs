@@ -34,6 +34,7 @@ use super::core::{Core, Effect, Timer};
 use super::credentials;
 use super::journal::Journal;
 use super::timer_wheel::TimerWheel;
+use crate::outbuf::OutBuf;
 use crate::protocol::{Line, LineBuffer};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -74,7 +75,8 @@ const READ_BUDGET: usize = 64 * 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How long a closing connection may take to read its last lines (a
-/// goodbye) before it is dropped anyway.
+/// goodbye) before it is dropped anyway: a peer that stopped reading must
+/// not hold its slot (and its buffered output) for ever.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// After this much output, the next second without events hands freed
@@ -120,9 +122,8 @@ const MAX_REFUSING: usize = 64;
 struct Connection {
     stream: TcpStream,
     input: LineBuffer,
-    output: Vec<u8>,
-    /// Bytes of `output` already written.
-    written: usize,
+    /// Capped at `--max-output`: the memory it holds is bounded too.
+    output: OutBuf,
     /// WRITABLE interest is registered (only while output is left over).
     wants_writable: bool,
     /// Close once `output` is flushed, or at this time at the latest; set
@@ -134,7 +135,13 @@ struct Connection {
 
 impl Connection {
     fn pending_output(&self) -> usize {
-        self.output.len() - self.written
+        self.output.pending()
+    }
+
+    /// Whether the connection can be freed now: unusable, or closing with
+    /// nothing left to write or its grace run out.
+    fn finished(&self, now: Instant) -> bool {
+        self.dead || self.close_by.is_some_and(|by| self.output.is_empty() || now >= by)
     }
 
     fn closing(&self) -> bool {
@@ -423,8 +430,7 @@ impl EventLoop {
         entry.insert(Connection {
             stream,
             input: LineBuffer::with_limit(self.limits.max_line),
-            output: Vec::new(),
-            written: 0,
+            output: OutBuf::new(self.limits.max_output),
             wants_writable: false,
             close_by: None,
             dead: false,
@@ -516,17 +522,17 @@ impl EventLoop {
                     if conn.dead {
                         continue;
                     }
-                    if conn.pending_output() + line.len() > self.limits.max_output {
+                    let was_empty = conn.output.is_empty();
+                    if conn.output.push(line).is_err() {
                         // Its messages wait in the outbox for its next login.
                         info!("connection {key} reads too slowly; dropping it");
                         conn.dead = true;
                         too_slow.push(key);
                         continue;
                     }
-                    if conn.pending_output() == 0 {
+                    if was_empty {
                         self.pending_writes.push(key);
                     }
-                    conn.output.extend_from_slice(line);
                     self.churn += line.len();
                 }
                 Effect::Close { conn: key } => {
@@ -577,14 +583,16 @@ impl EventLoop {
     }
 
     /// Frees connections that are dead, or closing with nothing left to
-    /// write; the rest wait for their WRITABLE events.
+    /// write or out of time to write it; the rest wait for their WRITABLE
+    /// events (or their deadline, which sets the poll timeout).
     fn free_closed(&mut self) {
+        let now = Instant::now();
         let mut waiting = Vec::new();
         for key in std::mem::take(&mut self.closing) {
             let Some(conn) = self.conns.get(key) else {
                 continue;
             };
-            if !conn.dead && conn.pending_output() > 0 {
+            if !conn.finished(now) {
                 if !waiting.contains(&key) {
                     waiting.push(key);
                 }
@@ -652,23 +660,8 @@ fn feed_lines(input: &mut LineBuffer, core: &mut Core, key: usize, now: Instant)
 
 /// Writes as much pending output as the socket takes.
 fn flush(key: usize, conn: &mut Connection) {
-    while conn.pending_output() > 0 {
-        match conn.stream.write(&conn.output[conn.written..]) {
-            Ok(0) => {
-                conn.dead = true;
-                return;
-            }
-            Ok(n) => conn.written += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => {
-                debug!("write to connection {key}: {e}");
-                conn.dead = true;
-                return;
-            }
-        }
+    if let Err(e) = conn.output.write_to(&mut conn.stream) {
+        debug!("write to connection {key}: {e}");
+        conn.dead = true;
     }
-    // All written: release the buffer so idle connections hold no memory.
-    conn.output = Vec::new();
-    conn.written = 0;
 }
