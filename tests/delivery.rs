@@ -322,3 +322,53 @@ fn the_longest_message_is_delivered_and_a_longer_one_refused_not_lost() {
     b.send(&format!("message A {longest}y"));
     b.out.expect_next("Your message is too long (at most 4000 bytes) and was not sent.");
 }
+
+#[test]
+fn a_start_without_a_user_keeps_that_users_messages_through_compaction() {
+    // The regression: a start whose credentials file lacked a user with
+    // queued messages dropped them at the next compaction.
+    let state = temp_dir("state-unlisted").join("state");
+    let state_flag = state.to_str().expect("utf-8 path");
+    let with_z: &[(&str, &str)] = &[("A", "A_pwd"), ("B", "B_pwd"), ("Z", "Z_pwd")];
+    let without_z: &[(&str, &str)] = &[("A", "A_pwd"), ("B", "B_pwd")];
+    let mut server = Server::start_with("unlisted-1", with_z, &["--state-dir", state_flag]);
+    let mut a = Raw::login(server.port, "A", "A_pwd");
+    a.send("MESSAGE Z keep me");
+    a.until("QUEUED Z offline");
+    signal(server.pid(), "KILL");
+    server.wait_exit();
+
+    // Z is missing from this start's file. Traffic between A and B grows
+    // the journal past the size that makes the server compact it.
+    let mut server = Server::start_with("unlisted-2", without_z, &["--state-dir", state_flag]);
+    let mut a = Raw::login(server.port, "A", "A_pwd");
+    let mut b = Raw::login(server.port, "B", "B_pwd");
+    let text = "x".repeat(3900);
+    let journal = state.join("journal");
+    let mut largest = 0;
+    for round in 0..10 {
+        for _ in 0..32 {
+            a.send(&format!("MESSAGE B {text}"));
+        }
+        let mut last = String::new();
+        for _ in 0..32 {
+            let line = b.line();
+            assert!(line.starts_with("MSG "), "round {round}: {line:.40}");
+            last = line.split(' ').nth(1).expect("seq").to_owned();
+        }
+        b.send(&format!("ACK {last}"));
+        a.until("DELIVERED B");
+        largest = largest.max(std::fs::metadata(&journal).expect("journal").len());
+    }
+    // A barrier: everything above has been handled and committed.
+    b.send("ONLINE");
+    b.until("ONLINE A");
+    let size = std::fs::metadata(&journal).expect("journal").len();
+    assert!(size < largest / 2, "compacted: {largest} -> {size} bytes");
+    signal(server.pid(), "KILL");
+    server.wait_exit();
+
+    let server = Server::start_with("unlisted-3", with_z, &["--state-dir", state_flag]);
+    let mut z = Raw::login(server.port, "Z", "Z_pwd");
+    assert_eq!(z.line(), "MSG 1 offline A keep me");
+}

@@ -104,3 +104,25 @@ fn every_verb_before_login_is_refused() {
     assert_eq!(raw.line(), "FAIL not-logged-in");
     still_serves(&server);
 }
+
+#[test]
+fn a_blocked_user_cannot_tell_from_broadcasts_whether_the_blocker_is_online() {
+    // The regression: `partial-broadcast` came only while a blocker was
+    // online, so a blocked user could watch the blocker's presence.
+    let server = Server::start("blocker-presence", &[]);
+    let mut a = Raw::login(server.port, "A", "A_pwd");
+    a.send("BLOCK B");
+    a.until("BLOCKED B");
+    let mut b = Raw::login(server.port, "B", "B_pwd");
+    b.send("BROADCAST while A is online");
+    assert_eq!(b.line(), "FAIL partial-broadcast");
+    a.send("LOGOUT");
+    a.until("BYE logout");
+    b.send("BROADCAST while A is offline");
+    assert_eq!(b.line(), "FAIL partial-broadcast");
+    // And a user nobody blocked hears nothing.
+    let mut c = Raw::login(server.port, "C", "C_pwd");
+    c.send("BROADCAST hello");
+    c.send("ONLINE");
+    assert_eq!(c.line(), "ONLINE B");
+}

@@ -70,10 +70,6 @@ impl Core {
         None
     }
 
-    fn has_blocked(&self, user: UserId, other: UserId) -> bool {
-        self.users[user].blocked.contains(&other)
-    }
-
     /// Refuses text that would not fit in a `MSG` frame: a message its
     /// recipient's client could not read would block its outbox forever.
     fn text_fits(&mut self, conn: ConnId, text: &str) -> bool {
@@ -142,25 +138,25 @@ impl Core {
         }
     }
 
-    /// A copy to every online user but those who blocked the sender (who
-    /// hears `partial-broadcast`, as in the seed) and those whose outbox is
-    /// full (the sender hears `queue-full` for each).
+    /// A copy to every online user but those who blocked the sender and
+    /// those whose outbox is full (the sender hears `queue-full` for each).
+    /// The sender hears `partial-broadcast` (as in the seed) whenever anyone
+    /// has blocked them, online or not: deciding it from online blockers
+    /// only would tell a blocked user when the blocker is online. The
+    /// sentence stays true, as no offline user receives a broadcast.
     fn broadcast(&mut self, conn: ConnId, me: UserId, text: &str) {
         if !self.text_fits(conn, text) {
             return;
         }
-        let mut someone_blocked = false;
         let recipients: Vec<UserId> = self.online.iter().copied().filter(|&u| u != me).collect();
         // One copy of the text, shared by every recipient's outbox.
         let text: Arc<str> = Arc::from(text);
         for to in recipients {
-            if self.has_blocked(to, me) {
-                someone_blocked = true;
-            } else {
+            if !self.has_blocked(to, me) {
                 self.deliver(conn, to, me, MsgKind::Broadcast, &text);
             }
         }
-        if someone_blocked {
+        if self.blocked_by_anyone(me) {
             self.fail(conn, Failure::PartialBroadcast);
         }
     }
@@ -190,7 +186,7 @@ impl Core {
         let Some(target) = self.other_user(conn, me, name) else {
             return;
         };
-        if self.users[me].blocked.insert(target) {
+        if self.set_block(me, target, true) {
             self.record(|core| Record::Blocked {
                 user: core.name(me).to_owned(),
                 target: name.to_owned(),
@@ -205,7 +201,7 @@ impl Core {
         let Some(target) = self.other_user(conn, me, name) else {
             return;
         };
-        if self.users[me].blocked.remove(&target) {
+        if self.set_block(me, target, false) {
             self.record(|core| Record::Unblocked {
                 user: core.name(me).to_owned(),
                 target: name.to_owned(),
@@ -419,6 +415,26 @@ mod tests {
             sent,
             vec![(1, "MSG 1 broadcast B hi".into()), (3, "MSG 1 broadcast B hi".into())]
         );
+    }
+
+    #[test]
+    fn partial_broadcast_does_not_tell_whether_a_blocker_is_online() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(1, "BLOCK B");
+        h.line(1, "LOGOUT");
+        h.take();
+        // A, who blocked B, is offline: B hears the same as when A is online.
+        h.line(2, "BROADCAST hello");
+        assert_eq!(h.to(2), vec!["FAIL partial-broadcast"]);
+        h.login(3, "A");
+        h.line(2, "BROADCAST hello");
+        assert_eq!(h.to(2), vec!["FAIL partial-broadcast"]);
+        h.line(3, "UNBLOCK B");
+        h.take();
+        h.line(2, "BROADCAST hello");
+        assert_eq!(h.take(), vec![(3, "MSG 1 broadcast B hello".into())], "no notice left");
     }
 
     #[test]
@@ -744,7 +760,7 @@ mod tests {
         let snapshot: Vec<_> = h.core.snapshot(h.now).collect();
         for replay in [records, snapshot] {
             let mut fresh = Harness::new();
-            assert_eq!(fresh.core.restore(replay, h.now), 0);
+            assert_eq!(fresh.core.restore(replay, h.now), Vec::<String>::new());
             fresh.connect(5);
             fresh.line(5, "LOGIN B 1 B_pwd");
             assert_eq!(fresh.to(5), vec!["HELLO 1 35", "WELCOME B", "MSG 2 offline A two"]);
@@ -780,13 +796,43 @@ mod tests {
     }
 
     #[test]
-    fn records_for_unknown_users_are_counted_not_applied() {
-        let mut h = Harness::new();
-        let records = vec![
-            Record::Blocked { user: "Zed".into(), target: "A".into() },
-            Record::Acked { user: "A".into(), seq: 4 },
-        ];
-        assert_eq!(h.core.restore(records, h.now), 1);
+    fn state_of_users_missing_from_the_credentials_file_is_kept_not_dropped() {
+        // The regression: a start whose credentials file lacked a user
+        // dropped that user's queued messages at the next compaction.
+        let mut h = Harness::with_users(&["A", "B", "Zed"]);
+        h.login(1, "A");
+        h.line(1, "MESSAGE Zed kept one");
+        h.line(1, "MESSAGE Zed kept two");
+        h.line(1, "BLOCK Zed");
+        let records: Vec<_> = h.core.records().collect();
+        // Zed is not in this start's credentials file.
+        let mut fresh = Harness::with_users(&["A", "B"]);
+        assert_eq!(fresh.core.restore(records, h.now), vec!["Zed".to_string()]);
+        fresh.connect(2);
+        fresh.line(2, "LOGIN Zed 1 Zed_pwd");
+        assert_eq!(fresh.to(2), vec!["HELLO 1 35", "DENIED unknown-user"], "not listed");
+        fresh.login(3, "B");
+        fresh.line(3, "MESSAGE Zed hi");
+        assert_eq!(fresh.to(3), vec!["FAIL unknown-user Zed"]);
+        // Compaction keeps the state: restore a third core from the snapshot.
+        let snapshot: Vec<_> = fresh.core.snapshot(fresh.now).collect();
+        let mut third = Harness::with_users(&["A", "B"]);
+        assert_eq!(third.core.restore(snapshot, h.now), vec!["Zed".to_string()]);
+        // Listed again: the messages and the block are there.
+        third.core.reload(Harness::accounts(&["A", "B", "Zed"]));
+        third.connect(4);
+        third.line(4, "LOGIN Zed 1 Zed_pwd");
+        assert_eq!(
+            third.to(4),
+            vec![
+                "HELLO 1 35",
+                "WELCOME Zed",
+                "MSG 1 offline A kept one",
+                "MSG 2 offline A kept two"
+            ]
+        );
+        third.line(4, "MESSAGE A hello");
+        assert_eq!(third.to(4), vec!["FAIL blocked-by A"]);
     }
 
     #[test]

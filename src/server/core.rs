@@ -157,11 +157,17 @@ impl Stored {
 #[derive(Debug)]
 pub(super) struct User {
     pub name: String,
-    password: Secret,
+    /// `None` while the account is not in the credentials file (removed on
+    /// reload, or known only from the journal): it cannot log in or be
+    /// found by name, but its state is kept for when it is listed again.
+    password: Option<Secret>,
     /// The connection this user is logged in on.
     pub session: Option<ConnId>,
-    /// Users this user has blocked.
-    pub blocked: HashSet<UserId>,
+    /// Users this user has blocked. Changed only by [`Core::set_block`],
+    /// which keeps `blocked_by` of the target in step.
+    blocked: HashSet<UserId>,
+    /// How many users have blocked this one (listed or not, online or not).
+    blocked_by: u32,
     /// Messages not yet acknowledged, oldest first.
     pub outbox: VecDeque<Stored>,
     /// How many at the front of `outbox` were sent in the current session.
@@ -298,7 +304,9 @@ impl Drop for Effects<'_> {
 pub struct Core {
     config: CoreConfig,
     pub(super) users: Vec<User>,
-    by_name: HashMap<String, UserId>,
+    /// Every account's id by name, listed in the credentials file or not;
+    /// [`Core::user_id`] finds only listed ones.
+    ids: HashMap<String, UserId>,
     pub(super) conns: ConnTable,
     /// Logged-in users.
     pub(super) online: BTreeSet<UserId>,
@@ -332,12 +340,13 @@ pub(super) fn emit(out: &mut String, effects: &mut Vec<Effect>, conn: ConnId, ms
 }
 
 impl User {
-    fn new(Account { name, password }: Account) -> Self {
+    fn new(name: String, password: Option<Secret>) -> Self {
         User {
             name,
             password,
             session: None,
             blocked: HashSet::new(),
+            blocked_by: 0,
             outbox: VecDeque::new(),
             sent: 0,
             sent_bytes: 0,
@@ -354,12 +363,12 @@ impl User {
 impl Core {
     pub fn new(mut accounts: Vec<Account>, config: CoreConfig) -> Self {
         accounts.sort_by(|a, b| a.name.cmp(&b.name));
-        let by_name = accounts.iter().enumerate().map(|(id, a)| (a.name.clone(), id)).collect();
-        let users = accounts.into_iter().map(User::new).collect();
+        let ids = accounts.iter().enumerate().map(|(id, a)| (a.name.clone(), id)).collect();
+        let users = accounts.into_iter().map(|a| User::new(a.name, Some(a.password))).collect();
         Core {
             config,
             users,
-            by_name,
+            ids,
             conns: ConnTable::default(),
             online: BTreeSet::new(),
             failures: HashMap::new(),
@@ -411,8 +420,46 @@ impl Core {
         self.conns.len
     }
 
+    /// The id of the account `name`, if the credentials file lists it.
     pub(super) fn user_id(&self, name: &str) -> Option<UserId> {
-        self.by_name.get(name).copied()
+        self.ids.get(name).copied().filter(|&id| self.users[id].password.is_some())
+    }
+
+    /// The id of `name`, listed or not, creating an unlisted account for a
+    /// name never seen (journal replay); true when it was created.
+    fn id_or_unlisted(&mut self, name: &str) -> (UserId, bool) {
+        if let Some(&id) = self.ids.get(name) {
+            return (id, false);
+        }
+        let id = self.users.len();
+        self.users.push(User::new(name.to_owned(), None));
+        self.ids.insert(name.to_owned(), id);
+        (id, true)
+    }
+
+    /// Whether `user` has blocked `other`.
+    pub(super) fn has_blocked(&self, user: UserId, other: UserId) -> bool {
+        self.users[user].blocked.contains(&other)
+    }
+
+    /// Whether anyone at all has blocked `user`, online or not.
+    pub(super) fn blocked_by_anyone(&self, user: UserId) -> bool {
+        self.users[user].blocked_by > 0
+    }
+
+    /// Makes `user` block or unblock `target`, keeping the target's count
+    /// of blockers in step; true if that changed anything.
+    pub(super) fn set_block(&mut self, user: UserId, target: UserId, block: bool) -> bool {
+        let changed = if block {
+            self.users[user].blocked.insert(target)
+        } else {
+            self.users[user].blocked.remove(&target)
+        };
+        if changed {
+            let count = &mut self.users[target].blocked_by;
+            *count = if block { *count + 1 } else { count.saturating_sub(1) };
+        }
+        changed
     }
 
     pub(super) fn name(&self, user: UserId) -> &str {
@@ -673,7 +720,7 @@ impl Core {
             return Err(DenyReason::Locked);
         }
         account.locked_until = None;
-        if account.password.verify(password) {
+        if account.password.as_ref().is_some_and(|secret| secret.verify(password)) {
             account.failures = 0;
             return Ok(());
         }
@@ -757,40 +804,42 @@ impl Core {
     /// session they have open goes on. Their state is kept, should they
     /// come back.
     pub fn reload(&mut self, accounts: Vec<Account>) {
-        let known: HashMap<String, UserId> =
-            self.users.iter().enumerate().map(|(id, u)| (u.name.clone(), id)).collect();
-        self.by_name.clear();
+        for user in &mut self.users {
+            user.password = None;
+        }
         for account in accounts {
-            let id = match known.get(&account.name) {
-                Some(&id) => {
-                    self.users[id].password = account.password;
-                    id
-                }
-                None => {
-                    self.users.push(User::new(account));
-                    self.users.len() - 1
-                }
-            };
-            self.by_name.insert(self.users[id].name.clone(), id);
+            let (id, _) = self.id_or_unlisted(&account.name);
+            self.users[id].password = Some(account.password);
         }
     }
 
     // -- durable state -------------------------------------------------------
 
     /// Rebuilds outboxes, block lists and lockouts from journal records, at
-    /// start-up before any connection. Returns how many records were
-    /// skipped because they name users the credentials file lacks.
-    pub fn restore(&mut self, records: Vec<Record>, now: Instant) -> usize {
-        records.into_iter().filter(|record| !self.restore_one(record, now)).count()
+    /// start-up before any connection. Records naming users the
+    /// credentials file lacks are kept too (their accounts stay unlisted
+    /// until a reload lists them): a missing line in the file must never
+    /// cost anyone their queued messages. Returns those users' names.
+    pub fn restore(&mut self, records: Vec<Record>, now: Instant) -> Vec<String> {
+        let mut unlisted = Vec::new();
+        for record in &records {
+            self.restore_one(record, now, &mut unlisted);
+        }
+        unlisted
     }
 
-    /// Applies one record; false if it names an unknown user.
-    fn restore_one(&mut self, record: &Record, now: Instant) -> bool {
+    /// Applies one record, adding to `unlisted` any user it creates.
+    fn restore_one(&mut self, record: &Record, now: Instant, unlisted: &mut Vec<String>) {
+        let mut id = |core: &mut Self, name: &str| {
+            let (id, created) = core.id_or_unlisted(name);
+            if created {
+                unlisted.push(name.to_owned());
+            }
+            id
+        };
         match record {
             Record::Queued { user, seq, kind, from, text } => {
-                let (Some(user), Some(from)) = (self.user_id(user), self.user_id(from)) else {
-                    return false;
-                };
+                let (user, from) = (id(self, user), id(self, from));
                 let account = &mut self.users[user];
                 account.next_seq = account.next_seq.max(seq + 1);
                 if account.outbox.back().is_none_or(|last| last.seq < *seq) {
@@ -799,36 +848,29 @@ impl Core {
                 }
             }
             Record::Acked { user, seq } => {
-                let Some(user) = self.user_id(user) else { return false };
+                let user = id(self, user);
                 let outbox = &mut self.users[user].outbox;
                 while outbox.front().is_some_and(|stored| stored.seq <= *seq) {
                     outbox.pop_front();
                 }
             }
             Record::Blocked { user, target } | Record::Unblocked { user, target } => {
-                let (Some(user), Some(target)) = (self.user_id(user), self.user_id(target)) else {
-                    return false;
-                };
-                if matches!(record, Record::Blocked { .. }) {
-                    self.users[user].blocked.insert(target);
-                } else {
-                    self.users[user].blocked.remove(&target);
-                }
+                let (user, target) = (id(self, user), id(self, target));
+                self.set_block(user, target, matches!(record, Record::Blocked { .. }));
             }
             Record::Locked { user, until } => {
-                let Some(user) = self.user_id(user) else { return false };
+                let user = id(self, user);
                 if *until > now {
                     self.users[user].locked_until = Some(*until);
                     self.effects.push(Effect::Arm { at: *until, timer: Timer::Lockout(user) });
                 }
             }
             Record::NextSeq { user, next } => {
-                let Some(user) = self.user_id(user) else { return false };
+                let user = id(self, user);
                 let account = &mut self.users[user];
                 account.next_seq = account.next_seq.max(*next);
             }
         }
-        true
     }
 
     /// The records that rebuild today's durable state, for compaction.

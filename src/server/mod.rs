@@ -124,9 +124,19 @@ fn open_journal(dir: &std::path::Path, core: &mut Core) -> Result<Journal, Serve
         );
     }
     let count = replay.records.len();
-    let skipped = core.restore(replay.records, Instant::now());
-    if skipped > 0 {
-        log::warn!("journal: skipped {skipped} records naming users not in the credentials file");
+    let unlisted = core.restore(replay.records, Instant::now());
+    if !unlisted.is_empty() {
+        const SHOWN: usize = 5;
+        let more = unlisted.len().saturating_sub(SHOWN);
+        let mut names = unlisted[..unlisted.len().min(SHOWN)].join(", ");
+        if more > 0 {
+            names.push_str(&format!(" and {more} more"));
+        }
+        log::warn!(
+            "journal: kept the state of {} users not in the credentials file ({names}); \
+             it is theirs again once they are listed",
+            unlisted.len()
+        );
     }
     log::info!("journal in {}: replayed {count} records", dir.display());
     Ok(journal)
