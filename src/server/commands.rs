@@ -308,7 +308,6 @@ impl Core {
 mod tests {
     use super::super::core::tests::{Harness, BLOCK, TIMEOUT};
     use super::super::core::{CoreConfig, SEND_WINDOW};
-    use super::super::journal::Record;
 
     #[test]
     fn message_live_then_acknowledged_is_not_sent_again() {
