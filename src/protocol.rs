@@ -435,6 +435,9 @@ pub enum Failure<'a> {
     TextTooLong,
     /// The recipient's outbox is full: the message was not accepted.
     QueueFull { user: &'a str },
+    /// The server cannot store the change (its disk is full, or writing
+    /// fails): the message, block or unblock was not carried out.
+    Storage,
     /// The line did not parse; `detail` says why.
     BadCommand { detail: &'a str },
 }
@@ -457,6 +460,7 @@ impl Failure<'_> {
             Failure::BadEncoding => "bad-encoding",
             Failure::TextTooLong => "text-too-long",
             Failure::QueueFull { .. } => "queue-full",
+            Failure::Storage => "storage",
             Failure::BadCommand { .. } => "bad-command",
         }
     }
@@ -502,6 +506,7 @@ impl Failure<'_> {
             "bad-encoding" => Failure::BadEncoding,
             "text-too-long" => Failure::TextTooLong,
             "queue-full" => Failure::QueueFull { user: name_field(rest, "username")? },
+            "storage" => Failure::Storage,
             "bad-command" => Failure::BadCommand { detail: text(rest, "detail")? },
             _ => return Err(ParseError::BadField("code")),
         })
@@ -970,6 +975,7 @@ mod tests {
             Failure::BadEncoding,
             Failure::TextTooLong,
             Failure::QueueFull { user: "A" },
+            Failure::Storage,
             Failure::BadCommand { detail: "missing username" },
         ] {
             round_trip_server(ServerMsg::Fail(failure));

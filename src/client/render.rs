@@ -32,6 +32,8 @@ pub const LOST_CONNECTION: &str = "Lost connection to the server.";
 pub const NO_ADDRESS: &str = "Please request user address first (getaddress <user>).";
 pub const RESEND_HOWTO: &str = "To send them through the server instead, enter: resend";
 pub const NOTHING_TO_RESEND: &str = "There are no unconfirmed private messages to resend.";
+pub const STORAGE: &str =
+    "The server is out of storage space, so that was not done. Please try again later.";
 
 /// Prompts shown in interactive mode only (no newline after them).
 pub const PROMPT_USER: &str = "Username: ";
@@ -121,6 +123,7 @@ fn failure_line(failure: &Failure<'_>) -> String {
             "User {user} has too many undelivered messages. \
              Your message was not accepted; try again later."
         ),
+        Failure::Storage => STORAGE.into(),
         Failure::BadCommand { detail } => {
             format!("The server rejected the command: {}.", clean(detail))
         }
@@ -286,6 +289,10 @@ mod tests {
             (Failure::Version, "The server speaks a different protocol version."),
             (Failure::LineTooLong, "Your line was too long and was discarded."),
             (Failure::BadEncoding, "Your line was not valid UTF-8 and was discarded."),
+            (
+                Failure::Storage,
+                "The server is out of storage space, so that was not done. Please try again later.",
+            ),
             (
                 Failure::BadCommand { detail: "missing username" },
                 "The server rejected the command: missing username.",

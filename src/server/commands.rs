@@ -9,11 +9,23 @@
 
 use std::sync::Arc;
 
-use super::core::{emit, ConnId, Core, Stored, UserId};
+use super::core::{emit, ConnId, Core, Stored, UserId, SNAPSHOT_RECORD_BYTES};
 use super::journal::Record;
 use crate::protocol::{
     ClientMsg, Failure, MsgKind, QueueReason, ServerMsg, MAX_TEXT, ONLINE_NAMES_PER_FRAME,
 };
+
+/// What became of a message put in an outbox.
+enum Delivery {
+    /// Sent now (or when the send window has room) to an online user.
+    Live,
+    /// Saved for an offline user.
+    Saved,
+    /// Refused: the recipient's outbox is full.
+    QueueFull,
+    /// Refused: the journal has no room for it.
+    NoStorage,
+}
 
 /// When a frame may be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,21 +93,20 @@ impl Core {
     }
 
     /// Puts a message in `to`'s outbox, where it stays until acknowledged,
-    /// and sends it now if `to` is online and its send window has room.
-    /// Refuses (telling `conn`) when the outbox is full. Returns whether it
-    /// was accepted, and whether `to` was online.
+    /// and sends it now if `to` is online and its send window has room, or
+    /// says why it cannot (the caller tells the sender).
     fn deliver(
         &mut self,
-        conn: ConnId,
         to: UserId,
         from: UserId,
         live_kind: MsgKind,
         text: &Arc<str>,
-    ) -> Option<bool> {
+    ) -> Delivery {
         if self.users[to].outbox.len() >= self.config().max_queued {
-            let name = self.name(to).to_owned();
-            self.refuse(conn, Failure::QueueFull { user: &name });
-            return None;
+            return Delivery::QueueFull;
+        }
+        if !self.take_storage(SNAPSHOT_RECORD_BYTES + text.len()) {
+            return Delivery::NoStorage;
         }
         let recipient = &mut self.users[to];
         let seq = recipient.next_seq;
@@ -105,7 +116,7 @@ impl Core {
         let notify = online && live_kind == MsgKind::Direct;
         let text = Arc::clone(text);
         recipient.outbox.push_back(Stored { seq, kind, from, text, notify });
-        self.record(|core| Record::Queued {
+        self.record(to, |core| Record::Queued {
             user: core.name(to).to_owned(),
             seq,
             kind,
@@ -113,7 +124,11 @@ impl Core {
             text: core.users[to].outbox.back().map_or_else(String::new, |s| s.text.to_string()),
         });
         self.pump(to);
-        Some(online)
+        if online {
+            Delivery::Live
+        } else {
+            Delivery::Saved
+        }
     }
 
     /// A direct message: delivered live (the sender hears `DELIVERED` once
@@ -132,9 +147,14 @@ impl Core {
             return;
         }
         log::debug!("message {} -> {}", self.name(me), self.name(to));
-        if self.deliver(conn, to, me, MsgKind::Direct, &Arc::from(text)) == Some(false) {
-            let name = self.name(to).to_owned();
-            self.send(conn, &ServerMsg::Queued { user: &name, reason: QueueReason::Offline });
+        let name = self.name(to).to_owned();
+        match self.deliver(to, me, MsgKind::Direct, &Arc::from(text)) {
+            Delivery::Live => {}
+            Delivery::Saved => {
+                self.send(conn, &ServerMsg::Queued { user: &name, reason: QueueReason::Offline })
+            }
+            Delivery::QueueFull => self.refuse(conn, Failure::QueueFull { user: &name }),
+            Delivery::NoStorage => self.refuse(conn, Failure::Storage),
         }
     }
 
@@ -151,10 +171,22 @@ impl Core {
         let recipients: Vec<UserId> = self.online.iter().copied().filter(|&u| u != me).collect();
         // One copy of the text, shared by every recipient's outbox.
         let text: Arc<str> = Arc::from(text);
+        let mut no_storage = false;
         for to in recipients {
-            if !self.has_blocked(to, me) {
-                self.deliver(conn, to, me, MsgKind::Broadcast, &text);
+            if self.has_blocked(to, me) {
+                continue;
             }
+            match self.deliver(to, me, MsgKind::Broadcast, &text) {
+                Delivery::Live | Delivery::Saved => {}
+                Delivery::QueueFull => {
+                    let name = self.name(to).to_owned();
+                    self.refuse(conn, Failure::QueueFull { user: &name });
+                }
+                Delivery::NoStorage => no_storage = true,
+            }
+        }
+        if no_storage {
+            self.refuse(conn, Failure::Storage);
         }
         if self.blocked_by_anyone(me) {
             self.fail(conn, Failure::PartialBroadcast);
@@ -186,8 +218,12 @@ impl Core {
         let Some(target) = self.other_user(conn, me, name) else {
             return;
         };
+        if !self.has_blocked(me, target) && !self.take_storage(SNAPSHOT_RECORD_BYTES) {
+            self.refuse(conn, Failure::Storage);
+            return;
+        }
         if self.set_block(me, target, true) {
-            self.record(|core| Record::Blocked {
+            self.record(me, |core| Record::Blocked {
                 user: core.name(me).to_owned(),
                 target: name.to_owned(),
             });
@@ -201,8 +237,12 @@ impl Core {
         let Some(target) = self.other_user(conn, me, name) else {
             return;
         };
+        if self.has_blocked(me, target) && !self.take_storage(SNAPSHOT_RECORD_BYTES) {
+            self.refuse(conn, Failure::Storage);
+            return;
+        }
         if self.set_block(me, target, false) {
-            self.record(|core| Record::Unblocked {
+            self.record(me, |core| Record::Unblocked {
                 user: core.name(me).to_owned(),
                 target: name.to_owned(),
             });
@@ -291,7 +331,7 @@ impl Core {
             }
         }
         if let Some(seq) = last {
-            self.record(|core| Record::Acked { user: core.name(me).to_owned(), seq });
+            self.record(me, |core| Record::Acked { user: core.name(me).to_owned(), seq });
         }
         let name = &self.users[me].name;
         for sender in senders {
@@ -741,6 +781,35 @@ mod tests {
     }
 
     #[test]
+    fn without_journal_space_new_messages_and_blocks_are_refused_and_acks_go_through() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(1, "MESSAGE B one");
+        assert_eq!(h.to(2), vec!["MSG 1 direct A one"]);
+        // The journal has room for one more message of this size.
+        h.core.set_storage_budget(Some(200));
+        h.line(1, "MESSAGE C two");
+        h.line(1, "MESSAGE C three");
+        h.line(1, "BROADCAST everyone");
+        h.line(1, "BLOCK D");
+        assert_eq!(
+            h.to(1),
+            vec!["QUEUED C offline", "FAIL storage", "FAIL storage", "FAIL storage"]
+        );
+        // Acknowledgements only shrink the state: they always go through.
+        h.line(2, "ACK 1");
+        assert_eq!(h.to(1), vec!["DELIVERED B"]);
+        let records: Vec<_> = h.core.records().map(|(_, r)| r).collect();
+        assert!(
+            records.contains(&super::super::journal::Record::Acked { user: "B".into(), seq: 1 })
+        );
+        h.core.set_storage_budget(None);
+        h.line(1, "MESSAGE C four");
+        assert_eq!(h.to(1), vec!["QUEUED C offline"], "room again, accepted again");
+    }
+
+    #[test]
     fn journal_records_rebuild_the_same_state() {
         let mut h = Harness::new();
         h.login(1, "A");
@@ -755,7 +824,7 @@ mod tests {
         for _ in 0..3 {
             h.line(3, "LOGIN D 1 wrong");
         }
-        let records: Vec<_> = h.core.records().collect();
+        let records: Vec<_> = h.core.records().map(|(_, record)| record).collect();
         let snapshot: Vec<_> = h.core.snapshot(h.now).collect();
         for replay in [records, snapshot] {
             let mut fresh = Harness::new();
@@ -803,7 +872,7 @@ mod tests {
         h.line(1, "MESSAGE Zed kept one");
         h.line(1, "MESSAGE Zed kept two");
         h.line(1, "BLOCK Zed");
-        let records: Vec<_> = h.core.records().collect();
+        let records: Vec<_> = h.core.records().map(|(_, record)| record).collect();
         // Zed is not in this start's credentials file.
         let mut fresh = Harness::with_users(&["A", "B"]);
         assert_eq!(fresh.core.restore(records, h.now), vec!["Zed".to_string()]);
@@ -879,5 +948,111 @@ mod tests {
         h.take();
         h.line(3, "LOGIN B 1 B_pwd");
         assert_eq!(h.to(3), vec!["WELCOME B", "MSG 3 direct A three"]);
+    }
+}
+
+#[cfg(test)]
+mod incremental_snapshot_tests {
+    use super::super::core::tests::Harness;
+    use super::super::core::SnapshotCursor;
+    use super::super::journal::Record;
+    use std::time::Duration;
+
+    /// A deterministic stream of pseudo-random numbers.
+    struct Dice(u64);
+
+    impl Dice {
+        fn roll(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    const NAMES: [&str; 4] = ["A", "B", "C", "D"];
+
+    /// One random thing a user might do that changes durable state.
+    fn act(h: &mut Harness, dice: &mut Dice, online: &mut [bool; 4], acked: &mut [u64; 4]) {
+        let who = dice.roll(4);
+        let conn = who + 1;
+        if !online[who] {
+            h.connect(conn);
+            let password =
+                if dice.roll(5) == 0 { "wrong".to_string() } else { format!("{}_pwd", NAMES[who]) };
+            h.line(conn, &format!("LOGIN {} 1 {password}", NAMES[who]));
+            online[who] = h.to(conn).iter().any(|l| l.starts_with("WELCOME"));
+            return;
+        }
+        let other = NAMES[(who + 1 + dice.roll(3)) % 4];
+        match dice.roll(6) {
+            0 | 1 => h.line(conn, &format!("MESSAGE {other} m{}", dice.roll(1000))),
+            2 => h.line(conn, &format!("BLOCK {other}")),
+            3 => h.line(conn, &format!("UNBLOCK {other}")),
+            4 => {
+                // Acknowledge whatever this user was sent so far.
+                let seqs: Vec<u64> = h
+                    .to(conn)
+                    .iter()
+                    .filter_map(|l| l.strip_prefix("MSG ")?.split(' ').next()?.parse().ok())
+                    .collect();
+                if let Some(&last) = seqs.iter().max() {
+                    acked[who] = acked[who].max(last);
+                    h.line(conn, &format!("ACK {last}"));
+                }
+            }
+            _ => {
+                h.line(conn, "LOGOUT");
+                online[who] = false;
+            }
+        }
+        h.take();
+    }
+
+    fn normalised(records: impl Iterator<Item = Record>) -> Vec<String> {
+        let mut lines: Vec<String> = records.map(|r| format!("{r:?}")).collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn a_snapshot_written_in_steps_while_state_changes_rebuilds_the_final_state() {
+        for seed in 1..40u64 {
+            let mut h = Harness::new();
+            let mut dice = Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let (mut online, mut acked) = ([false; 4], [0u64; 4]);
+            for _ in 0..60 {
+                act(&mut h, &mut dice, &mut online, &mut acked);
+            }
+            h.core.records().for_each(drop);
+            // The rewrite: small steps, with changes in between; a change
+            // goes into the new file only if the cursor covers it.
+            let mut new_file = Vec::new();
+            let mut cursor = Some(SnapshotCursor::default());
+            while let Some(at) = cursor {
+                for _ in 0..dice.roll(4) {
+                    act(&mut h, &mut dice, &mut online, &mut acked);
+                }
+                for (user, record) in h.core.records() {
+                    if at.covers(user, &record) {
+                        new_file.push(record);
+                    }
+                }
+                cursor = h.core.snapshot_step(at, 1 + dice.roll(300), h.now, &mut new_file);
+            }
+            // Changes after the switch are appended as usual.
+            for _ in 0..10 {
+                act(&mut h, &mut dice, &mut online, &mut acked);
+            }
+            new_file.extend(h.core.records().map(|(_, record)| record));
+            h.advance(Duration::ZERO);
+            let mut fresh = Harness::new();
+            assert!(fresh.core.restore(new_file, h.now).is_empty());
+            assert_eq!(
+                normalised(fresh.core.snapshot(h.now)),
+                normalised(h.core.snapshot(h.now)),
+                "seed {seed}"
+            );
+        }
     }
 }

@@ -315,11 +315,46 @@ pub struct Core {
     pub(super) effects: Vec<Effect>,
     /// The lines of this pass's `Send` effects, back to back.
     pub(super) out: String,
-    /// Changes to durable state since the last drain (only when durable).
-    records: Vec<Record>,
+    /// Changes to durable state since the last drain (only when durable),
+    /// each with the user whose state it changes.
+    records: Vec<(UserId, Record)>,
+    /// Journal space new messages may still take (`None`: no limit known);
+    /// set by the event loop each pass from [`Journal::growth_budget`].
+    ///
+    /// [`Journal::growth_budget`]: super::journal::Journal::growth_budget
+    storage_budget: Option<u64>,
     /// Fills a buffer with unpredictable bytes for grant tokens; the OS
     /// generator, or a fixed sequence in tests.
     random: fn(&mut [u8]) -> bool,
+}
+
+/// Journal bytes a record takes besides a message's text, near enough
+/// (framing, names, numbers), for budgets and estimates.
+pub(super) const SNAPSHOT_RECORD_BYTES: usize = 128;
+
+/// Where an incremental snapshot ([`Core::snapshot_step`]) stands: every
+/// user before `user` is written; of `user`, nothing yet (`after` is
+/// `None`), or the header and the messages up to sequence number `after`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotCursor {
+    user: UserId,
+    after: Option<u64>,
+}
+
+impl SnapshotCursor {
+    /// Whether a change to `user`'s state made while the snapshot is being
+    /// written must be added to it too: only for the part already written.
+    /// A change to a part not yet written is not: that part, written later,
+    /// already shows it. (A new message always lands past what is written.)
+    pub fn covers(&self, user: UserId, record: &Record) -> bool {
+        match user.cmp(&self.user) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => {
+                self.after.is_some() && !matches!(record, Record::Queued { .. })
+            }
+        }
+    }
 }
 
 /// Bytes of randomness in a peer-to-peer grant token (printed as hex).
@@ -375,6 +410,7 @@ impl Core {
             effects: Vec::new(),
             out: String::new(),
             records: Vec::new(),
+            storage_budget: None,
             random: os_random,
         }
     }
@@ -402,16 +438,39 @@ impl Core {
         !self.effects.is_empty()
     }
 
-    /// The journal records produced since the last call, in order.
-    pub fn records(&mut self) -> std::vec::Drain<'_, Record> {
+    /// The journal records produced since the last call, in order, each
+    /// with the user whose state it changes.
+    pub fn records(&mut self) -> std::vec::Drain<'_, (UserId, Record)> {
         self.records.drain(..)
     }
 
-    /// Keeps a change for the journal, if there is one.
-    pub(super) fn record(&mut self, make: impl FnOnce(&Self) -> Record) {
+    /// Keeps a change to `user`'s state for the journal, if there is one.
+    pub(super) fn record(&mut self, user: UserId, make: impl FnOnce(&Self) -> Record) {
         if self.config.durable {
             let record = make(self);
-            self.records.push(record);
+            self.records.push((user, record));
+        }
+    }
+
+    /// Sets how much journal space new messages may take until the next
+    /// call (`None`: no limit known). Only a durable core uses it.
+    pub fn set_storage_budget(&mut self, budget: Option<u64>) {
+        self.storage_budget = budget;
+    }
+
+    /// Takes journal space for a new record of about `bytes`; false (and
+    /// nothing taken) when the journal could not hold it.
+    pub(super) fn take_storage(&mut self, bytes: usize) -> bool {
+        if !self.config.durable {
+            return true;
+        }
+        match &mut self.storage_budget {
+            None => true,
+            Some(budget) if *budget >= bytes as u64 => {
+                *budget -= bytes as u64;
+                true
+            }
+            Some(_) => false,
         }
     }
 
@@ -737,7 +796,7 @@ impl Core {
             block_time.as_secs()
         );
         self.effects.push(Effect::Arm { at: until, timer: Timer::Lockout(user) });
-        self.record(|core| Record::Locked { user: core.name(user).to_owned(), until });
+        self.record(user, |core| Record::Locked { user: core.name(user).to_owned(), until });
         Err(DenyReason::NowLocked)
     }
 
@@ -873,29 +932,85 @@ impl Core {
         }
     }
 
-    /// The records that rebuild today's durable state, for compaction.
-    pub fn snapshot(&self, now: Instant) -> impl Iterator<Item = Record> + '_ {
-        self.users.iter().flat_map(move |account| {
+    /// Appends to `out` the records that rebuild the durable state from
+    /// `cursor` on, about `max_bytes` of them, and returns where to go on
+    /// from (`None`: the snapshot is complete). Users go in id order, each
+    /// with its header (next sequence number, lockout, blocks) before its
+    /// outbox, oldest message first; a large outbox may be split across
+    /// steps. See [`SnapshotCursor::covers`] for the changes made meanwhile.
+    pub fn snapshot_step(
+        &self,
+        mut cursor: SnapshotCursor,
+        max_bytes: usize,
+        now: Instant,
+        out: &mut Vec<Record>,
+    ) -> Option<SnapshotCursor> {
+        let mut bytes = 0;
+        while let Some(account) = self.users.get(cursor.user) {
             let user = &account.name;
-            let next_seq = (account.next_seq > 1)
-                .then(|| Record::NextSeq { user: user.clone(), next: account.next_seq });
-            let lock = account
-                .locked_until
-                .filter(|&until| until > now)
-                .map(|until| Record::Locked { user: user.clone(), until });
-            let blocks = account.blocked.iter().map(move |&target| Record::Blocked {
-                user: user.clone(),
-                target: self.users[target].name.clone(),
-            });
-            let queued = account.outbox.iter().map(move |stored| Record::Queued {
-                user: user.clone(),
-                seq: stored.seq,
-                kind: stored.kind,
-                from: self.users[stored.from].name.clone(),
-                text: stored.text.to_string(),
-            });
-            next_seq.into_iter().chain(lock).chain(blocks).chain(queued)
-        })
+            let after = match cursor.after {
+                Some(after) => after,
+                None => {
+                    if account.next_seq > 1 {
+                        out.push(Record::NextSeq { user: user.clone(), next: account.next_seq });
+                    }
+                    if let Some(until) = account.locked_until.filter(|&until| until > now) {
+                        out.push(Record::Locked { user: user.clone(), until });
+                    }
+                    for &target in &account.blocked {
+                        let target = self.users[target].name.clone();
+                        out.push(Record::Blocked { user: user.clone(), target });
+                    }
+                    bytes += SNAPSHOT_RECORD_BYTES * (2 + account.blocked.len());
+                    0
+                }
+            };
+            cursor.after = Some(after);
+            let start = account.outbox.partition_point(|stored| stored.seq <= after);
+            for stored in account.outbox.range(start..) {
+                if bytes >= max_bytes {
+                    return Some(cursor);
+                }
+                out.push(Record::Queued {
+                    user: user.clone(),
+                    seq: stored.seq,
+                    kind: stored.kind,
+                    from: self.users[stored.from].name.clone(),
+                    text: stored.text.to_string(),
+                });
+                bytes += SNAPSHOT_RECORD_BYTES + stored.text.len();
+                cursor.after = Some(stored.seq);
+            }
+            cursor = SnapshotCursor { user: cursor.user + 1, after: None };
+            if bytes >= max_bytes {
+                return Some(cursor);
+            }
+        }
+        None
+    }
+
+    /// About how many bytes a snapshot of the durable state takes: to tell
+    /// whether rewriting the journal would free space.
+    pub fn snapshot_size_estimate(&self) -> u64 {
+        self.users
+            .iter()
+            .map(|account| {
+                let messages: usize = account.outbox.iter().map(|s| s.text.len()).sum();
+                let records = 2 + account.blocked.len() + account.outbox.len();
+                (messages + SNAPSHOT_RECORD_BYTES * records) as u64
+            })
+            .sum()
+    }
+
+    /// The records that rebuild today's durable state, all at once.
+    #[cfg(test)]
+    pub fn snapshot(&self, now: Instant) -> std::vec::IntoIter<Record> {
+        let mut out = Vec::new();
+        let mut cursor = Some(SnapshotCursor::default());
+        while let Some(at) = cursor {
+            cursor = self.snapshot_step(at, usize::MAX, now, &mut out);
+        }
+        out.into_iter()
     }
 
     // -- timers --------------------------------------------------------------

@@ -13,9 +13,11 @@
 //! A connection is marked for closing and freed at the end of the pass,
 //! never in the middle of one.
 //!
-//! With a [`Journal`], the state changes of a pass are committed (one
-//! write, one sync) after the core has run and before any reply of that
-//! pass is written: nothing is confirmed to anyone before it is durable.
+//! With a [`Store`] (`--state-dir`), the state changes of a pass are
+//! committed (one write, one sync) after the core has run and before any
+//! reply of that pass is written: nothing is confirmed to anyone before it
+//! is durable. A full disk or failing writes never stop the loop: the store
+//! has the core refuse what it cannot keep.
 
 use std::io::{self, ErrorKind, Write};
 use std::path::PathBuf;
@@ -32,7 +34,7 @@ use slab::Slab;
 
 use super::core::{Core, Effect, Timer};
 use super::credentials;
-use super::journal::Journal;
+use super::store::Store;
 use super::timer_wheel::TimerWheel;
 use crate::outbuf::OutBuf;
 use crate::protocol::{Line, LineBuffer};
@@ -168,7 +170,7 @@ pub struct EventLoop {
     stopper: Option<Stopper>,
     conns: Slab<Connection>,
     core: Core,
-    journal: Option<Journal>,
+    store: Option<Store>,
     limits: Limits,
     /// Re-read on SIGHUP.
     credentials: Option<PathBuf>,
@@ -194,7 +196,7 @@ impl EventLoop {
     pub fn new(
         mut listener: TcpListener,
         core: Core,
-        journal: Option<Journal>,
+        store: Option<Store>,
         limits: Limits,
         control: Control,
     ) -> io::Result<Self> {
@@ -219,7 +221,7 @@ impl EventLoop {
             stopper,
             conns: Slab::new(),
             core,
-            journal,
+            store,
             limits,
             credentials,
             timers: TimerWheel::new(Instant::now()),
@@ -271,14 +273,14 @@ impl EventLoop {
                     }
                 }
             }
-            self.finish_pass()?;
+            self.finish_pass();
         }
         Ok(())
     }
 
     /// Time until the next thing the loop must do without being woken.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.unfinished_reads.is_empty() {
+        if !self.unfinished_reads.is_empty() || self.store.as_ref().is_some_and(Store::busy) {
             return Some(Duration::ZERO);
         }
         let close_by = self.closing.iter().filter_map(|&k| self.conns.get(k)?.close_by).min();
@@ -291,9 +293,9 @@ impl EventLoop {
     }
 
     /// Work done after every poll: leftover reads, timers, effects, the
-    /// journal commit, writes, and freeing closed connections. Fails only
-    /// if the journal cannot be written.
-    fn finish_pass(&mut self) -> io::Result<()> {
+    /// journal commit, writes, freeing closed connections, and a step of
+    /// the store's upkeep.
+    fn finish_pass(&mut self) {
         let now = Instant::now();
         for key in std::mem::take(&mut self.unfinished_reads) {
             self.read(key);
@@ -312,33 +314,23 @@ impl EventLoop {
         // message is now queued), so go round until the core is quiet.
         loop {
             self.apply_effects();
-            self.commit()?;
+            self.commit();
             self.flush_all();
             self.free_closed();
             if !self.core.has_effects() {
-                return Ok(());
+                break;
             }
+        }
+        if let Some(store) = &mut self.store {
+            store.upkeep(&mut self.core, now);
         }
     }
 
-    /// Makes this pass's state changes durable (group commit), and compacts
-    /// the journal when it has grown enough.
-    fn commit(&mut self) -> io::Result<()> {
-        let Some(journal) = &mut self.journal else {
-            return Ok(());
-        };
-        for record in self.core.records() {
-            journal.append(&record);
+    /// Makes this pass's state changes durable (group commit).
+    fn commit(&mut self) {
+        if let Some(store) = &mut self.store {
+            store.commit(&mut self.core, Instant::now());
         }
-        journal.commit().map_err(|e| io::Error::new(e.kind(), format!("journal: {e}")))?;
-        if journal.wants_compaction() {
-            let before = journal.size();
-            journal
-                .compact(self.core.snapshot(Instant::now()))
-                .map_err(|e| io::Error::new(e.kind(), format!("journal compaction: {e}")))?;
-            info!("journal compacted from {before} to {} bytes", journal.size());
-        }
-        Ok(())
     }
 
     /// The handle that stops an embedded loop (`None` for `Control::Signals`).
@@ -614,7 +606,10 @@ impl EventLoop {
         let mut events = Events::with_capacity(64);
         self.core.shutdown();
         self.apply_effects();
-        self.commit()?;
+        self.commit();
+        if let Some(store) = &mut self.store {
+            store.close();
+        }
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         loop {
             self.flush_all();

@@ -8,12 +8,16 @@
 //! - [`timer_wheel`]: one-second-bucket deadlines for heartbeats and lockouts.
 //! - [`credentials`]: the credentials file.
 //! - [`journal`]: the durable spool behind `--state-dir`.
+//! - [`state_dir`]: the state directory, opened safely.
+//! - [`store`]: the journal driven by the core, a bounded step per pass.
 
 pub mod commands;
 pub mod core;
 pub mod credentials;
 pub mod event_loop;
 pub mod journal;
+pub mod state_dir;
+pub mod store;
 pub mod timer_wheel;
 
 use std::fmt;
@@ -25,7 +29,8 @@ use std::time::{Duration, Instant};
 use self::core::{Core, CoreConfig};
 use self::credentials::CredentialsError;
 use self::event_loop::{Control, EventLoop, Limits, Stopper};
-use self::journal::{Journal, JournalError};
+use self::journal::JournalError;
+use self::store::Store;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -112,8 +117,11 @@ fn announce(line: &str) {
 
 /// Opens the journal in `dir` and replays it into `core`, reporting damage
 /// and records that name users no longer in the credentials file.
-fn open_journal(dir: &std::path::Path, core: &mut Core) -> Result<Journal, ServerError> {
-    let (journal, replay) = Journal::open(dir).map_err(ServerError::Journal)?;
+fn open_store(dir: &std::path::Path, core: &mut Core) -> Result<Store, ServerError> {
+    let (store, replay) = Store::open(dir).map_err(ServerError::Journal)?;
+    if let Some(warning) = &replay.warning {
+        log::warn!("{warning}");
+    }
     if let Some(damage) = &replay.damage {
         log::warn!(
             "journal in {}: damaged or torn record at byte {}; cut off {} bytes from there \
@@ -139,7 +147,7 @@ fn open_journal(dir: &std::path::Path, core: &mut Core) -> Result<Journal, Serve
         );
     }
     log::info!("journal in {}: replayed {count} records", dir.display());
-    Ok(journal)
+    Ok(store)
 }
 
 /// Loads the credentials, listens, prints `Server listening on ADDR`, and
@@ -180,8 +188,13 @@ fn build(
         login_attempts: config.login_attempts,
     };
     let mut core = Core::new(accounts, core_config);
-    let journal = match &config.state_dir {
-        Some(dir) => Some(open_journal(dir, &mut core)?),
+    let store = match &config.state_dir {
+        Some(dir) => {
+            let mut store = open_store(dir, &mut core)?;
+            // Space reserved, and the core's budget set, before any client.
+            store.upkeep(&mut core, Instant::now());
+            Some(store)
+        }
         None => None,
     };
     let limits = Limits {
@@ -190,7 +203,7 @@ fn build(
         max_connections: config.max_connections,
     };
     let event_loop =
-        EventLoop::new(listener, core, journal, limits, control).map_err(ServerError::Io)?;
+        EventLoop::new(listener, core, store, limits, control).map_err(ServerError::Io)?;
     Ok((event_loop, local))
 }
 

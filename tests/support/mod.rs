@@ -163,6 +163,20 @@ impl Server {
         Self::launch(name, USERS, &[], shell)
     }
 
+    /// Starts a server whose files may not grow past `bytes` (`ulimit -f`):
+    /// a full disk, as far as the server can tell.
+    pub fn start_with_file_limit(
+        name: &str,
+        users: &[(&str, &str)],
+        flags: &[&str],
+        bytes: u64,
+    ) -> Server {
+        let mut shell = Command::new("sh");
+        shell.arg("-c").arg(format!("ulimit -f {} && exec \"$0\" \"$@\"", bytes / 512));
+        shell.arg(env!("CARGO_BIN_EXE_chat-server"));
+        Self::launch(name, users, flags, shell)
+    }
+
     fn launch(name: &str, users: &[(&str, &str)], flags: &[&str], mut command: Command) -> Server {
         let dir = temp_dir(name);
         let credentials = write_credentials(&dir, users);
