@@ -59,3 +59,37 @@ fn hash_password_refuses_what_could_never_log_in() {
         assert_eq!(stderr.trim_end(), "chat-server: a password is one word without spaces");
     }
 }
+
+#[test]
+fn a_byte_order_mark_is_read_and_a_password_too_long_to_log_in_with_is_refused() {
+    let dir = support::temp_dir("bom");
+    let path = dir.join("credentials.txt");
+    std::fs::write(&path, "\u{feff}A A_pwd\nB B_pwd\n").expect("write");
+    let path_arg = path.to_str().expect("utf-8");
+    // Started by hand: the harness writes its own credentials file.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--bind", "127.0.0.1", "--log-level", "error", "--credentials", path_arg, "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start chat-server");
+    let mut first = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).expect("read");
+    let port: u16 = first.trim_end().rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let mut a = support::Raw::login(port, "A", "A_pwd");
+    a.send("ONLINE");
+    assert_eq!(a.line(), "ONLINE");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    std::fs::write(&path, format!("A A_pwd\nB {}\n", "p".repeat(200))).expect("write");
+    let (code, _, err) = support::run(
+        env!("CARGO_BIN_EXE_chat-server"),
+        &["--max-line", "128", "--credentials", path_arg, "0"],
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.trim_end().ends_with(":2: password too long to log in with (at most 113 bytes for this username within the line limit)"),
+        "{err}"
+    );
+}

@@ -1,11 +1,13 @@
 //! Loading the credentials file: one `username password` per line.
 //!
-//! Blank lines and lines starting with `#` are skipped. Every other line
-//! must hold exactly two whitespace-separated fields, the first a valid
-//! username ([`crate::protocol::valid_name`]), the second either a plain
-//! password or an argon2id hash in PHC string format (`$argon2id$...`, as
-//! printed by `chat-server --hash-password`). Any bad line is an error that
-//! names the file and line, so an operator can fix it at once. This module
+//! Blank lines and lines starting with `#` are skipped, and so is a UTF-8
+//! byte-order mark at the start (editors on some systems write one). Every
+//! other line must hold exactly two whitespace-separated fields, the first
+//! a valid username ([`crate::protocol::valid_name`]), the second either a
+//! plain password short enough to be sent in a `LOGIN` line or an argon2id
+//! hash in PHC string format (`$argon2id$...`, as printed by `chat-server
+//! --hash-password`). Any bad line is an error that names the file and
+//! line, so an operator can fix it at once. This module
 //! parses and checks passwords; it does not decide what a login means.
 
 use std::collections::HashSet;
@@ -114,10 +116,29 @@ pub fn permission_warning(path: &Path) -> Option<String> {
 /// Why the credentials file could not be used.
 #[derive(Debug)]
 pub enum CredentialsError {
-    Read { path: PathBuf, error: std::io::Error },
-    BadLine { path: PathBuf, line: usize, why: &'static str },
-    Duplicate { path: PathBuf, line: usize, name: String },
-    Empty { path: PathBuf },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        why: &'static str,
+    },
+    Duplicate {
+        path: PathBuf,
+        line: usize,
+        name: String,
+    },
+    /// A plain password that no `LOGIN` line within the line limit holds.
+    PasswordTooLong {
+        path: PathBuf,
+        line: usize,
+        longest: usize,
+    },
+    Empty {
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for CredentialsError {
@@ -132,6 +153,12 @@ impl fmt::Display for CredentialsError {
             CredentialsError::Duplicate { path, line, name } => {
                 write!(f, "{}:{line}: user {name} is listed twice", path.display())
             }
+            CredentialsError::PasswordTooLong { path, line, longest } => write!(
+                f,
+                "{}:{line}: password too long to log in with (at most {longest} bytes \
+                 for this username within the line limit)",
+                path.display()
+            ),
             CredentialsError::Empty { path } => {
                 write!(f, "credentials file {} lists no users", path.display())
             }
@@ -141,20 +168,29 @@ impl fmt::Display for CredentialsError {
 
 impl std::error::Error for CredentialsError {}
 
-/// Reads and parses the credentials file at `path`.
-pub fn load(path: &Path) -> Result<Vec<Account>, CredentialsError> {
+/// Reads and parses the credentials file at `path`, for a server whose
+/// longest accepted line is `max_line` bytes.
+pub fn load(path: &Path, max_line: usize) -> Result<Vec<Account>, CredentialsError> {
     let bytes = std::fs::read(path)
         .map_err(|error| CredentialsError::Read { path: path.to_owned(), error })?;
-    parse(path, &bytes)
+    parse(path, &bytes, max_line)
+}
+
+/// The longest plain password `name` can log in with: the whole
+/// `LOGIN <name> <port> <password>` line, with the longest port and the
+/// newline, must fit in `max_line` bytes.
+pub fn longest_password(name: &str, max_line: usize) -> usize {
+    max_line.saturating_sub("LOGIN ".len() + name.len() + " 65535 ".len() + "\n".len())
 }
 
 /// Parses credentials file contents; `path` only names the file in errors.
-pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<Account>, CredentialsError> {
+pub fn parse(path: &Path, bytes: &[u8], max_line: usize) -> Result<Vec<Account>, CredentialsError> {
     let bad = |line, why| CredentialsError::BadLine { path: path.to_owned(), line, why };
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
         bad(line, "not valid UTF-8")
     })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut accounts = Vec::new();
     let mut seen = HashSet::new();
     for (index, raw) in text.lines().enumerate() {
@@ -179,6 +215,11 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<Account>, CredentialsError
             return Err(CredentialsError::Duplicate { path: path.to_owned(), line: number, name });
         }
         let password = Secret::parse(password).map_err(|why| bad(number, why))?;
+        let longest = longest_password(name, max_line);
+        if matches!(&password, Secret::Plain(plain) if plain.len() > longest) {
+            let path = path.to_owned();
+            return Err(CredentialsError::PasswordTooLong { path, line: number, longest });
+        }
         accounts.push(Account { name: name.to_owned(), password });
     }
     if accounts.is_empty() {
@@ -192,7 +233,33 @@ mod tests {
     use super::*;
 
     fn parse_str(text: &str) -> Result<Vec<Account>, String> {
-        parse(Path::new("creds.txt"), text.as_bytes()).map_err(|e| e.to_string())
+        parse(Path::new("creds.txt"), text.as_bytes(), MAX_LINE).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_skipped() {
+        let accounts = parse_str("\u{feff}A A_pwd\nB B_pwd\n").unwrap();
+        assert_eq!(accounts[0].name, "A");
+        assert!(parse_str("A A_pwd\n\u{feff}B B_pwd\n").unwrap_err().contains(":2: username"));
+    }
+
+    #[test]
+    fn a_password_too_long_for_a_login_line_is_refused_naming_the_line() {
+        let longest = longest_password("A", MAX_LINE);
+        let line = format!("LOGIN A 65535 {}\n", "p".repeat(longest));
+        assert_eq!(line.len(), MAX_LINE, "the longest password just fits");
+        assert!(parse_str(&format!("A {}\n", "p".repeat(longest))).is_ok());
+        let err = parse_str(&format!("B x\nA {}\n", "p".repeat(longest + 1))).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "creds.txt:2: password too long to log in with (at most {longest} bytes \
+                 for this username within the line limit)"
+            )
+        );
+        // A lower --max-line lowers it.
+        let err = parse(Path::new("c"), b"A twenty-characters!\n", 32).unwrap_err().to_string();
+        assert!(err.contains("at most 17 bytes"), "{err}");
     }
 
     #[test]
@@ -266,13 +333,14 @@ mod tests {
             parse_str("# nobody\n").unwrap_err(),
             "credentials file creds.txt lists no users"
         );
-        let invalid = parse(Path::new("c"), b"A a\nB \xff\n").unwrap_err().to_string();
+        let invalid = parse(Path::new("c"), b"A a\nB \xff\n", MAX_LINE).unwrap_err().to_string();
         assert_eq!(invalid, "c:2: not valid UTF-8");
     }
 
     #[test]
     fn missing_file_is_a_clear_error() {
-        let err = load(Path::new("/nonexistent/credentials.txt")).unwrap_err().to_string();
+        let err =
+            load(Path::new("/nonexistent/credentials.txt"), MAX_LINE).unwrap_err().to_string();
         assert!(err.starts_with("cannot read credentials file /nonexistent/credentials.txt: "));
     }
 }

@@ -363,7 +363,7 @@ impl EventLoop {
         let Some(path) = &self.credentials else {
             return;
         };
-        match credentials::load(path) {
+        match credentials::load(path, self.limits.max_line) {
             Ok(accounts) => {
                 let count = accounts.len();
                 self.core.reload(accounts);

@@ -153,7 +153,8 @@ fn open_store(dir: &std::path::Path, core: &mut Core) -> Result<Store, ServerErr
 /// Loads the credentials, listens, prints `Server listening on ADDR`, and
 /// serves until SIGINT or SIGTERM.
 pub fn run(config: &Config) -> Result<(), ServerError> {
-    let accounts = credentials::load(&config.credentials).map_err(ServerError::Credentials)?;
+    let accounts = credentials::load(&config.credentials, config.max_line)
+        .map_err(ServerError::Credentials)?;
     log::info!("loaded {} users from {}", accounts.len(), config.credentials.display());
     if let Some(warning) = credentials::permission_warning(&config.credentials) {
         log::warn!("{warning}");
