@@ -83,6 +83,11 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// their effect) makes the journal whole again.
 const MAX_HELD: usize = 4 << 20;
 
+/// Bytes of a replaced journal freed per pass: freeing a large file's
+/// blocks all at once (closing it) holds the thread for tens of
+/// milliseconds, a slice of this size for a millisecond or two.
+const RETIRE_STEP: u64 = 8 << 20;
+
 /// Name of the journal file, and of a rewrite in progress.
 const JOURNAL: &str = "journal";
 const REWRITE: &str = "journal.new";
@@ -305,6 +310,9 @@ pub struct Journal {
     /// Records were dropped while writes failed: until a rewrite, the
     /// file lacks them.
     stale: bool,
+    /// A journal replaced by a rewrite, already unlinked, freed a slice
+    /// per pass ([`RETIRE_STEP`]) rather than all at once.
+    retired: Option<File>,
 }
 
 /// What [`Journal::open`] read back.
@@ -413,6 +421,7 @@ impl Journal {
             space,
             trouble: None,
             stale: false,
+            retired: None,
         };
         Ok((journal, replay))
     }
@@ -482,6 +491,7 @@ impl Journal {
     /// Keeps space reserved ahead of the journal's end, and notices when
     /// writing may work again. Call once a pass, after [`Journal::commit`].
     pub fn upkeep(&mut self, now: Instant) {
+        self.free_retired();
         if self.trouble.as_ref().is_some_and(|t| now >= t.retry_at) && self.pending.is_empty() {
             // Nothing held to try the disk with: a reservation will do.
             self.trouble = None;
@@ -513,6 +523,23 @@ impl Journal {
             }
         }
         self.space.retry_at = Some(now + RETRY_AFTER);
+    }
+
+    /// Frees the next slice of a replaced journal, closing it once empty.
+    fn free_retired(&mut self) {
+        let Some(old) = &self.retired else {
+            return;
+        };
+        let left = old.metadata().map_or(0, |m| m.len()).saturating_sub(RETIRE_STEP);
+        if left == 0 || old.set_len(left).is_err() {
+            self.retired = None; // Closing frees the rest.
+        }
+    }
+
+    /// Whether freeing a replaced journal is under way: the loop should
+    /// come back for the next slice rather than sleep.
+    pub fn busy(&self) -> bool {
+        self.retired.is_some()
     }
 
     /// Bytes of journal space new messages may still take before the next
@@ -581,7 +608,7 @@ impl Journal {
         }
         // Renamed: the new file is the journal, whatever happens next.
         let synced = self.dir.sync();
-        self.file = rewrite.file;
+        self.retired = Some(std::mem::replace(&mut self.file, rewrite.file));
         self.size = rewrite.written;
         self.base_size = self.size;
         self.space.reserved_end = self.size;

@@ -85,10 +85,10 @@ impl Store {
         self.journal.commit(now);
     }
 
-    /// Whether a rewrite is under way: the loop should come back at once
-    /// rather than sleep.
+    /// Whether a rewrite (or freeing the journal it replaced) is under way:
+    /// the loop should come back at once rather than sleep.
     pub fn busy(&self) -> bool {
-        self.rewrite.is_some()
+        self.rewrite.is_some() || self.journal.busy()
     }
 
     /// A bounded step of the work between passes; sets the core's storage

@@ -5,6 +5,7 @@
 //! also run the same load against a bare relay in the same run, so every
 //! server figure comes with the physical limit beside it.
 
+mod compaction;
 mod load;
 mod relay;
 mod scenarios;
@@ -86,6 +87,12 @@ enum Scenario {
     Scale {
         #[arg(long, default_value_t = 10_000)]
         users: usize,
+    },
+    /// With --state-dir: a journal rewrite of LIVE_MIB MiB of saved
+    /// messages while a probe pair times its round trips (the stall).
+    Compaction {
+        #[arg(long, default_value_t = 64, value_name = "LIVE_MIB")]
+        live_mib: u64,
     },
     /// `direct`, `fanout` and `latency` against the bare relay only.
     Relay,

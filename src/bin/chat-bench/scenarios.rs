@@ -132,6 +132,7 @@ pub fn run(scenario: &Scenario, s: &Settings) -> io::Result<Vec<Report>> {
         Scenario::Login { logins } => vec![login(s, *logins)?],
         Scenario::Spawn { runs } => vec![spawn(s, *runs)?],
         Scenario::Scale { users } => vec![scale(s, *users)?],
+        Scenario::Compaction { live_mib } => vec![compaction(s, *live_mib)?],
         Scenario::Relay => relay_only(s)?,
         Scenario::All => vec![
             direct(s, 50, 32)?,
@@ -141,6 +142,7 @@ pub fn run(scenario: &Scenario, s: &Settings) -> io::Result<Vec<Report>> {
             login(s, 2000)?,
             spawn(s, 100)?,
             scale(s, 10_000)?,
+            compaction(s, 64)?,
         ],
         Scenario::RelayServe { .. } => Vec::new(),
     })
@@ -196,7 +198,7 @@ fn fanout(s: &Settings, receivers: usize, window: usize) -> io::Result<Report> {
 }
 
 /// The `p`-th percentile (0..=100) of sorted samples.
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -380,4 +382,29 @@ fn relay_only(s: &Settings) -> io::Result<Vec<Report>> {
             .int("p999_us", percentile(lat, 99.9))
             .text("note", "the bare relay: no login, no acknowledgements".into()),
     ])
+}
+
+fn compaction(s: &Settings, live_mib: u64) -> io::Result<Report> {
+    let live_mib = if s.smoke { live_mib.min(2) } else { live_mib };
+    if !(1..=4096).contains(&live_mib) {
+        return Err(io::Error::other("--live-mib must be between 1 and 4096"));
+    }
+    let state = crate::compaction::state_dir()?;
+    let mut extra = s.server_args.clone();
+    extra.extend(["--state-dir".to_string(), state.display().to_string()]);
+    let names = names(4 + 100);
+    let server = Target::server(&s.server, &names, &extra)?;
+    let figures = crate::compaction::run(server.addr, &state, live_mib << 20);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&state);
+    let f = figures?;
+    Ok(Report::new("compaction")
+        .int("live_mib", f.live_bytes >> 20)
+        .int("journal_peak_kib", f.journal_peak >> 10)
+        .int("journal_after_kib", f.journal_after >> 10)
+        .int("rewrites_seen", f.rewrites_seen)
+        .int("probes", f.probes as u64)
+        .int("probe_p50_us", f.p50_us)
+        .int("probe_p99_us", f.p99_us)
+        .int("probe_max_us", f.max_us))
 }
