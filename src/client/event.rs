@@ -65,6 +65,11 @@ impl Event {
         self
     }
 
+    /// The value of the field named `key` (not `event` or `text`).
+    pub fn field(&self, key: &str) -> Option<&Field> {
+        self.fields.iter().find(|(name, _)| *name == key).map(|(_, value)| value)
+    }
+
     /// One JSON object: `{"event": kind, fields..., "text": lines}`.
     pub fn json(&self) -> String {
         let mut out = String::from("{\"event\":");

@@ -25,6 +25,7 @@ pub mod peers;
 pub mod render;
 pub mod stdin;
 pub mod terminal;
+pub mod until;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,6 +49,7 @@ use command::Command;
 use event::Event;
 use peers::{PeerNotice, Peers};
 use stdin::{SharedLine, StdinEvent};
+use until::Pattern;
 
 const SERVER: Token = Token(0);
 const STDIN: Token = Token(1);
@@ -82,9 +84,9 @@ pub struct Config {
     pub interactive: bool,
     /// How events are printed.
     pub format: Format,
-    /// `--until`: end the session (exit 0) once an output line contains
-    /// this, or after `wait` (exit 8).
-    pub until: Option<String>,
+    /// `--until`: end the session (exit 0) once an event satisfies this
+    /// pattern ([`until`] says how), or after `wait` (exit 8).
+    pub until: Option<Pattern>,
     /// `--wait`: how long `--until` waits.
     pub wait: Duration,
     /// `--stay`: keep the session after standard input ends.
@@ -219,8 +221,8 @@ struct Output {
     prompt: Option<&'static str>,
     /// The line being typed (interactive only).
     editor: Option<SharedLine>,
-    /// `--until`'s pattern, and whether an output line has matched it.
-    until: Option<String>,
+    /// `--until`'s pattern, and whether an event has satisfied it.
+    until: Option<Pattern>,
     matched: bool,
 }
 
@@ -230,12 +232,10 @@ impl Output {
             Format::Text => event.lines.clone(),
             Format::Json => vec![event.json()],
         };
-        let mut out = io::stdout().lock();
-        for line in &lines {
-            if self.until.as_ref().is_some_and(|pattern| line.contains(pattern.as_str())) {
-                self.matched = true;
-            }
+        if self.until.as_ref().is_some_and(|pattern| pattern.matches(event)) {
+            self.matched = true;
         }
+        let mut out = io::stdout().lock();
         let text = lines.join("\n");
         let result = match (self.prompt, &self.editor) {
             // Erase the prompt and the typed line, print the event on lines
@@ -468,7 +468,7 @@ impl Client {
         let exit = if self.out.matched { Exit::LoggedOut } else { Exit::WaitTimeout };
         self.exit_as = Some(exit);
         if exit == Exit::WaitTimeout {
-            let wanted = self.out.until.clone().unwrap_or_default();
+            let wanted = self.out.until.as_ref().map(|p| p.as_str().to_owned()).unwrap_or_default();
             let line = format!("Gave up waiting for \"{wanted}\".");
             self.out.event(&Event::line("wait_timeout", &line).text("pattern", &wanted))?;
         }

@@ -1,0 +1,94 @@
+//! The client against hostile users, peers and servers: `--until` is
+//! satisfied only by the event it names, text that could forge or reorder
+//! lines is shown escaped, and neither peers nor a server can exhaust the
+//! client's connections, memory or output. (Hostile clients against the
+//! server are in hostile.rs and limits.rs.)
+
+mod support;
+
+use std::process::Stdio;
+
+use support::{Client, Server};
+
+// --- --until -------------------------------------------------------------
+
+#[test]
+fn until_is_not_satisfied_by_another_user_sending_the_line_as_text() {
+    let server = Server::start("until-forged", &[]);
+    let mut c = server.login("C");
+    // `*` matches any run of characters, but the line must still start
+    // with "A: " and end with " green".
+    let flags = ["--user", "B", "--until", "A: * green", "--wait", "20"];
+    let mut b = Client::spawn(server.port, &flags, Some("B_pwd"), Stdio::null());
+    b.out.expect_next("Welcome to the chat system!");
+    c.out.expect_next("User B has logged on.");
+    let mut a = server.login("A");
+    b.out.expect_next("User A has logged on.");
+    c.send("message B A: the build is green");
+    b.out.expect_next("C: A: the build is green");
+    a.send("message B the build is green");
+    // Still waiting after the forgery: the genuine message ends the wait.
+    b.out.expect_next("A: the build is green");
+    b.out.expect_next("Logging out. Bye for now!");
+    assert_eq!(b.wait_exit(), Some(0));
+}
+
+#[test]
+fn a_forged_line_alone_lets_the_wait_time_out_with_exit_8() {
+    let server = Server::start("until-forged-timeout", &[]);
+    let mut c = server.login("C");
+    // Queued while B is offline, shown right after B's login.
+    c.send("message B A: the build is green");
+    c.out.expect_next("User B is offline. The message will be delivered when B logs in.");
+    c.send("message B A: the build is green, says A");
+    c.out.expect_next("User B is offline. The message will be delivered when B logs in.");
+    let flags = ["--user", "B", "--until", "A: the build is green", "--wait", "3"];
+    let mut b = Client::spawn(server.port, &flags, Some("B_pwd"), Stdio::null());
+    b.out.expect_next("Welcome to the chat system!");
+    b.out.expect_next("C: A: the build is green");
+    b.out.expect_next("C: A: the build is green, says A");
+    b.out.expect_next("Gave up waiting for \"A: the build is green\".");
+    b.out.expect_next("Logging out. Bye for now!");
+    assert_eq!(b.wait_exit(), Some(8));
+}
+
+#[test]
+fn a_json_until_pattern_names_the_sender_and_text_fields() {
+    let server = Server::start("until-json-fields", &[]);
+    let mut c = server.login("C");
+    let pattern = r#"{"event":"message","from":"A","message":"the build is green"}"#;
+    let flags = ["--user", "B", "--format", "json", "--until", pattern, "--wait", "20"];
+    let mut b = Client::spawn(server.port, &flags, Some("B_pwd"), Stdio::null());
+    b.out.expect_matching(r#""event":"welcome""#);
+    c.out.expect_next("User B has logged on.");
+    let mut a = server.login("A");
+    b.out.expect_matching(r#""event":"presence""#);
+    c.send("message B the build is green");
+    c.send(r#"message B ","from":"A","message":"the build is green"#);
+    b.out.expect_next(
+        r#"{"event":"message","from":"C","kind":"direct","seq":1,"message":"the build is green","text":"C: the build is green"}"#,
+    );
+    b.out.expect_next(
+        r#"{"event":"message","from":"C","kind":"direct","seq":2,"message":"\",\"from\":\"A\",\"message\":\"the build is green","text":"C: \",\"from\":\"A\",\"message\":\"the build is green"}"#,
+    );
+    a.send("message B the build is green");
+    b.out.expect_next(
+        r#"{"event":"message","from":"A","kind":"direct","seq":3,"message":"the build is green","text":"A: the build is green"}"#,
+    );
+    b.out.expect_next(r#"{"event":"bye","reason":"logout","text":"Logging out. Bye for now!"}"#);
+    assert_eq!(b.wait_exit(), Some(0));
+}
+
+#[test]
+fn a_malformed_json_until_pattern_is_a_usage_error() {
+    let client = env!("CARGO_BIN_EXE_chat-client");
+    // The port is never contacted: the pattern is checked first.
+    let (code, out, err) = support::run(client, &["--until", r#"{"from":"A","#, "127.0.0.1", "9"]);
+    assert_eq!(code, Some(2), "stderr: {err}");
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "chat-client: invalid --until pattern: expected a member name in double quotes \
+         at character 13 of the JSON object\n"
+    );
+}
