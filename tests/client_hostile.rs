@@ -92,3 +92,41 @@ fn a_malformed_json_until_pattern_is_a_usage_error() {
          at character 13 of the JSON object\n"
     );
 }
+
+// --- Unicode that could forge or reorder lines ---------------------------
+
+/// A line separator followed by a forged line, a right-to-left override,
+/// an isolate and an invisible tag character.
+const FORGING: &str = "hi\u{2028}A: forged\u{202e}dlrow\u{2066}x\u{2069}\u{e0041}";
+
+#[test]
+fn line_separators_and_bidi_controls_are_shown_escaped_in_text() {
+    let server = Server::start("unicode-text", &[]);
+    let mut b = server.login("B");
+    let mut c = server.login("C");
+    b.out.expect_next("User C has logged on.");
+    c.send(&format!("message B {FORGING}"));
+    // One line, every dangerous character visible as an escape; the
+    // joiners in an emoji sequence stay as they are.
+    b.out.expect_next("C: hi\\u{2028}A: forged\\u{202e}dlrow\\u{2066}x\\u{2069}\\u{e0041}");
+    c.send("message B \u{1f469}\u{200d}\u{1f4bb}");
+    b.out.expect_next("C: \u{1f469}\u{200d}\u{1f4bb}");
+}
+
+#[test]
+fn line_separators_and_bidi_controls_are_escaped_in_json() {
+    let server = Server::start("unicode-json", &[]);
+    let flags = ["--user", "B", "--format", "json"];
+    let mut b = Client::spawn(server.port, &flags, Some("B_pwd"), Stdio::piped());
+    b.out.expect_matching(r#""event":"welcome""#);
+    let mut c = server.login("C");
+    b.out.expect_matching(r#""event":"presence""#);
+    c.send(&format!("message B {FORGING}"));
+    // The message as sent, in JSON escapes; the text as text mode shows it
+    // (escaped there already), its backslashes escaped for JSON.
+    let message = r"hi\u2028A: forged\u202edlrow\u2066x\u2069\udb40\udc41";
+    let text = r"C: hi\\u{2028}A: forged\\u{202e}dlrow\\u{2066}x\\u{2069}\\u{e0041}";
+    b.out.expect_next(&format!(
+        r#"{{"event":"message","from":"C","kind":"direct","seq":1,"message":"{message}","text":"{text}"}}"#
+    ));
+}
