@@ -6,9 +6,11 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::process::Stdio;
 
-use support::{Client, Server};
+use support::{Client, Server, WAIT};
 
 // --- --until -------------------------------------------------------------
 
@@ -129,4 +131,78 @@ fn line_separators_and_bidi_controls_are_escaped_in_json() {
     b.out.expect_next(&format!(
         r#"{{"event":"message","from":"C","kind":"direct","seq":1,"message":"{message}","text":"{text}"}}"#
     ));
+}
+
+// --- a hostile server ------------------------------------------------------
+
+/// Most memory the client may use under a flood: far above its normal
+/// footprint, far below what the floods grew it to before the fixes.
+const MAX_RSS_KIB: u64 = 64 * 1024;
+
+#[test]
+fn a_server_that_sends_without_reading_is_treated_as_lost() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    support::small_receive_buffer(&listener);
+    let port = listener.local_addr().expect("address").port();
+    let mut a = Client::spawn(port, &["--user", "A", "--stay"], Some("A_pwd"), Stdio::null());
+    // The fake server greets, welcomes A, then never reads. It sends one
+    // message at a time, each once A has shown the one before, so that
+    // every message is a read pass of its own and earns its own ACK: the
+    // most output a server can make the client produce.
+    let (mut server, _) = listener.accept().expect("accept");
+    server.write_all(b"HELLO 1 35\nWELCOME A\n").expect("greet");
+    a.out.expect_next("Welcome to the chat system!");
+    let mut max_rss = 0;
+    // Large sequence numbers make each ACK as long as it gets.
+    let first = u64::MAX - 1_000_000;
+    let mut lost = false;
+    for seq in first..first + 200_000 {
+        if server.write_all(format!("MSG {seq} direct B x\n").as_bytes()).is_err() {
+            break;
+        }
+        match a.out.next_line().as_deref() {
+            Some("B: x") => {}
+            Some("Lost connection to the server.") => {
+                lost = true;
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        if seq % 1024 == 0 {
+            max_rss = max_rss.max(support::rss_kib(a.pid()).unwrap_or(0));
+        }
+    }
+    assert!(lost, "the client never gave up on a server that does not read");
+    assert_eq!(a.wait_exit(), Some(1));
+    assert!(max_rss < MAX_RSS_KIB, "client grew to {max_rss} KiB");
+}
+
+#[test]
+fn messages_read_together_are_acknowledged_together() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("address").port();
+    let mut a = Client::spawn(port, &["--user", "A", "--stay"], Some("A_pwd"), Stdio::null());
+    let (mut server, _) = listener.accept().expect("accept");
+    server.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut frames = String::from("HELLO 1 35\nWELCOME A\n");
+    for seq in 1..=1000 {
+        frames.push_str(&format!("MSG {seq} direct B message {seq}\n"));
+    }
+    // One write: the client reads it in one pass (well within its budget).
+    server.write_all(frames.as_bytes()).expect("send");
+    a.out.expect_next("Welcome to the chat system!");
+    a.out.expect("B: message 1000");
+    let mut acks = Vec::new();
+    for line in BufReader::new(server).lines() {
+        let line = line.expect("the client's frames");
+        if line.starts_with("ACK ") {
+            acks.push(line.clone());
+        }
+        if line == "ACK 1000" {
+            break;
+        }
+    }
+    // One cumulative ACK per read pass, not one per message.
+    let first = &acks[..acks.len().min(5)];
+    assert!(acks.len() <= 4, "{} ACKs, the first {first:?}", acks.len());
 }

@@ -68,6 +68,21 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long pending output may take to drain before the client exits.
 const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most bytes read from one connection (the server's or a peer's) in one
+/// pass of the loop; the rest is read in the next pass, which then does
+/// not wait. A sender faster than the client can then neither keep the
+/// loop from its other work nor pile up events unshown.
+pub const READ_BUDGET: usize = 64 * 1024;
+
+/// Most bytes queued for the server. Typed input is not taken while more
+/// than [`INPUT_PAUSE`] wait, so only what the server itself causes (one
+/// ACK per pass, heartbeats) can go past that: a server that lets this
+/// pile up has stopped reading and is treated as lost.
+const MAX_SERVER_OUTPUT: usize = 256 * 1024;
+
+/// Typed input waits while more than this is queued for the server.
+const INPUT_PAUSE: usize = 64 * 1024;
+
 /// What the client needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -273,11 +288,14 @@ struct Server {
     writable: bool,
     /// A write failed: further output is dropped while the end is read.
     broken: bool,
+    /// The last read stopped at [`READ_BUDGET`], so more may be waiting:
+    /// with edge-triggered readiness no new event would say so.
+    more: bool,
 }
 
 /// What reading the server produced when nothing ended the session.
 enum ReadOutcome {
-    /// Everything available was read.
+    /// Everything available was read, or this pass's [`READ_BUDGET`].
     Drained,
     /// The server closed the connection (or it failed) without BYE.
     Closed,
@@ -316,6 +334,9 @@ struct Client {
     /// Highest message sequence number shown: the server numbers each
     /// user's messages in order, so one at or below it is a repeat.
     last_seq: u64,
+    /// A message was shown (or repeated) since the last ACK: one
+    /// cumulative `ACK last_seq` goes out at the end of the read pass.
+    ack_due: bool,
     /// `--stay` or `--until`: the end of input does not end the session.
     stay: bool,
     /// When `--until` gives up.
@@ -358,6 +379,7 @@ impl Client {
         let std_stream = connect(&config.host, config.port)?;
         // Small lines typed by a person: send them without delay.
         std_stream.set_nodelay(true).map_err(local("set up the server connection"))?;
+        peers::limit_send_buffer(&std_stream).map_err(local("set up the server connection"))?;
         std_stream.set_nonblocking(true).map_err(local("set up the server connection"))?;
         let local_ip = std_stream.local_addr().map_err(local("set up the server connection"))?.ip();
         let mut stream = TcpStream::from_std(std_stream);
@@ -393,6 +415,7 @@ impl Client {
                 output: Vec::new(),
                 writable: false,
                 broken: false,
+                more: false,
             },
             peers,
             signals,
@@ -417,6 +440,7 @@ impl Client {
             next_ping: None,
             addresses: HashMap::new(),
             last_seq: 0,
+            ack_due: false,
             unconfirmed: Vec::new(),
             stay: config.stay || config.until.is_some(),
             until_deadline: config.until.as_ref().map(|_| Instant::now() + config.wait),
@@ -444,14 +468,25 @@ impl Client {
         let wake_at = if self.hello { self.next_ping } else { Some(self.hello_deadline) };
         let wake_at =
             wake_at.into_iter().chain(self.peers.next_deadline()).chain(self.until_deadline).min();
-        let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
+        // Data left unread by a read budget gets no new readiness event:
+        // look again at once rather than wait.
+        let carried_over = self.server.more;
+        let timeout = match carried_over {
+            true => Some(Duration::ZERO),
+            false => wake_at.map(|at| at.saturating_duration_since(Instant::now())),
+        };
         if let Err(e) = self.poll.poll(events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(Error::Local { what: "wait for events", source: e }.into());
             }
         }
+        let mut server_read = false;
         for event in events.iter() {
+            server_read |= event.token() == SERVER && reads(event);
             self.dispatch(event)?;
+        }
+        if carried_over && !server_read {
+            self.read_server_or_end()?;
         }
         self.timers()?;
         self.check_until()
@@ -488,7 +523,7 @@ impl Client {
                 if event.is_writable() {
                     self.flush_server()?;
                 }
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                if reads(event) {
                     self.read_server_or_end()?;
                 }
                 Ok(())
@@ -553,7 +588,15 @@ impl Client {
             return Ok(());
         }
         self.server.output.extend_from_slice(line.as_bytes());
-        self.flush_server()
+        self.flush_server()?;
+        if self.server.output.len() > MAX_SERVER_OUTPUT {
+            // Nothing is worth waiting for on a server that does not read:
+            // drop the output rather than try to flush it before exit.
+            self.server.broken = true;
+            self.server.output = Vec::new();
+            return self.lost_connection();
+        }
+        Ok(())
     }
 
     fn flush_server(&mut self) -> Step {
@@ -597,20 +640,43 @@ impl Client {
         }
     }
 
-    /// Reads and handles every complete line the server sent.
+    /// Reads and handles the complete lines the server sent, up to
+    /// [`READ_BUDGET`] bytes, then acknowledges what was shown.
     fn read_server(&mut self) -> Result<ReadOutcome, End> {
+        let mut budget = READ_BUDGET;
+        self.server.more = false;
         loop {
+            if budget == 0 {
+                self.server.more = true;
+                break;
+            }
             match self.server.input.read_from(&mut self.server.stream) {
                 Ok(0) => return Ok(ReadOutcome::Closed),
-                Ok(_) => self.server_lines()?,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.server_lines()?;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.server.input.shrink_if_empty();
-                    return Ok(ReadOutcome::Drained);
+                    break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Ok(ReadOutcome::Closed),
             }
         }
+        self.acknowledge()?;
+        Ok(ReadOutcome::Drained)
+    }
+
+    /// One cumulative ACK for every message shown in this read pass (the
+    /// server drops everything up to it), rather than one per message: a
+    /// server that sends without reading then gains the client one line
+    /// per pass, not one per message.
+    fn acknowledge(&mut self) -> Step {
+        if !std::mem::take(&mut self.ack_due) {
+            return Ok(());
+        }
+        self.send(&ClientMsg::Ack { seq: self.last_seq })
     }
 
     fn server_lines(&mut self) -> Step {
@@ -639,9 +705,11 @@ impl Client {
             }
         }
         if let ServerMsg::Msg { seq, .. } = msg {
+            // Acknowledged at the end of the read pass, after showing it.
+            self.ack_due = true;
             if *seq <= self.last_seq {
                 // Shown already: acknowledge again, show nothing.
-                return self.send(&ClientMsg::Ack { seq: *seq });
+                return Ok(());
             }
             self.last_seq = *seq;
         }
@@ -658,7 +726,6 @@ impl Client {
                 Ok(())
             }
             ServerMsg::Denied { reason } => self.on_denied(*reason),
-            ServerMsg::Msg { seq, .. } => self.send(&ClientMsg::Ack { seq: *seq }),
             ServerMsg::Address { user, ip, port, token } => {
                 let granted = (SocketAddr::new(*ip, *port), (*token).to_owned());
                 // A new grant starts a new connection (the old token is void).
@@ -760,7 +827,12 @@ impl Client {
 
     /// Takes input lines as far as the phase allows.
     fn drain_stdin(&mut self) -> Step {
-        while !self.stdin_done && self.phase.accepts_input() {
+        // Input waits while the server is slow to read what came before,
+        // so typing (or a script) fast cannot fill the output to the cap.
+        while !self.stdin_done
+            && self.phase.accepts_input()
+            && self.server.output.len() <= INPUT_PAUSE
+        {
             let event = match self.stdin.try_recv() {
                 Ok(event) => event,
                 Err(TryRecvError::Empty) => break,
@@ -938,4 +1010,9 @@ impl Client {
             }
         }
     }
+}
+
+/// Whether a readiness event calls for reading.
+fn reads(event: &Readiness) -> bool {
+    event.is_readable() || event.is_read_closed() || event.is_error()
 }

@@ -498,6 +498,33 @@ fn take_unconfirmed(
     unconfirmed
 }
 
+/// What the kernel may hold of this client's output on one connection.
+/// Left to itself Linux grows a socket's send buffer to megabytes, which a
+/// peer or server that does not read would fill before the client's own
+/// output caps could see that it does not read.
+const SEND_BUFFER: libc::c_int = 64 * 1024;
+
+/// Sets the socket's send buffer to [`SEND_BUFFER`] (the kernel doubles
+/// it for its bookkeeping).
+pub fn limit_send_buffer(socket: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    let size = SEND_BUFFER;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live
+    // c_int, on a descriptor the caller owns.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match result {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// Writes as much of `output` as the socket takes, removing what was
 /// written. `Ok(true)` when nothing is left.
 pub fn write_some(stream: &mut impl Write, output: &mut Vec<u8>) -> io::Result<bool> {
