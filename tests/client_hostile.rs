@@ -6,11 +6,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::Stdio;
 
-use support::{Client, Server, WAIT};
+use support::{Client, Raw, Server, WAIT};
 
 // --- --until -------------------------------------------------------------
 
@@ -205,4 +205,100 @@ fn messages_read_together_are_acknowledged_together() {
     // One cumulative ACK per read pass, not one per message.
     let first = &acks[..acks.len().min(5)];
     assert!(acks.len() <= 4, "{} ACKs, the first {first:?}", acks.len());
+}
+
+// --- hostile peers -------------------------------------------------------
+
+/// B (raw protocol) asks A (a real client) for its address and A
+/// consents. Returns B's server connection, A's peer-to-peer port and the
+/// grant token, as an attacker who got a grant would have them.
+fn raw_grant(server: &Server, a: &mut Client) -> (Raw, u16, String) {
+    let mut b = Raw::login(server.port, "B", "B_pwd");
+    a.out.expect_next("User B has logged on.");
+    b.send("GETADDRESS A");
+    a.out.expect("To ignore, do nothing. To give consent, enter: consent <user>");
+    a.send("consent B");
+    b.until("CONSENT-ASKED A");
+    let line = b.line();
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields[..3], ["ADDRESS", "A", "127.0.0.1"], "got {line:?}");
+    (b, fields[3].parse().expect("port"), fields[4].to_owned())
+}
+
+#[test]
+fn idle_connections_do_not_lock_out_a_granted_peer() {
+    let server = Server::start("peer-idle", &[]);
+    let mut a = server.login("A");
+    let mut b = server.login("B");
+    a.out.expect_next("User B has logged on.");
+    let port = support::grant_address(&mut a, &mut b);
+    // More idle connections than the client ever held at once.
+    let idle: Vec<TcpStream> =
+        (0..160).map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect to A")).collect();
+    b.send("private A still reachable");
+    a.out.expect_next("B: still reachable");
+    drop(idle);
+}
+
+#[test]
+fn a_granted_peer_flooding_without_reading_is_closed_and_memory_stays_bounded() {
+    let server = Server::start("peer-flood", &[]);
+    let mut a = server.login("A");
+    let (mut b, port, token) = raw_grant(&server, &mut a);
+    let mut flood = TcpStream::connect(("127.0.0.1", port)).expect("connect to A");
+    support::small_receive_buffer(&flood);
+    flood.set_write_timeout(Some(WAIT)).expect("timeout");
+    flood.write_all(format!("PEER 1 B {token}\n").as_bytes()).expect("greet");
+    // Short messages with the longest ids: the acknowledgements are as
+    // long as the messages, and the flood never reads them.
+    let batch = format!("PRIVATE {} x\n", u64::MAX).repeat(1024);
+    let (mut written, mut max_rss, mut closed) = (0usize, 0, false);
+    while written < 256 << 20 {
+        match flood.write_all(batch.as_bytes()) {
+            Ok(()) => written += batch.len(),
+            Err(e) => {
+                let kind = e.kind();
+                assert!(kind != ErrorKind::WouldBlock && kind != ErrorKind::TimedOut, "{e}");
+                closed = true;
+                break;
+            }
+        }
+        max_rss = max_rss.max(support::rss_kib(a.pid()).unwrap_or(0));
+        assert!(max_rss < MAX_RSS_KIB, "client grew to {max_rss} KiB");
+    }
+    assert!(closed, "the flood was never cut off ({written} bytes)");
+    // The client is still fine: a message through the server arrives.
+    b.send("MESSAGE A after the flood");
+    a.out.expect("B: after the flood");
+}
+
+#[test]
+fn a_flood_of_refused_connections_shows_one_notice() {
+    let server = Server::start("peer-refusals", &[]);
+    let mut a = server.login("A");
+    let (mut b, port, _token) = raw_grant(&server, &mut a);
+    let wrong = "0".repeat(32);
+    for batch in 0..50 {
+        let mut conns: Vec<TcpStream> = (0..20)
+            .map(|i| {
+                let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to A");
+                let claimed = ["B", "C", "Mallory"][(batch + i) % 3];
+                let hello = format!("PEER 1 {claimed} {wrong}\nPRIVATE 1 let me in\n");
+                conn.write_all(hello.as_bytes()).expect("send");
+                conn
+            })
+            .collect();
+        // Each is refused and closed before the next batch.
+        for conn in &mut conns {
+            conn.set_read_timeout(Some(WAIT)).expect("timeout");
+            let mut rest = String::new();
+            assert!(conn.read_to_string(&mut rest).is_ok_and(|_| rest.is_empty()), "{rest}");
+        }
+    }
+    // A barrier: once this shows, every refusal has been handled.
+    b.send("MESSAGE A after the refusals");
+    let before = a.out.expect("B: after the refusals");
+    let notices: Vec<&String> = before.iter().filter(|line| line.starts_with("Refused")).collect();
+    assert_eq!(notices.len(), 1, "{} notices for 1000 refusals in a minute", notices.len());
+    assert_eq!(notices[0], "Refused a private connection claiming to be B: it had no valid grant.");
 }

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 
+use super::refusals::RefusalSummary;
 use super::render;
 use crate::protocol::{ByeReason, DenyReason, ServerMsg};
 
@@ -195,6 +196,15 @@ pub fn peer_unavailable(user: &str, addr: SocketAddr, unconfirmed: &[String]) ->
         .text("ip", &addr.ip().to_string())
         .number("port", u64::from(addr.port()))
         .names("unconfirmed", unconfirmed.to_vec())
+}
+
+/// Refusals of private connections that were counted, not shown one by
+/// one.
+pub fn refused_more(summary: &RefusalSummary) -> Event {
+    Event::line("peer_refused_more", &summary.line())
+        .number("count", summary.count)
+        .names("claimed", summary.claimed.clone())
+        .flag("others", summary.others)
 }
 
 /// A login refused by the client itself before asking the server.

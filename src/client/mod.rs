@@ -22,6 +22,7 @@
 pub mod command;
 pub mod event;
 pub mod peers;
+pub mod refusals;
 pub mod render;
 pub mod stdin;
 pub mod terminal;
@@ -470,23 +471,35 @@ impl Client {
             wake_at.into_iter().chain(self.peers.next_deadline()).chain(self.until_deadline).min();
         // Data left unread by a read budget gets no new readiness event:
         // look again at once rather than wait.
-        let carried_over = self.server.more;
-        let timeout = match carried_over {
-            true => Some(Duration::ZERO),
-            false => wake_at.map(|at| at.saturating_duration_since(Instant::now())),
+        let mut carried_over: Vec<Token> = self.peers.unread().collect();
+        if self.server.more {
+            carried_over.push(SERVER);
+        }
+        let timeout = match carried_over.is_empty() {
+            false => Some(Duration::ZERO),
+            true => wake_at.map(|at| at.saturating_duration_since(Instant::now())),
         };
         if let Err(e) = self.poll.poll(events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(Error::Local { what: "wait for events", source: e }.into());
             }
         }
-        let mut server_read = false;
+        let mut read_now = Vec::new();
         for event in events.iter() {
-            server_read |= event.token() == SERVER && reads(event);
+            if reads(event) {
+                read_now.push(event.token());
+            }
             self.dispatch(event)?;
         }
-        if carried_over && !server_read {
-            self.read_server_or_end()?;
+        // What this pass's events did not already read.
+        for token in carried_over.into_iter().filter(|token| !read_now.contains(token)) {
+            if token == SERVER {
+                self.read_server_or_end()?;
+            } else {
+                let mut notices = Vec::new();
+                self.peers.read_more(token, self.poll.registry(), &mut notices);
+                self.report_and_acknowledge(notices)?;
+            }
         }
         self.timers()?;
         self.check_until()
@@ -540,11 +553,7 @@ impl Client {
             token if self.peers.owns(token) => {
                 let mut notices = Vec::new();
                 self.peers.ready(self.poll.registry(), event, &mut notices);
-                self.report(notices)?;
-                // Acknowledges what was just shown, never before.
-                let mut notices = Vec::new();
-                self.peers.flush_all(self.poll.registry(), &mut notices);
-                self.report(notices)
+                self.report_and_acknowledge(notices)
             }
             _ => Ok(()),
         }
@@ -949,6 +958,15 @@ impl Client {
         Ok(())
     }
 
+    /// Shows what the peers reported, then sends the acknowledgements of
+    /// the private messages just shown (never before showing them).
+    fn report_and_acknowledge(&mut self, notices: Vec<PeerNotice>) -> Step {
+        self.report(notices)?;
+        let mut notices = Vec::new();
+        self.peers.flush_all(self.poll.registry(), &mut notices);
+        self.report(notices)
+    }
+
     /// Shows what the peers reported.
     fn report(&mut self, notices: Vec<PeerNotice>) -> Step {
         for notice in notices {
@@ -960,6 +978,9 @@ impl Client {
                     let line = render::refused_peer(&claimed);
                     self.out
                         .event(&Event::line("peer_refused", &line).text("claimed", &claimed))?;
+                }
+                PeerNotice::RefusedMore(summary) => {
+                    self.out.event(&event::refused_more(&summary))?;
                 }
                 PeerNotice::Unavailable { user, addr, unconfirmed } => {
                     if self.addresses.get(&user).is_some_and(|(a, _)| *a == addr) {

@@ -381,16 +381,16 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Gives the connections `listener` accepts a small fixed receive buffer
-/// (Linux otherwise grows it to megabytes even while nothing is read), so
-/// that a peer's sending stalls soon when the test does not read.
-pub fn small_receive_buffer(listener: &std::net::TcpListener) {
-    use std::os::fd::AsRawFd;
+/// Gives `socket` (or the connections a listener accepts) a small fixed
+/// receive buffer (Linux otherwise grows it to megabytes even while
+/// nothing is read), so that a peer's sending stalls soon when the test
+/// does not read.
+pub fn small_receive_buffer(socket: &impl std::os::fd::AsRawFd) {
     let size: libc::c_int = 4096;
     // SAFETY: setsockopt reads one c_int from a live local.
     let result = unsafe {
         libc::setsockopt(
-            listener.as_raw_fd(),
+            socket.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVBUF,
             (&size as *const libc::c_int).cast(),
