@@ -79,9 +79,10 @@ fn until_gives_up_after_the_wait_with_exit_8() {
 }
 
 #[test]
-fn until_matches_json_lines_too() {
+fn until_takes_a_json_object_of_event_fields() {
     let server = Server::start("until-json", &[]);
-    let flags = ["--user", "B", "--format", "json", "--until", r#""event":"presence""#];
+    let pattern = r#"{"event":"presence","user":"A","online":true}"#;
+    let flags = ["--user", "B", "--format", "json", "--until", pattern];
     let mut b = Client::spawn(server.port, &flags, Some("B_pwd"), Stdio::null());
     b.out.expect_matching(r#""event":"welcome""#);
     let _a = server.login("A");

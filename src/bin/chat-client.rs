@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use chat::client::until::Pattern;
 use chat::client::{Config, Exit, Format};
 
 /// Terminal client of the chat system.
@@ -32,9 +33,13 @@ struct Args {
     /// line (see docs/JSON.md).
     #[arg(long, value_enum, default_value_t = FormatArg::Text)]
     format: FormatArg,
-    /// Wait until an output line contains PATTERN (plain text, as printed
-    /// in the chosen format), then log out and exit 0; exit 8 if it has not
-    /// appeared within --wait. Input is still read and carried out.
+    /// Wait for the event PATTERN names, then log out and exit 0; exit 8 if
+    /// it has not come within --wait. Input is still read and carried out.
+    /// A plain PATTERN must equal a whole text line of an event (in either
+    /// format); `*` in it matches any run of characters. A PATTERN starting
+    /// with `{` is a flat JSON object, e.g. '{"event":"message","from":"A"}':
+    /// an event matches when each member equals its field of that name
+    /// (docs/JSON.md).
     #[arg(long, value_name = "PATTERN")]
     until: Option<String>,
     /// Seconds --until waits.
@@ -89,6 +94,13 @@ fn read_password_file(path: &PathBuf) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let until = match args.until.as_deref().map(Pattern::parse).transpose() {
+        Ok(until) => until,
+        Err(e) => {
+            eprintln!("chat-client: invalid --until pattern: {e}");
+            return ExitCode::from(Exit::Usage.code());
+        }
+    };
     let password = match &args.password_file {
         Some(path) => match read_password_file(path) {
             Ok(password) => Some(password),
@@ -109,7 +121,7 @@ fn main() -> ExitCode {
             FormatArg::Text => Format::Text,
             FormatArg::Json => Format::Json,
         },
-        until: args.until,
+        until,
         wait: Duration::from_secs_f64(args.wait),
         stay: args.stay,
     };

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 
+use super::refusals::RefusalSummary;
 use super::render;
 use crate::protocol::{ByeReason, DenyReason, ServerMsg};
 
@@ -65,6 +66,11 @@ impl Event {
         self
     }
 
+    /// The value of the field named `key` (not `event` or `text`).
+    pub fn field(&self, key: &str) -> Option<&Field> {
+        self.fields.iter().find(|(name, _)| *name == key).map(|(_, value)| value)
+    }
+
     /// One JSON object: `{"event": kind, fields..., "text": lines}`.
     pub fn json(&self) -> String {
         let mut out = String::from("{\"event\":");
@@ -96,8 +102,11 @@ impl Event {
     }
 }
 
-/// Appends `s` as a JSON string. Control characters (C0, DEL and C1) are
-/// escaped, so a JSON line is also safe to print on a terminal.
+/// Appends `s` as a JSON string. Everything [`render::must_escape`] names
+/// (controls, line and paragraph separators, bidi and other invisible
+/// format characters) is escaped as `\uXXXX` (a surrogate pair above
+/// U+FFFF), so a JSON line is safe to print on a terminal and stays one
+/// line for readers that split on U+2028 too.
 pub fn json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -107,7 +116,11 @@ pub fn json_string(out: &mut String, s: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if render::must_escape(c) => {
+                for unit in c.encode_utf16(&mut [0; 2]) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
             c => out.push(c),
         }
     }
@@ -185,6 +198,15 @@ pub fn peer_unavailable(user: &str, addr: SocketAddr, unconfirmed: &[String]) ->
         .names("unconfirmed", unconfirmed.to_vec())
 }
 
+/// Refusals of private connections that were counted, not shown one by
+/// one.
+pub fn refused_more(summary: &RefusalSummary) -> Event {
+    Event::line("peer_refused_more", &summary.line())
+        .number("count", summary.count)
+        .names("claimed", summary.claimed.clone())
+        .flag("others", summary.others)
+}
+
 /// A login refused by the client itself before asking the server.
 pub fn local_denied(reason: DenyReason, line: &str) -> Event {
     Event::line("denied", line).text("reason", reason.as_str())
@@ -229,6 +251,22 @@ mod tests {
         let mut out = String::new();
         json_string(&mut out, "a\"b\\c\nd\u{1b}[2J\u{7f}\u{9b}é");
         assert_eq!(out, r#""a\"b\\c\nd\u001b[2J\u007f\u009bé""#);
+        let mut out = String::new();
+        json_string(&mut out, "hi\u{2028}A: forged\u{202e}x\u{2069}\u{e0041}\u{200d}");
+        assert_eq!(out, "\"hi\\u2028A: forged\\u202ex\\u2069\\udb40\\udc41\u{200d}\"");
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, the JSON string holds nothing that must be
+        /// escaped, and reads back (with the --until parser) as the text.
+        #[test]
+        fn json_strings_escape_the_set_and_read_back(text in "\\PC{0,20}|[\\x00-\\x{a0}\\x{2000}-\\x{2070}\\x{e0000}-\\x{e0080}\"\\\\]{0,20}") {
+            let mut out = String::new();
+            json_string(&mut out, &text);
+            proptest::prop_assert!(!out.chars().any(render::must_escape), "{}", out);
+            let pattern = super::super::until::Pattern::parse(&format!("{{\"message\":{out}}}"));
+            proptest::prop_assert!(pattern.is_ok_and(|p| p.matches(&private("A", &text))));
+        }
     }
 
     #[test]

@@ -22,9 +22,11 @@
 pub mod command;
 pub mod event;
 pub mod peers;
+pub mod refusals;
 pub mod render;
 pub mod stdin;
 pub mod terminal;
+pub mod until;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,6 +50,7 @@ use command::Command;
 use event::Event;
 use peers::{PeerNotice, Peers};
 use stdin::{SharedLine, StdinEvent};
+use until::Pattern;
 
 const SERVER: Token = Token(0);
 const STDIN: Token = Token(1);
@@ -66,6 +69,21 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long pending output may take to drain before the client exits.
 const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most bytes read from one connection (the server's or a peer's) in one
+/// pass of the loop; the rest is read in the next pass, which then does
+/// not wait. A sender faster than the client can then neither keep the
+/// loop from its other work nor pile up events unshown.
+pub const READ_BUDGET: usize = 64 * 1024;
+
+/// Most bytes queued for the server. Typed input is not taken while more
+/// than [`INPUT_PAUSE`] wait, so only what the server itself causes (one
+/// ACK per pass, heartbeats) can go past that: a server that lets this
+/// pile up has stopped reading and is treated as lost.
+const MAX_SERVER_OUTPUT: usize = 256 * 1024;
+
+/// Typed input waits while more than this is queued for the server.
+const INPUT_PAUSE: usize = 64 * 1024;
+
 /// What the client needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -82,9 +100,9 @@ pub struct Config {
     pub interactive: bool,
     /// How events are printed.
     pub format: Format,
-    /// `--until`: end the session (exit 0) once an output line contains
-    /// this, or after `wait` (exit 8).
-    pub until: Option<String>,
+    /// `--until`: end the session (exit 0) once an event satisfies this
+    /// pattern ([`until`] says how), or after `wait` (exit 8).
+    pub until: Option<Pattern>,
     /// `--wait`: how long `--until` waits.
     pub wait: Duration,
     /// `--stay`: keep the session after standard input ends.
@@ -219,8 +237,8 @@ struct Output {
     prompt: Option<&'static str>,
     /// The line being typed (interactive only).
     editor: Option<SharedLine>,
-    /// `--until`'s pattern, and whether an output line has matched it.
-    until: Option<String>,
+    /// `--until`'s pattern, and whether an event has satisfied it.
+    until: Option<Pattern>,
     matched: bool,
 }
 
@@ -230,12 +248,10 @@ impl Output {
             Format::Text => event.lines.clone(),
             Format::Json => vec![event.json()],
         };
-        let mut out = io::stdout().lock();
-        for line in &lines {
-            if self.until.as_ref().is_some_and(|pattern| line.contains(pattern.as_str())) {
-                self.matched = true;
-            }
+        if self.until.as_ref().is_some_and(|pattern| pattern.matches(event)) {
+            self.matched = true;
         }
+        let mut out = io::stdout().lock();
         let text = lines.join("\n");
         let result = match (self.prompt, &self.editor) {
             // Erase the prompt and the typed line, print the event on lines
@@ -273,11 +289,14 @@ struct Server {
     writable: bool,
     /// A write failed: further output is dropped while the end is read.
     broken: bool,
+    /// The last read stopped at [`READ_BUDGET`], so more may be waiting:
+    /// with edge-triggered readiness no new event would say so.
+    more: bool,
 }
 
 /// What reading the server produced when nothing ended the session.
 enum ReadOutcome {
-    /// Everything available was read.
+    /// Everything available was read, or this pass's [`READ_BUDGET`].
     Drained,
     /// The server closed the connection (or it failed) without BYE.
     Closed,
@@ -316,6 +335,9 @@ struct Client {
     /// Highest message sequence number shown: the server numbers each
     /// user's messages in order, so one at or below it is a repeat.
     last_seq: u64,
+    /// A message was shown (or repeated) since the last ACK: one
+    /// cumulative `ACK last_seq` goes out at the end of the read pass.
+    ack_due: bool,
     /// `--stay` or `--until`: the end of input does not end the session.
     stay: bool,
     /// When `--until` gives up.
@@ -358,6 +380,7 @@ impl Client {
         let std_stream = connect(&config.host, config.port)?;
         // Small lines typed by a person: send them without delay.
         std_stream.set_nodelay(true).map_err(local("set up the server connection"))?;
+        peers::limit_send_buffer(&std_stream).map_err(local("set up the server connection"))?;
         std_stream.set_nonblocking(true).map_err(local("set up the server connection"))?;
         let local_ip = std_stream.local_addr().map_err(local("set up the server connection"))?.ip();
         let mut stream = TcpStream::from_std(std_stream);
@@ -393,6 +416,7 @@ impl Client {
                 output: Vec::new(),
                 writable: false,
                 broken: false,
+                more: false,
             },
             peers,
             signals,
@@ -417,6 +441,7 @@ impl Client {
             next_ping: None,
             addresses: HashMap::new(),
             last_seq: 0,
+            ack_due: false,
             unconfirmed: Vec::new(),
             stay: config.stay || config.until.is_some(),
             until_deadline: config.until.as_ref().map(|_| Instant::now() + config.wait),
@@ -444,14 +469,37 @@ impl Client {
         let wake_at = if self.hello { self.next_ping } else { Some(self.hello_deadline) };
         let wake_at =
             wake_at.into_iter().chain(self.peers.next_deadline()).chain(self.until_deadline).min();
-        let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
+        // Data left unread by a read budget gets no new readiness event:
+        // look again at once rather than wait.
+        let mut carried_over: Vec<Token> = self.peers.unread().collect();
+        if self.server.more {
+            carried_over.push(SERVER);
+        }
+        let timeout = match carried_over.is_empty() {
+            false => Some(Duration::ZERO),
+            true => wake_at.map(|at| at.saturating_duration_since(Instant::now())),
+        };
         if let Err(e) = self.poll.poll(events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(Error::Local { what: "wait for events", source: e }.into());
             }
         }
+        let mut read_now = Vec::new();
         for event in events.iter() {
+            if reads(event) {
+                read_now.push(event.token());
+            }
             self.dispatch(event)?;
+        }
+        // What this pass's events did not already read.
+        for token in carried_over.into_iter().filter(|token| !read_now.contains(token)) {
+            if token == SERVER {
+                self.read_server_or_end()?;
+            } else {
+                let mut notices = Vec::new();
+                self.peers.read_more(token, self.poll.registry(), &mut notices);
+                self.report_and_acknowledge(notices)?;
+            }
         }
         self.timers()?;
         self.check_until()
@@ -468,7 +516,7 @@ impl Client {
         let exit = if self.out.matched { Exit::LoggedOut } else { Exit::WaitTimeout };
         self.exit_as = Some(exit);
         if exit == Exit::WaitTimeout {
-            let wanted = self.out.until.clone().unwrap_or_default();
+            let wanted = self.out.until.as_ref().map(|p| p.as_str().to_owned()).unwrap_or_default();
             let line = format!("Gave up waiting for \"{wanted}\".");
             self.out.event(&Event::line("wait_timeout", &line).text("pattern", &wanted))?;
         }
@@ -488,7 +536,7 @@ impl Client {
                 if event.is_writable() {
                     self.flush_server()?;
                 }
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                if reads(event) {
                     self.read_server_or_end()?;
                 }
                 Ok(())
@@ -505,11 +553,7 @@ impl Client {
             token if self.peers.owns(token) => {
                 let mut notices = Vec::new();
                 self.peers.ready(self.poll.registry(), event, &mut notices);
-                self.report(notices)?;
-                // Acknowledges what was just shown, never before.
-                let mut notices = Vec::new();
-                self.peers.flush_all(self.poll.registry(), &mut notices);
-                self.report(notices)
+                self.report_and_acknowledge(notices)
             }
             _ => Ok(()),
         }
@@ -553,7 +597,15 @@ impl Client {
             return Ok(());
         }
         self.server.output.extend_from_slice(line.as_bytes());
-        self.flush_server()
+        self.flush_server()?;
+        if self.server.output.len() > MAX_SERVER_OUTPUT {
+            // Nothing is worth waiting for on a server that does not read:
+            // drop the output rather than try to flush it before exit.
+            self.server.broken = true;
+            self.server.output = Vec::new();
+            return self.lost_connection();
+        }
+        Ok(())
     }
 
     fn flush_server(&mut self) -> Step {
@@ -597,20 +649,43 @@ impl Client {
         }
     }
 
-    /// Reads and handles every complete line the server sent.
+    /// Reads and handles the complete lines the server sent, up to
+    /// [`READ_BUDGET`] bytes, then acknowledges what was shown.
     fn read_server(&mut self) -> Result<ReadOutcome, End> {
+        let mut budget = READ_BUDGET;
+        self.server.more = false;
         loop {
+            if budget == 0 {
+                self.server.more = true;
+                break;
+            }
             match self.server.input.read_from(&mut self.server.stream) {
                 Ok(0) => return Ok(ReadOutcome::Closed),
-                Ok(_) => self.server_lines()?,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.server_lines()?;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.server.input.shrink_if_empty();
-                    return Ok(ReadOutcome::Drained);
+                    break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Ok(ReadOutcome::Closed),
             }
         }
+        self.acknowledge()?;
+        Ok(ReadOutcome::Drained)
+    }
+
+    /// One cumulative ACK for every message shown in this read pass (the
+    /// server drops everything up to it), rather than one per message: a
+    /// server that sends without reading then gains the client one line
+    /// per pass, not one per message.
+    fn acknowledge(&mut self) -> Step {
+        if !std::mem::take(&mut self.ack_due) {
+            return Ok(());
+        }
+        self.send(&ClientMsg::Ack { seq: self.last_seq })
     }
 
     fn server_lines(&mut self) -> Step {
@@ -639,9 +714,11 @@ impl Client {
             }
         }
         if let ServerMsg::Msg { seq, .. } = msg {
+            // Acknowledged at the end of the read pass, after showing it.
+            self.ack_due = true;
             if *seq <= self.last_seq {
                 // Shown already: acknowledge again, show nothing.
-                return self.send(&ClientMsg::Ack { seq: *seq });
+                return Ok(());
             }
             self.last_seq = *seq;
         }
@@ -658,7 +735,6 @@ impl Client {
                 Ok(())
             }
             ServerMsg::Denied { reason } => self.on_denied(*reason),
-            ServerMsg::Msg { seq, .. } => self.send(&ClientMsg::Ack { seq: *seq }),
             ServerMsg::Address { user, ip, port, token } => {
                 let granted = (SocketAddr::new(*ip, *port), (*token).to_owned());
                 // A new grant starts a new connection (the old token is void).
@@ -760,7 +836,12 @@ impl Client {
 
     /// Takes input lines as far as the phase allows.
     fn drain_stdin(&mut self) -> Step {
-        while !self.stdin_done && self.phase.accepts_input() {
+        // Input waits while the server is slow to read what came before,
+        // so typing (or a script) fast cannot fill the output to the cap.
+        while !self.stdin_done
+            && self.phase.accepts_input()
+            && self.server.output.len() <= INPUT_PAUSE
+        {
             let event = match self.stdin.try_recv() {
                 Ok(event) => event,
                 Err(TryRecvError::Empty) => break,
@@ -877,6 +958,15 @@ impl Client {
         Ok(())
     }
 
+    /// Shows what the peers reported, then sends the acknowledgements of
+    /// the private messages just shown (never before showing them).
+    fn report_and_acknowledge(&mut self, notices: Vec<PeerNotice>) -> Step {
+        self.report(notices)?;
+        let mut notices = Vec::new();
+        self.peers.flush_all(self.poll.registry(), &mut notices);
+        self.report(notices)
+    }
+
     /// Shows what the peers reported.
     fn report(&mut self, notices: Vec<PeerNotice>) -> Step {
         for notice in notices {
@@ -888,6 +978,9 @@ impl Client {
                     let line = render::refused_peer(&claimed);
                     self.out
                         .event(&Event::line("peer_refused", &line).text("claimed", &claimed))?;
+                }
+                PeerNotice::RefusedMore(summary) => {
+                    self.out.event(&event::refused_more(&summary))?;
                 }
                 PeerNotice::Unavailable { user, addr, unconfirmed } => {
                     if self.addresses.get(&user).is_some_and(|(a, _)| *a == addr) {
@@ -938,4 +1031,9 @@ impl Client {
             }
         }
     }
+}
+
+/// Whether a readiness event calls for reading.
+fn reads(event: &Readiness) -> bool {
+    event.is_readable() || event.is_read_closed() || event.is_error()
 }

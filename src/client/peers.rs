@@ -13,6 +13,17 @@
 //! Anything malformed closes that one connection and never affects the
 //! others or the server connection.
 //!
+//! The listener may face the internet, so incoming connections are
+//! bounded: one that has not sent its `PEER` line within
+//! [`HANDSHAKE_TIMEOUT`] is closed, and when [`MAX_HANDSHAKING`] are
+//! waiting for theirs, the oldest is closed to make room for a new one (so
+//! idle connections cannot lock peers out). Every connection is read at
+//! most [`READ_BUDGET`] bytes per pass of the loop ([`Peers::unread`] says
+//! which have more waiting), and one whose peer leaves more than
+//! [`MAX_PENDING`] bytes of our output unread (`PACK`s included) is
+//! closed. Refusals are reported through a [`RefusalThrottle`], so a
+//! flood of them shows as one line a minute.
+//!
 //! Every private message stays on its sender's list until acknowledged. If
 //! the connection fails, or no acknowledgement comes within
 //! [`ACK_TIMEOUT`], the connection is closed and every unacknowledged
@@ -32,6 +43,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use super::refusals::{RefusalSummary, RefusalThrottle};
+use super::READ_BUDGET;
 use crate::protocol::{Line, LineBuffer, PeerMsg, VERSION};
 
 /// How long connecting to a peer may take. The poll loop waits meanwhile,
@@ -42,9 +55,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// without end must not exhaust this client's file descriptors.
 const MAX_INCOMING: usize = 128;
 
-/// Most bytes queued to one peer that is not reading: beyond this the peer
-/// is treated as gone rather than buffering without limit.
-const MAX_PENDING: usize = 64 * 1024;
+/// Most incoming connections that have not yet sent their `PEER` line:
+/// one more closes the oldest of them.
+pub const MAX_HANDSHAKING: usize = 32;
+
+/// How long an incoming connection may take to send its `PEER` line.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most bytes queued to one peer that is not reading (private messages
+/// or acknowledgements): beyond this the connection is closed rather than
+/// buffering without limit.
+pub const MAX_PENDING: usize = 64 * 1024;
 
 /// How long a peer may take to acknowledge a private message before it is
 /// considered gone (a stopped or hung process keeps its socket open).
@@ -62,6 +83,8 @@ pub enum PeerNotice {
     /// A connection claiming to come from `claimed` did not present the
     /// token granted to that user, and was closed.
     Refused { claimed: String },
+    /// More such refusals, counted instead of shown one by one.
+    RefusedMore(RefusalSummary),
 }
 
 /// Private messages sent on one outgoing connection and not yet
@@ -85,6 +108,12 @@ enum Kind {
 struct Conn {
     stream: TcpStream,
     kind: Kind,
+    /// When the connection was made (for incoming ones, the `PEER` line
+    /// is due within [`HANDSHAKE_TIMEOUT`] of it).
+    opened: Instant,
+    /// The last read stopped at [`READ_BUDGET`]: more may be waiting,
+    /// which edge-triggered readiness would not report again.
+    more: bool,
     input: LineBuffer,
     /// Bytes not yet written.
     output: Vec<u8>,
@@ -103,6 +132,7 @@ pub struct Peers {
     /// Grant tokens this client's user issued (through the server), by the
     /// user allowed to connect with each.
     grants: HashMap<String, String>,
+    refusals: RefusalThrottle,
 }
 
 impl Peers {
@@ -118,8 +148,8 @@ impl Peers {
         let mut listener = TcpListener::bind(SocketAddr::new(ip, 0))?;
         registry.register(&mut listener, listener_token, Interest::READABLE)?;
         let port = listener.local_addr()?.port();
-        let (conns, grants) = (Slab::new(), HashMap::new());
-        Ok(Peers { listener, listener_token, port, conns, first_token, grants })
+        let (conns, grants, refusals) = (Slab::new(), HashMap::new(), RefusalThrottle::default());
+        Ok(Peers { listener, listener_token, port, conns, first_token, grants, refusals })
     }
 
     /// The port peers connect to.
@@ -151,10 +181,44 @@ impl Peers {
             ok = self.flush(key, registry).is_ok();
         }
         if ok && (event.is_readable() || event.is_read_closed() || event.is_error()) {
-            ok = self.read(key, notices);
-        }
-        if !ok {
+            self.read_and_report(key, registry, notices);
+        } else if !ok {
             self.fail(key, registry, notices);
+        }
+    }
+
+    /// Tokens of the connections whose last read stopped at the budget:
+    /// the loop reads them again ([`Peers::read_more`]) without waiting.
+    pub fn unread(&self) -> impl Iterator<Item = Token> + '_ {
+        self.conns.iter().filter(|(_, conn)| conn.more).map(|(key, _)| self.token(key))
+    }
+
+    /// Reads on from a connection [`Peers::unread`] named, if still open.
+    pub fn read_more(&mut self, token: Token, registry: &Registry, notices: &mut Vec<PeerNotice>) {
+        let Some(key) = token.0.checked_sub(self.first_token) else { return };
+        if self.conns.get(key).is_some_and(|conn| conn.more) {
+            self.read_and_report(key, registry, notices);
+        }
+    }
+
+    fn read_and_report(&mut self, key: usize, registry: &Registry, notices: &mut Vec<PeerNotice>) {
+        let start = notices.len();
+        if !self.read(key, notices) {
+            self.fail(key, registry, notices);
+        }
+        // Refusals pass the throttle; everything else as it came.
+        let now = Instant::now();
+        for notice in notices.drain(start..).collect::<Vec<_>>() {
+            match notice {
+                PeerNotice::Refused { claimed } => {
+                    let (ended, show) = self.refusals.refused(&claimed, now);
+                    notices.extend(ended.map(PeerNotice::RefusedMore));
+                    if show {
+                        notices.push(PeerNotice::Refused { claimed });
+                    }
+                }
+                other => notices.push(other),
+            }
         }
     }
 
@@ -168,11 +232,22 @@ impl Peers {
                 // descriptors, aborted handshakes) concern one attempt only.
                 Err(_) => return,
             };
+            // Room for the newcomer: idle connections must not lock out a
+            // peer, so the one waiting longest for its handshake goes.
+            let handshaking = self.conns.iter().filter(|(_, c)| c.handshake_due().is_some());
+            if handshaking.clone().count() >= MAX_HANDSHAKING {
+                let oldest = handshaking.min_by_key(|(_, c)| c.opened).map(|(key, _)| key);
+                if let Some(key) = oldest {
+                    self.remove(key, registry);
+                }
+            }
             let incoming =
                 self.conns.iter().filter(|(_, c)| matches!(c.kind, Kind::Incoming { .. }));
             if incoming.count() >= MAX_INCOMING {
                 continue; // Dropping the stream refuses the connection.
             }
+            // Failing only costs the smaller buffer.
+            let _ = limit_send_buffer(&stream);
             let entry = self.conns.vacant_entry();
             let token = Token(self.first_token + entry.key());
             if registry.register(&mut stream, token, Interest::READABLE).is_ok() {
@@ -181,13 +256,21 @@ impl Peers {
         }
     }
 
-    /// Reads what the peer sent; false when the connection should close.
+    /// Reads what the peer sent, up to [`READ_BUDGET`] bytes; false when
+    /// the connection should close.
     fn read(&mut self, key: usize, notices: &mut Vec<PeerNotice>) -> bool {
         let conn = &mut self.conns[key];
+        let mut budget = READ_BUDGET;
+        conn.more = false;
         loop {
+            if budget == 0 {
+                conn.more = true;
+                return true;
+            }
             match conn.input.read_from(&mut conn.stream) {
                 Ok(0) => return false,
-                Ok(_) => {
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     if !conn.take_lines(&self.grants, notices) {
                         return false;
                     }
@@ -222,11 +305,15 @@ impl Peers {
         conn
     }
 
-    /// Writes queued output; registers WRITABLE while some remains.
+    /// Writes queued output; registers WRITABLE while some remains. A peer
+    /// that leaves more than [`MAX_PENDING`] unread is an error.
     fn flush(&mut self, key: usize, registry: &Registry) -> io::Result<()> {
         let token = self.token(key);
         let conn = &mut self.conns[key];
         let done = write_some(&mut conn.stream, &mut conn.output)?;
+        if conn.output.len() > MAX_PENDING {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "peer is not reading"));
+        }
         if done == conn.writable {
             conn.writable = !done;
             let interest =
@@ -306,22 +393,26 @@ impl Peers {
     }
 
     /// Closes connections whose peer has left a private message
-    /// unacknowledged for [`ACK_TIMEOUT`], reporting what it did not take.
+    /// unacknowledged for [`ACK_TIMEOUT`], reporting what it did not take,
+    /// and incoming ones that did not send `PEER` within
+    /// [`HANDSHAKE_TIMEOUT`]; reports the refusals of a minute that ended.
     pub fn expire(&mut self, now: Instant, registry: &Registry, notices: &mut Vec<PeerNotice>) {
         let late: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, conn)| conn.ack_due().is_some_and(|due| due <= now))
+            .filter(|(_, conn)| conn.deadline().is_some_and(|due| due <= now))
             .map(|(key, _)| key)
             .collect();
         for key in late {
             self.fail(key, registry, notices);
         }
+        notices.extend(self.refusals.tick(now).map(PeerNotice::RefusedMore));
     }
 
     /// When [`Peers::expire`] next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.conns.iter().filter_map(|(_, conn)| conn.ack_due()).min()
+        let conns = self.conns.iter().filter_map(|(_, conn)| conn.deadline());
+        conns.chain(self.refusals.deadline()).min()
     }
 
     /// Opens a connection to `user` and queues the `PEER` greeting.
@@ -333,6 +424,7 @@ impl Peers {
     ) -> io::Result<usize> {
         let std_stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
         std_stream.set_nodelay(true)?;
+        limit_send_buffer(&std_stream)?;
         std_stream.set_nonblocking(true)?;
         let mut stream = TcpStream::from_std(std_stream);
         let entry = self.conns.vacant_entry();
@@ -383,7 +475,21 @@ impl Peers {
 
 impl Conn {
     fn new(stream: TcpStream, kind: Kind) -> Self {
-        Conn { stream, kind, input: LineBuffer::default(), output: Vec::new(), writable: false }
+        let (input, output, opened) = (LineBuffer::default(), Vec::new(), Instant::now());
+        Conn { stream, kind, opened, more: false, input, output, writable: false }
+    }
+
+    /// When an incoming connection's `PEER` line is due, while it is.
+    fn handshake_due(&self) -> Option<Instant> {
+        match self.kind {
+            Kind::Incoming { from: None } => Some(self.opened + HANDSHAKE_TIMEOUT),
+            _ => None,
+        }
+    }
+
+    /// When [`Peers::expire`] closes this connection unless news comes.
+    fn deadline(&self) -> Option<Instant> {
+        self.ack_due().or(self.handshake_due())
     }
 
     fn queue(&mut self, msg: &PeerMsg<'_>) {
@@ -498,6 +604,33 @@ fn take_unconfirmed(
     unconfirmed
 }
 
+/// What the kernel may hold of this client's output on one connection.
+/// Left to itself Linux grows a socket's send buffer to megabytes, which a
+/// peer or server that does not read would fill before the client's own
+/// output caps could see that it does not read.
+const SEND_BUFFER: libc::c_int = 64 * 1024;
+
+/// Sets the socket's send buffer to [`SEND_BUFFER`] (the kernel doubles
+/// it for its bookkeeping).
+pub fn limit_send_buffer(socket: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    let size = SEND_BUFFER;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live
+    // c_int, on a descriptor the caller owns.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match result {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// Writes as much of `output` as the socket takes, removing what was
 /// written. `Ok(true)` when nothing is left.
 pub fn write_some(stream: &mut impl Write, output: &mut Vec<u8>) -> io::Result<bool> {
@@ -521,6 +654,7 @@ pub fn write_some(stream: &mut impl Write, output: &mut Vec<u8>) -> io::Result<b
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::MAX_LINE;
     use mio::{Events, Poll};
     use std::io::{BufRead, Read};
     use std::time::Instant;
@@ -613,18 +747,156 @@ mod tests {
     fn a_connection_without_the_granted_token_is_refused() -> io::Result<()> {
         let (mut poll, mut peers) = setup()?;
         peers.allow("B", "right");
-        for (attempt, claimed) in [("PEER 1 B wrong", "B"), ("PEER 1 C right", "C")] {
-            let mut conn = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
-            conn.write_all(format!("{attempt}\nPRIVATE 1 forged\n").as_bytes())?;
-            let notices = pump(&mut poll, &mut peers, |n| !n.is_empty())?;
-            assert_eq!(notices, vec![PeerNotice::Refused { claimed: claimed.into() }]);
-        }
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
+        conn.write_all(b"PEER 1 B wrong\nPRIVATE 1 forged\n")?;
+        let notices = pump(&mut poll, &mut peers, |n| !n.is_empty())?;
+        assert_eq!(notices, vec![PeerNotice::Refused { claimed: "B".into() }]);
+        assert!(closed(&mut conn));
+        // Further refusals within the minute are counted, not shown.
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
+        conn.write_all(b"PEER 1 C right\nPRIVATE 1 forged\n")?;
+        assert_eq!(settle(&mut poll, &mut peers)?, vec![]);
+        assert!(closed(&mut conn));
         // Revoked: the right token no longer opens anything.
         peers.revoke("B", poll.registry());
         let mut conn = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
         conn.write_all(b"PEER 1 B right\nPRIVATE 1 after revoke\n")?;
+        assert_eq!(settle(&mut poll, &mut peers)?, vec![]);
+        assert!(closed(&mut conn));
+        let mut notices = Vec::new();
+        let minute_end = peers.next_deadline().expect("a summary is due");
+        peers.expire(minute_end, poll.registry(), &mut notices);
+        let claimed = vec!["C".to_owned(), "B".to_owned()];
+        let summary = RefusalSummary { count: 2, claimed, others: false };
+        assert_eq!(notices, vec![PeerNotice::RefusedMore(summary)]);
+        Ok(())
+    }
+
+    /// Handles events until none come for 100 ms.
+    fn settle(poll: &mut Poll, peers: &mut Peers) -> io::Result<Vec<PeerNotice>> {
+        let mut events = Events::with_capacity(16);
+        let mut notices = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            poll.poll(&mut events, Some(Duration::from_millis(100)))?;
+            if events.is_empty() {
+                break;
+            }
+            for event in events.iter() {
+                peers.ready(poll.registry(), event, &mut notices);
+            }
+        }
+        Ok(notices)
+    }
+
+    /// Whether the client closed `conn` (end of stream or reset).
+    fn closed(conn: &mut std::net::TcpStream) -> bool {
+        let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+        matches!(conn.read(&mut [0u8; 64]), Ok(0))
+            || matches!(conn.read(&mut [0u8; 64]), Err(e) if e.kind() == io::ErrorKind::ConnectionReset)
+    }
+
+    #[test]
+    fn a_connection_without_a_handshake_is_closed_after_the_deadline() -> io::Result<()> {
+        let (mut poll, mut peers) = setup()?;
+        let mut idle = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
+        let mut partial = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
+        partial.write_all(b"PEER 1 B")?;
+        settle(&mut poll, &mut peers)?;
+        let due = peers.next_deadline().expect("handshakes are due");
+        let mut notices = Vec::new();
+        peers.expire(due - Duration::from_millis(1), poll.registry(), &mut notices);
+        assert!(!closed(&mut idle), "not yet");
+        peers.expire(Instant::now() + HANDSHAKE_TIMEOUT, poll.registry(), &mut notices);
+        assert!(notices.is_empty(), "{notices:?}");
+        assert!(closed(&mut idle) && closed(&mut partial));
+        assert_eq!(peers.next_deadline(), None);
+        // A peer that said PEER in time has no deadline.
+        peers.allow("B", "t0k");
+        let mut fine = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
+        fine.write_all(b"PEER 1 B t0k\n")?;
+        settle(&mut poll, &mut peers)?;
+        assert_eq!(peers.next_deadline(), None);
+        Ok(())
+    }
+
+    #[test]
+    fn the_oldest_connection_without_a_handshake_makes_room_for_a_new_one() -> io::Result<()> {
+        let (mut poll, mut peers) = setup()?;
+        let mut idle = Vec::new();
+        for _ in 0..MAX_HANDSHAKING {
+            idle.push(std::net::TcpStream::connect(("127.0.0.1", peers.port()))?);
+            // One at a time, so that the first is the oldest.
+            settle(&mut poll, &mut peers)?;
+        }
+        peers.allow("B", "t0k");
+        let mut newcomer = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
+        newcomer.write_all(b"PEER 1 B t0k\nPRIVATE 1 made it\n")?;
         let notices = pump(&mut poll, &mut peers, |n| !n.is_empty())?;
-        assert_eq!(notices, vec![PeerNotice::Refused { claimed: "B".into() }]);
+        assert_eq!(notices, vec![PeerNotice::Private { from: "B".into(), text: "made it".into() }]);
+        assert!(closed(&mut idle[0]), "the oldest was closed");
+        assert!(!closed(&mut idle[1]), "the others stay");
+        Ok(())
+    }
+
+    #[test]
+    fn a_pass_reads_at_most_the_budget_and_says_more_is_waiting() -> io::Result<()> {
+        let (mut poll, mut peers) = setup()?;
+        peers.allow("B", "t0k");
+        let mut sender = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
+        let line = format!("PRIVATE 1 {}\n", "x".repeat(1000));
+        let count = 3 * READ_BUDGET / line.len();
+        let mut all = String::from("PEER 1 B t0k\n");
+        all.push_str(&line.repeat(count));
+        // Written by a thread: more than the socket buffers may hold.
+        let writer = std::thread::spawn(move || sender.write_all(all.as_bytes()).map(|()| sender));
+        let first = pump(&mut poll, &mut peers, |n| !n.is_empty())?;
+        assert!(first.len() * line.len() <= READ_BUDGET + MAX_LINE, "{} in one pass", first.len());
+        let mut total = first.len();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while total < count && Instant::now() < deadline {
+            let unread: Vec<Token> = peers.unread().collect();
+            let mut notices = Vec::new();
+            for token in unread {
+                peers.read_more(token, poll.registry(), &mut notices);
+            }
+            assert!(notices.len() * line.len() <= READ_BUDGET + MAX_LINE);
+            total += notices.len();
+            total += pump(&mut poll, &mut peers, |n| !n.is_empty())?.len();
+        }
+        assert_eq!(total, count);
+        let _sender = writer.join().expect("writer")?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_its_acknowledgements_is_closed() -> io::Result<()> {
+        let (mut poll, mut peers) = setup()?;
+        peers.allow("B", "t0k");
+        let mut sender = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
+        sender.write_all(b"PEER 1 B t0k\n")?;
+        let line = format!("PRIVATE {} x\n", u64::MAX);
+        let batch = line.repeat(1000);
+        let mut events = Events::with_capacity(16);
+        let mut closed_after = None;
+        for round in 0..1000 {
+            if sender.write_all(batch.as_bytes()).is_err() {
+                closed_after = Some(round);
+                break;
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(10)))?;
+            let mut notices = Vec::new();
+            for event in events.iter() {
+                peers.ready(poll.registry(), event, &mut notices);
+            }
+            let unread: Vec<Token> = peers.unread().collect();
+            for token in unread {
+                peers.read_more(token, poll.registry(), &mut notices);
+            }
+            peers.flush_all(poll.registry(), &mut notices);
+            assert!(peers.conns.iter().all(|(_, c)| c.output.len() <= MAX_PENDING));
+        }
+        assert!(closed_after.is_some(), "never closed");
         Ok(())
     }
 

@@ -40,12 +40,62 @@ pub const PROMPT_USER: &str = "Username: ";
 pub const PROMPT_PASSWORD: &str = "Password: ";
 pub const PROMPT_COMMAND: &str = "> ";
 
-/// Escapes control characters in text that came from someone else, so a
-/// message cannot move the cursor, clear the screen or retitle the
-/// terminal, while the reader still sees what was sent: C0 controls and
-/// DEL as `^X` (ESC is `^[`), other controls as `\u{...}`. Tabs stay.
+/// Whether `c` must never reach the reader raw, in text or JSON output:
+/// it could end a line, reorder the text around it, or hide in it.
+///
+/// - Every control character (C0, DEL, C1): they move the cursor, clear
+///   the screen, retitle the terminal, and some end lines (`\n`, `\r`,
+///   VT, FF, FS, GS, RS, NEL split lines for many readers).
+/// - U+2028 LINE SEPARATOR and U+2029 PARAGRAPH SEPARATOR, which split
+///   lines for readers such as Python's `str.splitlines()` and
+///   JavaScript, so a message could forge a line `A: ...` of its own.
+/// - The bidirectional marks, embeddings, overrides and isolates
+///   (U+061C, U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069), which
+///   make a terminal show text in another order than it was sent.
+/// - The other invisible format characters (Unicode category Cf): soft
+///   hyphen, zero-width space, word joiner and invisible operators, BOM,
+///   interlinear annotation, tags, and the prepended concatenation marks.
+///   Not U+200C ZERO WIDTH NON-JOINER and U+200D ZERO WIDTH JOINER:
+///   Indic scripts and emoji sequences need them, and they neither break
+///   lines nor reorder text.
+pub fn must_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{ad}'
+                | '\u{600}'..='\u{605}'
+                | '\u{61c}'
+                | '\u{6dd}'
+                | '\u{70f}'
+                | '\u{890}'..='\u{891}'
+                | '\u{8e2}'
+                | '\u{180e}'
+                | '\u{200b}'
+                | '\u{200e}'..='\u{200f}'
+                // LS, PS, then the embeddings and overrides.
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                // The isolates, then the deprecated format characters.
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{110bd}'
+                | '\u{110cd}'
+                | '\u{13430}'..='\u{1343f}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}'
+        )
+}
+
+/// Escapes what [`must_escape`] names in text that came from someone
+/// else, so a message cannot move the cursor, clear the screen, retitle
+/// the terminal, start a line of its own or reorder what is shown, while
+/// the reader still sees what was sent: C0 controls and DEL as `^X` (ESC
+/// is `^[`), everything else as `\u{...}` (lowercase hex). Tabs stay.
 pub fn clean(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\t') {
+    if !text.chars().any(|c| must_escape(c) && c != '\t') {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -57,7 +107,7 @@ pub fn clean(text: &str) -> Cow<'_, str> {
                 out.push(char::from(c as u8 + b'@'));
             }
             '\u{7f}' => out.push_str("^?"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if must_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
         }
     }
@@ -351,5 +401,70 @@ mod tests {
         assert_eq!(chat_line("A", "a\u{1b}[2Jb\tc"), "A: a^[[2Jb\tc");
         assert_eq!(clean("bell\u{7}\0nul\u{7f}\u{9b}csi\r"), "bell^G^@nul^?\\u{9b}csi^M");
         assert!(matches!(clean("plain text"), Cow::Borrowed(_)));
+    }
+
+    /// Every character the set is specified to hold, as (first, last).
+    const ESCAPED: &[(u32, u32)] = &[
+        (0x0, 0x1f),
+        (0x7f, 0x9f),
+        (0xad, 0xad),
+        (0x600, 0x605),
+        (0x61c, 0x61c),
+        (0x6dd, 0x6dd),
+        (0x70f, 0x70f),
+        (0x890, 0x891),
+        (0x8e2, 0x8e2),
+        (0x180e, 0x180e),
+        (0x200b, 0x200b),
+        (0x200e, 0x200f),
+        (0x2028, 0x2029),
+        (0x202a, 0x202e),
+        (0x2060, 0x2064),
+        (0x2066, 0x2069),
+        (0x206a, 0x206f),
+        (0xfeff, 0xfeff),
+        (0xfff9, 0xfffb),
+        (0x110bd, 0x110bd),
+        (0x110cd, 0x110cd),
+        (0x13430, 0x1343f),
+        (0x1bca0, 0x1bca3),
+        (0x1d173, 0x1d17a),
+        (0xe0001, 0xe0001),
+        (0xe0020, 0xe007f),
+    ];
+
+    #[test]
+    fn the_escaped_set_is_exactly_the_specified_one() {
+        for code in 0..=0x10ffff_u32 {
+            let Some(c) = char::from_u32(code) else { continue };
+            let listed = ESCAPED.iter().any(|(first, last)| (*first..=*last).contains(&code));
+            assert_eq!(must_escape(c), listed, "U+{code:04X}");
+        }
+        // Joiners stay: scripts and emoji need them.
+        assert!(!must_escape('\u{200c}') && !must_escape('\u{200d}'));
+        // Everything Python's str.splitlines() splits on is escaped.
+        for c in "\n\r\u{b}\u{c}\u{1c}\u{1d}\u{1e}\u{85}\u{2028}\u{2029}".chars() {
+            assert!(must_escape(c), "U+{:04X}", c as u32);
+        }
+    }
+
+    #[test]
+    fn line_breaks_and_bidi_controls_from_others_are_shown_escaped() {
+        assert_eq!(
+            chat_line("C", "hi\u{2028}A: forged\u{2029}\u{202e}dlrow\u{2066}x\u{2069}"),
+            "C: hi\\u{2028}A: forged\\u{2029}\\u{202e}dlrow\\u{2066}x\\u{2069}"
+        );
+        assert_eq!(
+            clean("soft\u{ad}hy\u{feff}\u{e0041}\u{200b}"),
+            "soft\\u{ad}hy\\u{feff}\\u{e0041}\\u{200b}"
+        );
+        let family = "\u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467} \u{915}\u{94d}\u{200c}\u{937}";
+        assert!(matches!(clean(family), Cow::Borrowed(_)));
+        assert_eq!(
+            unconfirmed_private("B", "x\u{2028}y"),
+            "Private message to B was not confirmed: x\\u{2028}y"
+        );
+        let detail = failure_line(&Failure::BadCommand { detail: "a\u{202e}b" });
+        assert_eq!(detail, "The server rejected the command: a\\u{202e}b.");
     }
 }

@@ -386,3 +386,30 @@ impl Raw {
         }
     }
 }
+
+/// A process's resident memory in KiB (`VmRSS` in /proc), or `None` once
+/// it has exited.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Gives `socket` (or the connections a listener accepts) a small fixed
+/// receive buffer (Linux otherwise grows it to megabytes even while
+/// nothing is read), so that a peer's sending stalls soon when the test
+/// does not read.
+pub fn small_receive_buffer(socket: &impl std::os::fd::AsRawFd) {
+    let size: libc::c_int = 4096;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(result, 0, "setsockopt SO_RCVBUF");
+}
