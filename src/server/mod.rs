@@ -8,12 +8,14 @@
 //! - [`timer_wheel`]: one-second-bucket deadlines for heartbeats and lockouts.
 //! - [`credentials`]: the credentials file.
 //! - [`journal`]: the durable spool behind `--state-dir`.
+//! - [`logging`]: `chat-server`'s log, which never blocks or stops it.
 
 pub mod commands;
 pub mod core;
 pub mod credentials;
 pub mod event_loop;
 pub mod journal;
+pub mod logging;
 pub mod timer_wheel;
 
 use std::fmt;
