@@ -190,13 +190,15 @@ impl Core {
         let Some(target) = self.other_user(conn, me, name) else {
             return;
         };
+        // Logged only when it changes something: repeating it must not
+        // fill the log.
         if self.users[me].blocked.insert(target) {
             self.record(|core| Record::Blocked {
                 user: core.name(me).to_owned(),
                 target: name.to_owned(),
             });
+            log::info!("user {} blocked {name}", self.name(me));
         }
-        log::info!("user {} blocked {name}", self.name(me));
         self.send(conn, &ServerMsg::Blocked { user: name });
         self.revoke_grants(me, target);
     }

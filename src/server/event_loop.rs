@@ -614,7 +614,7 @@ impl EventLoop {
     /// those goodbyes to be written, and closes everything.
     pub fn shutdown(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(64);
-        self.core.shutdown();
+        self.core.shutdown(Instant::now());
         self.apply_effects();
         self.commit()?;
         let deadline = Instant::now() + SHUTDOWN_GRACE;

@@ -17,11 +17,13 @@
 //!
 //! It does not timestamp lines (journald or the operator's redirection
 //! does), rotate or reopen files, filter by module, or throttle anyone:
-//! callers keep repetitive lines down themselves. Nothing
+//! callers summarise repetitive lines themselves ([`refusals`]). Nothing
 //! installs it but `chat-server`'s `main`: an [`EmbeddedServer`]'s `log`
 //! calls go to whatever logger the embedding program set, if any.
 //!
 //! [`EmbeddedServer`]: super::EmbeddedServer
+
+pub mod refusals;
 
 use std::fmt::Write as _;
 use std::io;

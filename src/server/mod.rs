@@ -8,7 +8,8 @@
 //! - [`timer_wheel`]: one-second-bucket deadlines for heartbeats and lockouts.
 //! - [`credentials`]: the credentials file.
 //! - [`journal`]: the durable spool behind `--state-dir`.
-//! - [`logging`]: `chat-server`'s log, which never blocks or stops it.
+//! - [`logging`]: `chat-server`'s log, which never blocks or stops it, and
+//!   the summaries of repeated refusals.
 
 pub mod commands;
 pub mod core;
