@@ -5,8 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chat::server::logging;
 use clap::builder::TypedValueParser as _;
 use clap::Parser;
+
+/// How long the log may take to drain before the process exits: a stderr
+/// nobody reads must not keep it from exiting.
+const LOG_DRAIN_AT_EXIT: Duration = Duration::from_secs(1);
 
 /// The chat server: one event loop serving every client.
 #[derive(Debug, Parser)]
@@ -61,7 +66,9 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_LOGIN_ATTEMPTS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     login_attempts: u32,
-    /// Log level on stderr: error, warn, info, debug, trace or off.
+    /// Log level on stderr: error, warn, info, debug, trace or off. Logging
+    /// never blocks the server: lines stderr does not take in time are
+    /// dropped and counted.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
     /// Read a password from standard input, print its argon2id hash (the
@@ -106,8 +113,8 @@ fn main() -> ExitCode {
     let Some(port) = args.port.filter(|_| !args.hash_password) else {
         return hash_password();
     };
-    if let Err(e) = simple_logger::SimpleLogger::new().with_level(args.log_level).init() {
-        eprintln!("chat-server: cannot start logging: {e}");
+    if let Err(e) = logging::install(args.log_level) {
+        logging::write_line(&format!("chat-server: cannot start logging: {e}"));
         return ExitCode::FAILURE;
     }
     let config = chat::server::Config {
@@ -124,11 +131,15 @@ fn main() -> ExitCode {
         login_timeout: Duration::from_secs(args.login_timeout),
         login_attempts: args.login_attempts,
     };
-    match chat::server::run(&config) {
+    let code = match chat::server::run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chat-server: {e}");
+            // Through the log, whatever its level: a plain write could
+            // block forever on a stderr nobody reads.
+            logging::write_line(&format!("chat-server: {e}"));
             ExitCode::FAILURE
         }
-    }
+    };
+    logging::finish(LOG_DRAIN_AT_EXIT);
+    code
 }

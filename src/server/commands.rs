@@ -222,13 +222,15 @@ impl Core {
             self.refuse(conn, Failure::Storage);
             return;
         }
+        // Logged only when it changes something: repeating it must not
+        // fill the log.
         if self.set_block(me, target, true) {
             self.record(me, |core| Record::Blocked {
                 user: core.name(me).to_owned(),
                 target: name.to_owned(),
             });
+            log::info!("user {} blocked {name}", self.name(me));
         }
-        log::info!("user {} blocked {name}", self.name(me));
         self.send(conn, &ServerMsg::Blocked { user: name });
         self.revoke_grants(me, target);
     }

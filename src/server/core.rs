@@ -22,6 +22,7 @@ use log::{debug, info, warn};
 use super::commands::{phase, Phase};
 use super::credentials::{Account, Secret};
 use super::journal::Record;
+use super::logging::refusals::{Refusals, Verdict};
 use crate::protocol::{
     ByeReason, ClientMsg, DenyReason, Failure, MsgKind, QueueReason, ServerMsg, VERSION,
 };
@@ -114,6 +115,8 @@ pub enum Timer {
     /// The connection must have logged in by now. `due` tells it from a
     /// stale timer of an earlier connection with the same id.
     Login { conn: ConnId, due: Instant },
+    /// Refusals counted rather than logged may be due for their summary.
+    RefusalSummary,
 }
 
 /// What the event loop must do on the core's behalf.
@@ -207,7 +210,7 @@ struct Failures {
 
 /// What failed logins are counted by: an IPv4 address, or an IPv6 /64
 /// (one host usually owns a whole /64).
-fn throttle_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn throttle_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {
@@ -312,6 +315,8 @@ pub struct Core {
     pub(super) online: BTreeSet<UserId>,
     /// Failed logins per address, for throttling.
     failures: HashMap<IpAddr, Failures>,
+    /// Which refusals are logged one by one and which are summarised.
+    refusals: Refusals,
     pub(super) effects: Vec<Effect>,
     /// The lines of this pass's `Send` effects, back to back.
     pub(super) out: String,
@@ -407,6 +412,7 @@ impl Core {
             conns: ConnTable::default(),
             online: BTreeSet::new(),
             failures: HashMap::new(),
+            refusals: Refusals::new(),
             effects: Vec::new(),
             out: String::new(),
             records: Vec::new(),
@@ -595,11 +601,41 @@ impl Core {
         }
     }
 
-    /// Answers a refused request and logs it for the operator.
+    /// Answers a refused request and logs it for the operator, in the
+    /// words of the reply (`bad-command unknown verb`); repeats from one
+    /// address are summarised instead (see [`Refusals`]).
     pub(super) fn refuse(&mut self, conn: ConnId, failure: Failure<'_>) {
-        let who = self.describe(conn);
-        info!("refused {who}: {failure:?}");
+        // Every refusal answers a line just received, so the connection's
+        // last_seen is the current time.
+        let logged = match self.conns.get(&conn) {
+            Some(state) => self.note_refusal(state.ip, failure.code(), state.last_seen),
+            None => true,
+        };
+        if logged {
+            let detail = match failure {
+                Failure::BadCommand { detail } => Some(detail),
+                _ => failure.user(),
+            };
+            let (who, code) = (self.describe(conn), failure.code());
+            match detail {
+                Some(detail) => info!("refused {who}: {code} {detail}"),
+                None => info!("refused {who}: {code}"),
+            }
+        }
         self.fail(conn, failure);
+    }
+
+    /// Whether a refusal from `ip` is to be logged on its own; arms the
+    /// summary timer when one is needed.
+    fn note_refusal(&mut self, ip: IpAddr, code: &'static str, now: Instant) -> bool {
+        match self.refusals.note(ip, code, now) {
+            Verdict::Log => true,
+            Verdict::Counted => false,
+            Verdict::CountedReportAt(at) => {
+                self.effects.push(Effect::Arm { at, timer: Timer::RefusalSummary });
+                false
+            }
+        }
     }
 
     /// "user A (1.2.3.4)" or "connection 7 (1.2.3.4)", for log lines.
@@ -703,11 +739,15 @@ impl Core {
         self.announce_presence(user, false);
     }
 
-    /// Server shutdown: every connection is told and closed.
-    pub fn shutdown(&mut self) {
+    /// Server shutdown: every connection is told and closed, and refusals
+    /// counted for a summary are reported now.
+    pub fn shutdown(&mut self, now: Instant) {
         let conns: Vec<ConnId> = self.conns.keys().collect();
         for conn in conns {
             self.bye(conn, ByeReason::Shutdown);
+        }
+        for summary in self.refusals.finish(now) {
+            info!("{summary}");
         }
     }
 
@@ -718,7 +758,9 @@ impl Core {
             return;
         };
         if self.throttled(ip, now) {
-            info!("refused login for {name} from {ip}: too many failed logins from there");
+            if self.note_refusal(ip, DenyReason::Throttled.as_str(), now) {
+                info!("refused login for {name} from {ip}: too many failed logins from there");
+            }
             self.send(conn, &ServerMsg::Denied { reason: DenyReason::Throttled });
             return;
         }
@@ -729,7 +771,9 @@ impl Core {
         match result {
             Ok(user) => self.start_session(conn, user, p2p_port),
             Err(reason) => {
-                info!("refused login for {name} from {ip}: {}", reason.as_str());
+                if self.note_refusal(ip, reason.as_str(), now) {
+                    info!("refused login for {name} from {ip}: {}", reason.as_str());
+                }
                 // A locked account checks nothing, so guessing gains nothing.
                 if reason != DenyReason::Locked {
                     self.count_failure(ip, now);
@@ -1032,6 +1076,15 @@ impl Core {
                 if account.locked_until.is_some_and(|until| until <= now) {
                     account.locked_until = None;
                     info!("lockout of {} expired", account.name);
+                }
+            }
+            Timer::RefusalSummary => {
+                let (summaries, next) = self.refusals.report(now);
+                for summary in summaries {
+                    info!("{summary}");
+                }
+                if let Some(at) = next {
+                    self.effects.push(Effect::Arm { at, timer: Timer::RefusalSummary });
                 }
             }
         }
@@ -1368,6 +1421,24 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn repeated_refusals_are_all_answered_and_arm_one_summary_timer() {
+        let mut h = Harness::new();
+        h.connect(1);
+        h.take();
+        for _ in 0..20 {
+            h.line(1, "FROB");
+        }
+        assert_eq!(h.to(1), vec!["FAIL bad-command unknown verb"; 20]);
+        let summary = |h: &Harness| -> Vec<Instant> {
+            let armed = h.armed.iter().filter(|(_, t)| *t == Timer::RefusalSummary);
+            armed.map(|(at, _)| *at).collect()
+        };
+        assert_eq!(summary(&h), vec![h.now + crate::server::logging::refusals::WINDOW]);
+        h.advance(crate::server::logging::refusals::WINDOW);
+        assert_eq!(summary(&h), vec![], "reported, and nothing left to report");
+    }
+
+    #[test]
     fn wrong_version_is_refused_and_closed() {
         let mut h = Harness::new();
         h.connect(1);
@@ -1455,7 +1526,7 @@ pub(super) mod tests {
         h.login(1, "A");
         h.connect(2);
         h.take();
-        h.core.shutdown();
+        h.core.shutdown(h.now);
         let mut sent = h.take();
         sent.sort();
         assert_eq!(sent, vec![(1, "BYE shutdown".into()), (2, "BYE shutdown".into())]);

@@ -34,6 +34,7 @@ use slab::Slab;
 
 use super::core::{Core, Effect, Timer};
 use super::credentials;
+use super::logging;
 use super::store::Store;
 use super::timer_wheel::TimerWheel;
 use crate::outbuf::OutBuf;
@@ -90,6 +91,10 @@ const QUIET_BEFORE_TRIM: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for goodbyes to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How soon log output stderr did not take is tried again, when nothing
+/// else wakes the loop.
+const LOG_RETRY: Duration = Duration::from_millis(100);
 
 /// Per-connection limits, from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -240,6 +245,11 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         while !self.shutting_down {
             let mut timeout = self.poll_timeout(Instant::now());
+            // The log of the last pass goes out now, without blocking; what
+            // stderr did not take is tried again soon.
+            if logging::flush() {
+                timeout = Some(timeout.map_or(LOG_RETRY, |t| t.min(LOG_RETRY)));
+            }
             let trim_due = self.churn >= CHURN_BEFORE_TRIM;
             if trim_due {
                 timeout = Some(timeout.map_or(QUIET_BEFORE_TRIM, |t| t.min(QUIET_BEFORE_TRIM)));
@@ -604,7 +614,7 @@ impl EventLoop {
     /// those goodbyes to be written, and closes everything.
     pub fn shutdown(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(64);
-        self.core.shutdown();
+        self.core.shutdown(Instant::now());
         self.apply_effects();
         self.commit();
         if let Some(store) = &mut self.store {

@@ -8,6 +8,8 @@
 //! - [`timer_wheel`]: one-second-bucket deadlines for heartbeats and lockouts.
 //! - [`credentials`]: the credentials file.
 //! - [`journal`]: the durable spool behind `--state-dir`.
+//! - [`logging`]: `chat-server`'s log, which never blocks or stops it, and
+//!   the summaries of repeated refusals.
 //! - [`state_dir`]: the state directory, opened safely.
 //! - [`store`]: the journal driven by the core, a bounded step per pass.
 
@@ -16,6 +18,7 @@ pub mod core;
 pub mod credentials;
 pub mod event_loop;
 pub mod journal;
+pub mod logging;
 pub mod state_dir;
 pub mod store;
 pub mod timer_wheel;

@@ -1,0 +1,129 @@
+//! The server's log on standard error can neither stop nor stall it: a
+//! closed stderr (a reader that went away, as in `2>&1 | head -1`) and a
+//! stderr nobody reads (a full pipe) are both survived, and the server goes
+//! on serving everyone else.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+use support::{signal, temp_dir, write_credentials, Client, Raw, USERS, WAIT};
+
+/// A `chat-server` at `--log-level info` whose stderr is a pipe the test
+/// holds (and may close or never read); returns it with its port.
+fn start(name: &str) -> (Child, u16) {
+    let dir = temp_dir(name);
+    let credentials = write_credentials(&dir, USERS);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--bind", "127.0.0.1", "--log-level", "info", "--credentials"])
+        .arg(&credentials)
+        .arg("0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chat-server");
+    // The first stdout line names the port; the rest is drained so that
+    // stdout never fills.
+    let stdout = child.stdout.take().expect("server stdout");
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(WAIT).expect("the server announced itself");
+    let port = first
+        .strip_prefix("Server listening on 127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first server line {first:?}"));
+    (child, port)
+}
+
+/// Two users log in and one message gets through: the server still serves.
+fn still_serves(port: u16) {
+    let mut b = Client::spawn(port, &["--user", "B"], Some("B_pwd"), Stdio::piped());
+    b.out.expect_next("Welcome to the chat system!");
+    let mut a = Raw::login(port, "A", "A_pwd");
+    a.send("MESSAGE B still fine");
+    b.out.expect("A: still fine");
+}
+
+/// Kills the server on the way out, whatever happened.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_closed_stderr_does_not_stop_the_server() {
+    let (mut child, port) = start("log-closed");
+    // The reader goes away, as `head -1` does after its line.
+    drop(child.stderr.take());
+    let mut server = Reaper(child);
+    let mut raw = Raw::connect(port);
+    assert_eq!(raw.line(), "HELLO 1 35");
+    // Refused, and logged at info: a write to the closed pipe.
+    raw.send("FROB");
+    assert_eq!(raw.line(), "FAIL bad-command unknown verb");
+    raw.send("HELLO 1\nLOGIN C 1 C_pwd");
+    assert_eq!(raw.line(), "WELCOME C");
+    still_serves(port);
+    assert!(server.0.try_wait().expect("try_wait").is_none(), "the server is still running");
+}
+
+#[test]
+fn a_stderr_nobody_reads_does_not_stall_the_server() {
+    const BAD_LINES: usize = 5000;
+    let (mut child, port) = start("log-stalled");
+    // Held open and never read until the server has exited.
+    let mut stderr = child.stderr.take().expect("server stderr");
+    let mut server = Reaper(child);
+
+    let mut flood = Raw::connect(port);
+    assert_eq!(flood.line(), "HELLO 1 35");
+    let mut writer = flood.writer.try_clone().expect("clone the stream");
+    // Count the refusals on a thread, so that the replies never fill up.
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut count = 0;
+        while count < BAD_LINES && flood.line() == "FAIL bad-command unknown verb" {
+            count += 1;
+        }
+        let _ = tx.send(count);
+    });
+    // About 25 KB of input; logged one by one at info, it would be about
+    // 500 KB of log, far more than the pipe holds.
+    writer.write_all("FROB\n".repeat(BAD_LINES).as_bytes()).expect("send the bad lines");
+    still_serves(port);
+    let refused = rx.recv_timeout(WAIT).expect("the server answered every bad line");
+    assert_eq!(refused, BAD_LINES);
+
+    // SIGTERM: the server must exit by itself, its stalled log or not.
+    signal(server.0.id(), "TERM");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = server.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    let mut log = Vec::new();
+    stderr.read_to_end(&mut log).expect("read the log");
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.len() < 128 * 1024, "the log is bounded: {} bytes", log.len());
+    assert!(
+        log.contains("more requests from 127.0.0.1") || log.contains("lines dropped"),
+        "the log says what it did not print one by one: {log}"
+    );
+}
