@@ -2,8 +2,8 @@
 //! [`EmbeddedServer`], the same server inside another program, for
 //! loopback integration tests.
 //!
-//! - [`core`]: the chat state machine (no I/O, fake-clock testable).
-//! - [`commands`]: the command table and the chat command handlers.
+//! - [`core`]: the chat state machine (no I/O, fake-clock testable), with
+//!   its command table and handlers, outboxes and login throttle.
 //! - [`event_loop`]: the `mio` loop that moves bytes and fires timers.
 //! - [`timer_wheel`]: one-second-bucket deadlines for heartbeats and lockouts.
 //! - [`credentials`]: the credentials file.
@@ -13,7 +13,6 @@
 //! - [`state_dir`]: the state directory, opened safely.
 //! - [`store`]: the journal driven by the core, a bounded step per pass.
 
-pub mod commands;
 pub mod core;
 pub mod credentials;
 pub mod event_loop;

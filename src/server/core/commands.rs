@@ -1,19 +1,21 @@
 //! The command table and the chat commands a logged-in user can run.
 //!
-//! [`phase`] declares, for every frame a client may send, whether it is
-//! allowed before login, after login, or always; the core enforces it before
-//! any handler runs, so handlers can rely on a logged-in user. Argument
-//! counts and formats are enforced earlier still, by the protocol parser.
+//! [`Core::before_login`] and [`Core::command`] are the table: for every
+//! frame a client may send, what it does before login and after, each an
+//! exhaustive match, so handlers can rely on a logged-in user and a new
+//! frame cannot be ignored by accident. Argument counts and formats are
+//! enforced earlier still, by the protocol parser.
 //!
 //! Handlers only update state and queue replies; they never touch sockets.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use super::core::{emit, ConnId, Core, Stored, UserId, SNAPSHOT_RECORD_BYTES};
-use super::journal::Record;
+use super::{emit, ConnId, Core, UserId, SNAPSHOT_RECORD_BYTES};
 use crate::protocol::{
     ClientMsg, Failure, MsgKind, QueueReason, ServerMsg, MAX_TEXT, ONLINE_NAMES_PER_FRAME,
 };
+use crate::server::journal::Record;
 
 /// What became of a message put in an outbox.
 enum Delivery {
@@ -27,38 +29,38 @@ enum Delivery {
     NoStorage,
 }
 
-/// When a frame may be sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Only before login.
-    BeforeLogin,
-    /// Only after login.
-    LoggedIn,
-    /// At any time.
-    Any,
-}
-
-/// The command table: which frames are allowed when.
-pub fn phase(msg: &ClientMsg<'_>) -> Phase {
-    match msg {
-        ClientMsg::Hello { .. } | ClientMsg::Login { .. } => Phase::BeforeLogin,
-        ClientMsg::Ping => Phase::Any,
-        ClientMsg::Message { .. }
-        | ClientMsg::Broadcast { .. }
-        | ClientMsg::Online
-        | ClientMsg::Block { .. }
-        | ClientMsg::Unblock { .. }
-        | ClientMsg::GetAddress { .. }
-        | ClientMsg::Consent { .. }
-        | ClientMsg::Logout
-        | ClientMsg::Ack { .. } => Phase::LoggedIn,
-    }
-}
-
 impl Core {
-    /// Runs a logged-in command for `user` on `conn`.
+    /// The command table for a connection that has not logged in: which
+    /// frames are allowed (with their handlers) and which are refused.
+    /// Every frame is named here and in [`Core::command`], so a new frame
+    /// cannot compile until both say what it does.
+    pub(super) fn before_login(&mut self, conn: ConnId, msg: ClientMsg<'_>, now: Instant) {
+        match msg {
+            ClientMsg::Hello { version } => self.hello(conn, version),
+            ClientMsg::Login { user, p2p_port, password } => {
+                self.login(conn, user, p2p_port, password, now)
+            }
+            // Arriving (which resets the heartbeat) is all a ping does.
+            ClientMsg::Ping => {}
+            ClientMsg::Message { .. }
+            | ClientMsg::Broadcast { .. }
+            | ClientMsg::Online
+            | ClientMsg::Block { .. }
+            | ClientMsg::Unblock { .. }
+            | ClientMsg::GetAddress { .. }
+            | ClientMsg::Consent { .. }
+            | ClientMsg::Logout
+            | ClientMsg::Ack { .. } => self.refuse(conn, Failure::NotLoggedIn),
+        }
+    }
+
+    /// The command table for `user`, logged in on `conn`.
     pub(super) fn command(&mut self, conn: ConnId, user: UserId, msg: ClientMsg<'_>) {
         match msg {
+            ClientMsg::Hello { .. } | ClientMsg::Login { .. } => {
+                self.refuse(conn, Failure::AlreadyLoggedIn)
+            }
+            ClientMsg::Ping => {}
             ClientMsg::Message { to, text } => self.message(conn, user, to, text),
             ClientMsg::Broadcast { text } => self.broadcast(conn, user, text),
             ClientMsg::Online => self.list_online(conn, user),
@@ -68,7 +70,6 @@ impl Core {
             ClientMsg::Consent { user: target } => self.consent(conn, user, target),
             ClientMsg::Logout => self.logout(conn, user),
             ClientMsg::Ack { seq } => self.acknowledge(user, seq),
-            ClientMsg::Hello { .. } | ClientMsg::Login { .. } | ClientMsg::Ping => {}
         }
     }
 
@@ -109,19 +110,16 @@ impl Core {
             return Delivery::NoStorage;
         }
         let recipient = &mut self.users[to];
-        let seq = recipient.next_seq;
-        recipient.next_seq += 1;
         let online = recipient.session.is_some();
         let kind = if online { live_kind } else { MsgKind::Offline };
         let notify = online && live_kind == MsgKind::Direct;
-        let text = Arc::clone(text);
-        recipient.outbox.push_back(Stored { seq, kind, from, text, notify });
+        let seq = recipient.outbox.push(kind, from, Arc::clone(text), notify).seq;
         self.record(to, |core| Record::Queued {
             user: core.name(to).to_owned(),
             seq,
             kind,
             from: core.name(from).to_owned(),
-            text: core.users[to].outbox.back().map_or_else(String::new, |s| s.text.to_string()),
+            text: text.to_string(),
         });
         self.pump(to);
         if online {
@@ -320,18 +318,12 @@ impl Core {
     /// a confused or hostile ACK must not discard them unseen.
     /// Senders waiting for news of a live message hear `DELIVERED`.
     fn acknowledge(&mut self, me: UserId, seq: u64) {
-        let user = &mut self.users[me];
-        let mut last = None;
         let mut senders = Vec::new();
-        while user.sent > 0 && user.outbox.front().is_some_and(|stored| stored.seq <= seq) {
-            let Some(stored) = user.outbox.pop_front() else { break };
-            user.sent -= 1;
-            user.sent_bytes = user.sent_bytes.saturating_sub(stored.wire_len());
-            last = Some(stored.seq);
+        let last = self.users[me].outbox.acknowledge(seq, |stored| {
             if stored.notify {
                 senders.push(stored.from);
             }
-        }
+        });
         if let Some(seq) = last {
             self.record(me, |core| Record::Acked { user: core.name(me).to_owned(), seq });
         }
@@ -348,8 +340,8 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use super::super::core::tests::{Harness, BLOCK, TIMEOUT};
-    use super::super::core::{CoreConfig, SEND_WINDOW};
+    use super::super::tests::{Harness, BLOCK, TIMEOUT};
+    use super::super::{CoreConfig, SEND_WINDOW};
 
     #[test]
     fn message_live_then_acknowledged_is_not_sent_again() {
@@ -804,7 +796,7 @@ mod tests {
         assert_eq!(h.to(1), vec!["DELIVERED B"]);
         let records: Vec<_> = h.core.records().map(|(_, r)| r).collect();
         assert!(
-            records.contains(&super::super::journal::Record::Acked { user: "B".into(), seq: 1 })
+            records.contains(&crate::server::journal::Record::Acked { user: "B".into(), seq: 1 })
         );
         h.core.set_storage_budget(None);
         h.line(1, "MESSAGE C four");
@@ -955,9 +947,9 @@ mod tests {
 
 #[cfg(test)]
 mod incremental_snapshot_tests {
-    use super::super::core::tests::Harness;
-    use super::super::core::SnapshotCursor;
-    use super::super::journal::Record;
+    use super::super::tests::Harness;
+    use super::super::SnapshotCursor;
+    use crate::server::journal::Record;
     use std::time::Duration;
 
     /// A deterministic stream of pseudo-random numbers.
