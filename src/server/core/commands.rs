@@ -55,7 +55,7 @@ impl Core {
     }
 
     /// The command table for `user`, logged in on `conn`.
-    pub(super) fn command(&mut self, conn: ConnId, user: UserId, msg: ClientMsg<'_>) {
+    pub(super) fn command(&mut self, conn: ConnId, user: UserId, msg: ClientMsg<'_>, now: Instant) {
         match msg {
             ClientMsg::Hello { .. } | ClientMsg::Login { .. } => {
                 self.refuse(conn, Failure::AlreadyLoggedIn)
@@ -68,7 +68,7 @@ impl Core {
             ClientMsg::Unblock { user: target } => self.unblock(conn, user, target),
             ClientMsg::GetAddress { user: target } => self.get_address(conn, user, target),
             ClientMsg::Consent { user: target } => self.consent(conn, user, target),
-            ClientMsg::Logout => self.logout(conn, user),
+            ClientMsg::Logout => self.logout(conn, user, now),
             ClientMsg::Ack { seq } => self.acknowledge(user, seq),
         }
     }
@@ -340,8 +340,10 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
+    use super::super::presence::COALESCE;
     use super::super::tests::{Harness, BLOCK, TIMEOUT};
     use super::super::{CoreConfig, SEND_WINDOW};
+    use std::time::Duration;
 
     #[test]
     fn message_live_then_acknowledged_is_not_sent_again() {
@@ -508,6 +510,7 @@ mod tests {
         h.login(2, "B");
         h.login(3, "C");
         h.line(3, "BLOCK B");
+        h.advance(COALESCE);
         h.take();
         h.line(3, "LOGOUT");
         assert_eq!(h.take(), vec![(3, "BYE logout".into()), (1, "PRESENCE C off".into())]);
@@ -522,10 +525,58 @@ mod tests {
         h.line(2, "BLOCK A");
         h.line(2, "LOGOUT");
         h.login(3, "C");
+        // B's logout notice comes at the end of its coalescing second; the
+        // next change is announced at once a second after that.
+        h.advance(COALESCE);
+        h.advance(COALESCE);
         h.connect(4);
         h.take();
         h.line(4, "LOGIN B 1 B_pwd");
         assert_eq!(h.take(), vec![(4, "WELCOME B".into()), (3, "PRESENCE B on".into())]);
+    }
+
+    #[test]
+    fn a_user_who_blocked_someone_does_not_hear_them_come_and_go() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.line(1, "BLOCK B");
+        h.take();
+        h.login(3, "C");
+        h.advance(COALESCE);
+        h.connect(2);
+        h.take();
+        h.line(2, "LOGIN B 1 B_pwd");
+        assert_eq!(h.take(), vec![(2, "WELCOME B".into()), (3, "PRESENCE B on".into())]);
+        h.advance(COALESCE);
+        h.line(2, "LOGOUT");
+        assert_eq!(h.take(), vec![(2, "BYE logout".into()), (3, "PRESENCE B off".into())]);
+    }
+
+    #[test]
+    fn a_login_loop_is_coalesced_into_at_most_one_notice_a_second() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.advance(COALESCE);
+        h.take();
+        // B logs in and out 50 times within a second.
+        for n in 0..50 {
+            h.connect(10 + n);
+            h.line(10 + n, "LOGIN B 1 B_pwd");
+            h.line(10 + n, "LOGOUT");
+            h.advance(Duration::from_millis(10));
+        }
+        let notices: Vec<String> =
+            h.to(1).into_iter().filter(|l| l.starts_with("PRESENCE")).collect();
+        assert_eq!(notices, vec!["PRESENCE B on"], "the first change at once, the rest held");
+        h.advance(COALESCE);
+        assert_eq!(h.to(1), vec!["PRESENCE B off"], "then the state B is in");
+        // A quick off-and-on says nothing at all.
+        h.connect(99);
+        h.line(99, "LOGIN B 1 B_pwd");
+        h.advance(Duration::from_millis(10));
+        h.line(99, "LOGOUT");
+        h.advance(COALESCE);
+        assert_eq!(h.to(1), Vec::<String>::new());
     }
 
     #[test]
@@ -626,6 +677,7 @@ mod tests {
         h.line(2, "GETADDRESS A");
         h.line(1, "CONSENT B");
         h.core.disconnected(1);
+        h.advance(COALESCE);
         h.connect(3);
         h.take();
         h.line(3, "LOGIN A 7 A_pwd");
@@ -638,6 +690,7 @@ mod tests {
             ]
         );
         h.core.disconnected(3);
+        h.advance(COALESCE);
         h.connect(4);
         h.take();
         h.line(4, "LOGIN A 8 A_pwd");

@@ -23,9 +23,11 @@ use crate::server::journal::Record;
 use crate::server::logging::refusals::{Refusals, Verdict};
 mod commands;
 mod outbox;
+mod presence;
 mod throttle;
 
 use outbox::Outbox;
+use presence::{Decision, Presence};
 pub(crate) use throttle::throttle_key;
 use throttle::LoginThrottle;
 pub use throttle::THROTTLE_WINDOW;
@@ -113,6 +115,9 @@ pub enum Timer {
     Login { conn: ConnId, due: Instant },
     /// Refusals counted rather than logged may be due for their summary.
     RefusalSummary,
+    /// A user's presence changes were held back to coalesce them; the
+    /// state they are in now may be due for a notice.
+    Presence(UserId),
 }
 
 /// What the event loop must do on the core's behalf.
@@ -267,6 +272,8 @@ pub struct Core {
     throttle: LoginThrottle,
     /// Which refusals are logged one by one and which are summarised.
     refusals: Refusals,
+    /// Presence notices: coalescing and each recipient's allowance.
+    presence: Presence,
     effects: Vec<Effect>,
     /// The lines of this pass's `Send` effects, back to back.
     out: String,
@@ -360,6 +367,7 @@ impl Core {
             online: BTreeSet::new(),
             throttle: LoginThrottle::new(config.login_attempts),
             refusals: Refusals::new(),
+            presence: Presence::default(),
             effects: Vec::new(),
             out: String::new(),
             records: Vec::new(),
@@ -596,7 +604,7 @@ impl Core {
 
     fn dispatch(&mut self, conn: ConnId, msg: ClientMsg<'_>, now: Instant) {
         match self.conns.get(&conn).and_then(|c| c.user) {
-            Some(user) => self.command(conn, user, msg),
+            Some(user) => self.command(conn, user, msg, now),
             None => self.before_login(conn, msg, now),
         }
     }
@@ -649,27 +657,45 @@ impl Core {
         }
     }
 
-    /// Tells every online user but `about` (and those `about` has blocked)
-    /// that `about` came or went.
-    fn announce_presence(&mut self, about: UserId, online: bool) {
+    /// `about` logged in (`online`) or out: tells the others now, or once
+    /// the change is no longer part of a rapid series (see [`Presence`]).
+    fn presence_changed(&mut self, about: UserId, online: bool, now: Instant) {
+        match self.presence.changed(about, online, now) {
+            Decision::Now => self.announce_presence(about, online, now),
+            Decision::Later(at) => {
+                self.effects.push(Effect::Arm { at, timer: Timer::Presence(about) })
+            }
+            Decision::Wait => {}
+        }
+        if self.presence.is_large(self.online.len()) {
+            self.presence.tidy(now);
+        }
+    }
+
+    /// Tells every online user that `about` came or went, but those
+    /// `about` has blocked and those who have blocked `about`, and those
+    /// who have had their share of notices for now.
+    fn announce_presence(&mut self, about: UserId, online: bool, now: Instant) {
         let name = self.users[about].name.clone();
         let msg = ServerMsg::Presence { user: &name, online };
         let audience: Vec<UserId> = self
             .online
             .iter()
             .copied()
-            .filter(|&u| u != about && !self.users[about].blocked.contains(&u))
+            .filter(|&u| u != about && !self.has_blocked(about, u) && !self.has_blocked(u, about))
             .collect();
         for user in audience {
-            self.send_to_user(user, &msg);
+            if self.presence.allow(user, now) {
+                self.send_to_user(user, &msg);
+            }
         }
     }
 
     /// LOGOUT: goodbye to the leaver, then a presence notice to the others.
-    fn logout(&mut self, conn: ConnId, user: UserId) {
+    fn logout(&mut self, conn: ConnId, user: UserId, now: Instant) {
         info!("user {} logged out", self.name(user));
         self.bye(conn, ByeReason::Logout);
-        self.announce_presence(user, false);
+        self.presence_changed(user, false, now);
     }
 
     /// Server shutdown: every connection is told and closed, and refusals
@@ -702,7 +728,7 @@ impl Core {
             Some(user) => self.check_password(user, password, now).map(|()| user),
         };
         match result {
-            Ok(user) => self.start_session(conn, user, p2p_port),
+            Ok(user) => self.start_session(conn, user, p2p_port, now),
             Err(reason) => {
                 if self.note_refusal(ip, reason.as_str(), now) {
                     info!("refused login for {name} from {ip}: {}", reason.as_str());
@@ -750,7 +776,7 @@ impl Core {
         Err(DenyReason::NowLocked)
     }
 
-    fn start_session(&mut self, conn: ConnId, user: UserId, p2p_port: u16) {
+    fn start_session(&mut self, conn: ConnId, user: UserId, p2p_port: u16, now: Instant) {
         let replaced = self.users[user].session;
         if let Some(old) = replaced {
             info!("user {} logged in again; ending the older session", self.name(user));
@@ -772,7 +798,7 @@ impl Core {
             self.send_to_user(holder, &ServerMsg::AddressChanged { user: &name });
         }
         if replaced.is_none() {
-            self.announce_presence(user, true);
+            self.presence_changed(user, true, now);
         }
     }
 
@@ -958,6 +984,12 @@ impl Core {
                 if account.locked_until.is_some_and(|until| until <= now) {
                     account.locked_until = None;
                     info!("lockout of {} expired", account.name);
+                }
+            }
+            Timer::Presence(user) => {
+                let online = self.users[user].session.is_some();
+                if self.presence.due(user, online, now) {
+                    self.announce_presence(user, online, now);
                 }
             }
             Timer::RefusalSummary => {
