@@ -82,12 +82,21 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// not hold its slot (and its buffered output) for ever.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// After this much output, the next second without events hands freed
-/// heap memory back to the system (see [`release_memory`]).
-const CHURN_BEFORE_TRIM: usize = 4 << 20;
+/// After this much churn (bytes of output, plus [`CONNECTION_CHURN`] per
+/// connection opened or closed), the first second without socket activity
+/// gives back memory: unwanted timers, tables' spare room, and freed heap
+/// (see [`release_memory`]). A burst of any kind is followed by it.
+const CHURN_BEFORE_TRIM: usize = 256 << 10;
+
+/// What opening or closing a connection counts for in [`CHURN_BEFORE_TRIM`].
+const CONNECTION_CHURN: usize = 2 << 10;
 
 /// How long the loop must be quiet before memory is handed back.
 const QUIET_BEFORE_TRIM: Duration = Duration::from_secs(1);
+
+/// Timers are swept of unwanted entries when the wheel has grown this much
+/// past its size after the last sweep (and doubled): amortised O(1).
+const TIMER_SWEEP_SLACK: usize = 4096;
 
 /// How long shutdown waits for goodbyes to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -192,8 +201,12 @@ pub struct EventLoop {
     /// Connections refused at the limit, held until they close or linger
     /// out (not in the slab: they count against nothing).
     refusing: Vec<(TcpStream, Instant)>,
-    /// Bytes queued for clients since memory was last handed back.
+    /// Churn since memory was last handed back (see [`CHURN_BEFORE_TRIM`]).
     churn: usize,
+    /// When the last socket event came: quiet is measured from here.
+    last_activity: Instant,
+    /// The timer wheel's size after its last sweep.
+    timers_swept: usize,
 }
 
 impl EventLoop {
@@ -237,6 +250,8 @@ impl EventLoop {
             closing: Vec::new(),
             refusing: Vec::new(),
             churn: 0,
+            last_activity: Instant::now(),
+            timers_swept: 0,
         })
     }
 
@@ -250,9 +265,10 @@ impl EventLoop {
             if logging::flush() {
                 timeout = Some(timeout.map_or(LOG_RETRY, |t| t.min(LOG_RETRY)));
             }
-            let trim_due = self.churn >= CHURN_BEFORE_TRIM;
-            if trim_due {
-                timeout = Some(timeout.map_or(QUIET_BEFORE_TRIM, |t| t.min(QUIET_BEFORE_TRIM)));
+            if self.churn >= CHURN_BEFORE_TRIM {
+                let quiet_at = self.last_activity + QUIET_BEFORE_TRIM;
+                let left = quiet_at.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
             if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() == ErrorKind::Interrupted {
@@ -260,9 +276,13 @@ impl EventLoop {
                 }
                 return Err(error);
             }
-            if trim_due && events.is_empty() {
-                release_memory();
-                self.churn = 0;
+            let now = Instant::now();
+            if !events.is_empty() {
+                self.last_activity = now;
+            } else if self.churn >= CHURN_BEFORE_TRIM
+                && now >= self.last_activity + QUIET_BEFORE_TRIM
+            {
+                self.give_back_memory(now);
             }
             for event in events.iter() {
                 match event.token() {
@@ -334,6 +354,30 @@ impl EventLoop {
         if let Some(store) = &mut self.store {
             store.upkeep(&mut self.core, now);
         }
+        if self.timers.len() > 2 * self.timers_swept + TIMER_SWEEP_SLACK {
+            self.sweep_timers();
+        }
+    }
+
+    /// After a burst, once quiet: drops unwanted timers and spare room in
+    /// the tables, and hands freed heap back to the system.
+    fn give_back_memory(&mut self, now: Instant) {
+        self.sweep_timers();
+        self.conns.shrink_to_fit();
+        self.core.shrink(now);
+        for list in [&mut self.pending_writes, &mut self.unfinished_reads, &mut self.closing] {
+            list.shrink_to_fit();
+        }
+        self.refusing.shrink_to_fit();
+        release_memory();
+        self.churn = 0;
+    }
+
+    /// Drops timers the core no longer wants (a closed connection's).
+    fn sweep_timers(&mut self) {
+        let core = &self.core;
+        self.timers.retain(|timer| core.timer_wanted(timer));
+        self.timers_swept = self.timers.len();
     }
 
     /// Makes this pass's state changes durable (group commit).
@@ -419,6 +463,7 @@ impl EventLoop {
             self.refuse(stream);
             return;
         }
+        self.churn += CONNECTION_CHURN;
         // Lines are small and interactive: send them at once.
         if let Err(e) = stream.set_nodelay(true) {
             debug!("set_nodelay for {peer}: {e}");
@@ -601,6 +646,7 @@ impl EventLoop {
                 continue;
             }
             let mut conn = self.conns.remove(key);
+            self.churn += CONNECTION_CHURN;
             if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
                 debug!("deregister connection {key}: {e}");
             }

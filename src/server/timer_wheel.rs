@@ -6,9 +6,12 @@
 //! expiry visits only the slots of the seconds that passed. Entries further
 //! away than one turn of the wheel wait in their slot for later turns.
 //!
-//! The wheel does not cancel entries: owners validate a fired entry against
-//! their own state (a stale heartbeat timer is simply ignored), which keeps
-//! the wheel free of handles and bookkeeping.
+//! The wheel does not cancel entries one by one: owners validate a fired
+//! entry against their own state (a stale heartbeat timer is simply
+//! ignored), which keeps the wheel free of handles and bookkeeping. So that
+//! stale entries cannot pile up (a burst of short connections leaves two
+//! each), [`TimerWheel::retain`] drops the ones the owner no longer wants,
+//! and slots give back capacity they no longer use.
 
 use std::time::{Duration, Instant};
 
@@ -73,8 +76,18 @@ impl<T> TimerWheel<T> {
                     index += 1;
                 }
             }
+            shrink(slot);
         }
         self.done = target;
+    }
+
+    /// Keeps only the entries `keep` says are still wanted.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        for slot in &mut self.slots {
+            slot.retain(|(_, value)| keep(value));
+            shrink(slot);
+        }
+        self.len = self.slots.iter().map(Vec::len).sum();
     }
 
     /// When the earliest non-empty slot comes due: the poll timeout. It may
@@ -94,6 +107,15 @@ impl<T> TimerWheel<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// Gives back a slot's capacity once a burst has passed: keeps a little,
+/// so steady traffic does not allocate again and again.
+fn shrink<T>(slot: &mut Vec<T>) {
+    const KEEP: usize = 16;
+    if slot.capacity() > KEEP && slot.len() < slot.capacity() / 4 {
+        slot.shrink_to(KEEP.max(slot.len() * 2));
     }
 }
 
@@ -147,6 +169,21 @@ mod tests {
         let fired = expire(&mut wheel, t0 + secs(1000.0));
         assert_eq!(fired, (0..200).collect::<Vec<_>>());
         assert!(wheel.is_empty());
+    }
+
+    #[test]
+    fn retain_drops_unwanted_entries_and_slots_give_back_memory() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0);
+        for i in 0..10_000u32 {
+            wheel.insert(t0 + secs(30.0), i);
+        }
+        let peak: usize = wheel.slots.iter().map(Vec::capacity).sum();
+        wheel.retain(|&i| i % 1000 == 0);
+        assert_eq!(wheel.len(), 10);
+        let after: usize = wheel.slots.iter().map(Vec::capacity).sum();
+        assert!(after * 10 < peak, "capacity {peak} -> {after}");
+        assert_eq!(expire(&mut wheel, t0 + secs(30.0)).len(), 10);
     }
 
     #[test]

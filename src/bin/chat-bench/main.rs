@@ -88,6 +88,12 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         users: usize,
     },
+    /// Connections opened and closed for SECS (half of them logging in and
+    /// out), then server RSS after 2 s of quiet against RSS at rest.
+    Churn {
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// With --state-dir: a journal rewrite of LIVE_MIB MiB of saved
     /// messages while a probe pair times its round trips (the stall).
     Compaction {

@@ -133,6 +133,7 @@ pub fn run(scenario: &Scenario, s: &Settings) -> io::Result<Vec<Report>> {
         Scenario::Spawn { runs } => vec![spawn(s, *runs)?],
         Scenario::Scale { users } => vec![scale(s, *users)?],
         Scenario::Compaction { live_mib } => vec![compaction(s, *live_mib)?],
+        Scenario::Churn { seconds } => vec![churn(s, *seconds)?],
         Scenario::Relay => relay_only(s)?,
         Scenario::All => vec![
             direct(s, 50, 32)?,
@@ -143,6 +144,7 @@ pub fn run(scenario: &Scenario, s: &Settings) -> io::Result<Vec<Report>> {
             spawn(s, 100)?,
             scale(s, 10_000)?,
             compaction(s, 64)?,
+            churn(s, 10.0)?,
         ],
         Scenario::RelayServe { .. } => Vec::new(),
     })
@@ -407,4 +409,50 @@ fn compaction(s: &Settings, live_mib: u64) -> io::Result<Report> {
         .int("probe_p50_us", f.p50_us)
         .int("probe_p99_us", f.p99_us)
         .int("probe_max_us", f.max_us))
+}
+
+fn churn(s: &Settings, seconds: f64) -> io::Result<Report> {
+    const WORKERS: usize = 4;
+    let seconds = if s.smoke { seconds.min(1.0) } else { seconds };
+    if !(0.1..=600.0).contains(&seconds) {
+        return Err(io::Error::other("--seconds must be between 0.1 and 600"));
+    }
+    let names = names(WORKERS);
+    let server = s.server(&names)?;
+    let pid = server.pid().ok_or_else(|| io::Error::other("churn needs a server it started"))?;
+    settle();
+    let at_rest = load::rss_kib(pid)?;
+    let addr = server.addr;
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            std::thread::spawn(move || -> io::Result<u64> {
+                let mut cycles = 0u64;
+                while Instant::now() < until {
+                    if cycles.is_multiple_of(2) {
+                        login_once(addr, &format!("u{w}"))?;
+                    } else {
+                        let stream = TcpStream::connect(addr)?;
+                        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                        wait_for(&mut BufReader::new(stream), "HELLO ")?;
+                    }
+                    cycles += 1;
+                }
+                Ok(cycles)
+            })
+        })
+        .collect();
+    let mut cycles = 0;
+    for worker in workers {
+        cycles += worker.join().map_err(|_| io::Error::other("churn worker panicked"))??;
+    }
+    let peak = load::rss_kib(pid)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let after = load::rss_kib(pid)?;
+    Ok(Report::new("churn")
+        .int("cycles", cycles)
+        .int("rss_rest_kib", at_rest)
+        .int("rss_end_of_churn_kib", peak)
+        .int("rss_after_2s_kib", after)
+        .num("ratio", after as f64 / at_rest.max(1) as f64))
 }

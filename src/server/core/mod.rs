@@ -212,6 +212,14 @@ impl ConnTable {
     fn keys(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.slots.iter().enumerate().filter(|(_, c)| c.is_some()).map(|(id, _)| id)
     }
+
+    /// Gives back the room a burst of connections left behind.
+    fn shrink(&mut self) {
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+        }
+        self.slots.shrink_to_fit();
+    }
 }
 
 /// Buffers bigger than this after a pass are released, not kept.
@@ -967,6 +975,28 @@ impl Core {
 
     // -- timers --------------------------------------------------------------
 
+    /// Whether an armed timer can still do anything when it fires. The
+    /// event loop drops those that cannot (a closed connection's heartbeat
+    /// and login deadline), so a burst of short connections leaves nothing.
+    pub fn timer_wanted(&self, timer: &Timer) -> bool {
+        match *timer {
+            Timer::Heartbeat { conn, due } => {
+                self.conns.get(&conn).is_some_and(|c| c.heartbeat_due == due)
+            }
+            Timer::Login { conn, due } => {
+                self.conns.get(&conn).is_some_and(|c| c.user.is_none() && c.login_due == due)
+            }
+            Timer::Lockout(user) => self.users[user].locked_until.is_some(),
+            Timer::RefusalSummary | Timer::Presence(_) => true,
+        }
+    }
+
+    /// Gives back memory a burst left in the core's tables.
+    pub fn shrink(&mut self, now: Instant) {
+        self.conns.shrink();
+        self.presence.tidy(now);
+    }
+
     /// A timer armed through [`Effect::Arm`] came due.
     pub fn timer_fired(&mut self, timer: Timer, now: Instant) {
         match timer {
@@ -1419,6 +1449,21 @@ mod tests {
             "no second presence notice for a user who never went offline"
         );
         assert_eq!(h.closed, vec![1]);
+    }
+
+    #[test]
+    fn a_closed_connections_timers_are_no_longer_wanted() {
+        let mut h = Harness::new();
+        h.connect(1);
+        h.take();
+        let armed: Vec<Timer> = h.armed.iter().map(|(_, t)| *t).collect();
+        assert_eq!(armed.len(), 2, "a heartbeat and a login deadline");
+        assert!(armed.iter().all(|t| h.core.timer_wanted(t)));
+        h.line(1, "LOGIN A 1 A_pwd");
+        let login = armed.iter().find(|t| matches!(t, Timer::Login { .. })).unwrap();
+        assert!(!h.core.timer_wanted(login), "logged in: the deadline is moot");
+        h.core.disconnected(1);
+        assert!(armed.iter().all(|t| !h.core.timer_wanted(t)));
     }
 
     #[test]

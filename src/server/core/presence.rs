@@ -128,8 +128,11 @@ impl Presence {
     /// tables by recent activity rather than by every user ever seen.
     pub fn tidy(&mut self, now: Instant) {
         self.announced.retain(|_, a| a.pending || now < a.at + COALESCE);
-        let refill = Duration::from_secs_f64(BURST / PER_SECOND);
-        self.allowance.retain(|_, a| now < a.at + refill);
+        // An allowance that has refilled is the same as none.
+        self.allowance.retain(|_, a| {
+            let elapsed = now.saturating_duration_since(a.at).as_secs_f64();
+            a.tokens + elapsed * PER_SECOND < BURST
+        });
     }
 
     /// Entries held.
