@@ -46,12 +46,55 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// End-to-end latencies in microseconds (paced runs only).
     pub latencies_us: Vec<u64>,
+    /// CPU time the target process (server or relay) used while sending
+    /// ran, in ns (all its threads), if it was known.
+    pub target_cpu_ns: Option<u64>,
+    /// CPU time the generator (this thread) used meanwhile, in ns.
+    pub generator_cpu_ns: u64,
+    /// Deliveries within the sending window (the CPU times' window).
+    pub delivered_in_window: u64,
 }
 
 impl Outcome {
     pub fn rate(&self) -> f64 {
         self.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// The target's CPU time per delivered message, in ns.
+    pub fn cpu_ns_per_msg(&self) -> Option<f64> {
+        let cpu = self.target_cpu_ns?;
+        Some(cpu as f64 / self.delivered_in_window.max(1) as f64)
+    }
+
+    /// The target's share of one core while sending ran, in percent.
+    pub fn target_cpu_pct(&self) -> Option<f64> {
+        Some(100.0 * self.target_cpu_ns? as f64 / self.elapsed.as_nanos().max(1) as f64)
+    }
+
+    /// The generator's share of one core meanwhile, in percent.
+    pub fn generator_cpu_pct(&self) -> f64 {
+        100.0 * self.generator_cpu_ns as f64 / self.elapsed.as_nanos().max(1) as f64
+    }
+}
+
+/// CPU time (user and system) a process has used, over all its threads,
+/// in ns, from the scheduler's own accounting (`/proc/PID/task/*/schedstat`).
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        total += schedstat_ns(&task.path().join("schedstat")).unwrap_or(0);
+    }
+    Some(total)
+}
+
+/// CPU time the calling thread has used, in ns.
+pub fn thread_cpu_ns() -> u64 {
+    schedstat_ns(std::path::Path::new("/proc/thread-self/schedstat")).unwrap_or(0)
+}
+
+fn schedstat_ns(path: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// Bytes of every message's text, as the issue's `direct` asks.
@@ -156,16 +199,21 @@ impl Load {
         Ok(())
     }
 
-    /// Runs `shape` for `duration`, then drains for at most `drain`.
+    /// Runs `shape` for `duration`, then drains for at most `drain`. With
+    /// `target_pid`, the target's CPU time over the sending window is
+    /// measured too.
     pub fn run(
         &mut self,
         shape: Shape,
         duration: Duration,
         drain: Duration,
+        target_pid: Option<u32>,
     ) -> io::Result<Outcome> {
         let mut outcome = Outcome::default();
         let mut events = Events::with_capacity(1024);
         self.fanout = matches!(shape, Shape::Fanout { .. });
+        let target_before = target_pid.and_then(process_cpu_ns);
+        let generator_before = thread_cpu_ns();
         self.start = Instant::now();
         let stop_at = self.start + duration;
         let mut next_paced = self.start;
@@ -190,6 +238,12 @@ impl Load {
             self.pass(&mut events, timeout, &mut outcome, Some(shape))?;
         }
         outcome.elapsed = self.start.elapsed();
+        outcome.delivered_in_window = outcome.delivered;
+        outcome.generator_cpu_ns = thread_cpu_ns().saturating_sub(generator_before);
+        outcome.target_cpu_ns = match (target_before, target_pid.and_then(process_cpu_ns)) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+            _ => None,
+        };
         let drain_until = Instant::now() + drain;
         while self.expected_total(shape) < outcome.sent && Instant::now() < drain_until {
             self.pass(&mut events, Some(Duration::from_millis(20)), &mut outcome, Some(shape))?;

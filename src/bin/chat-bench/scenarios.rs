@@ -159,14 +159,14 @@ fn against_server(s: &Settings, users: usize, shape: Shape) -> io::Result<Outcom
     let names = names(users);
     let server = s.server(&names)?;
     let mut load = Load::connect(server.addr, Speaks::Chat, names, LOGIN_LIMIT)?;
-    load.run(shape, s.duration, DRAIN)
+    load.run(shape, s.duration, DRAIN, server.pid())
 }
 
 /// Runs `shape` over `users` connections against a fresh bare relay.
 fn against_relay(s: &Settings, users: usize, shape: Shape, mode: &str) -> io::Result<Outcome> {
     let relay = Target::relay(mode)?;
     let mut load = Load::connect(relay.addr, Speaks::Relay, names(users), LOGIN_LIMIT)?;
-    load.run(shape, s.duration, DRAIN)
+    load.run(shape, s.duration, DRAIN, relay.pid())
 }
 
 fn with_outcome(report: Report, o: &Outcome) -> Report {
@@ -177,8 +177,39 @@ fn with_outcome(report: Report, o: &Outcome) -> Report {
         .int("duplicated", o.duplicated)
 }
 
+/// A run is generator-bound when the generator used nearly a whole core:
+/// its rate then says more about the generator than the target.
+const GENERATOR_BOUND_PCT: f64 = 95.0;
+
 fn versus_relay(report: Report, server: &Outcome, relay: &Outcome) -> Report {
-    report.num("relay_rate", relay.rate()).num("relay_ratio", server.rate() / relay.rate())
+    let report =
+        report.num("relay_rate", relay.rate()).num("relay_ratio", server.rate() / relay.rate());
+    with_cpu(report, server, relay)
+}
+
+/// CPU per delivered message for the server and the relay in the same
+/// run, and each process's share of a core: a ratio that holds even when
+/// the generator is the limit.
+fn with_cpu(report: Report, server: &Outcome, relay: &Outcome) -> Report {
+    let nan = f64::NAN;
+    let server_ns = server.cpu_ns_per_msg().unwrap_or(nan);
+    let relay_ns = relay.cpu_ns_per_msg().unwrap_or(nan);
+    let bound = |o: &Outcome| o.generator_cpu_pct() >= GENERATOR_BOUND_PCT;
+    let note = match (bound(server), bound(relay)) {
+        (false, false) => "neither run was generator-bound",
+        (true, false) => "the server run was generator-bound: its rate is the generator's",
+        (false, true) => "the relay run was generator-bound: relay_ratio flatters the server",
+        (true, true) => "both runs were generator-bound: compare cpu_ratio, not rates",
+    };
+    report
+        .num("cpu_ns_per_msg", server_ns)
+        .num("relay_cpu_ns_per_msg", relay_ns)
+        .num("cpu_ratio", server_ns / relay_ns)
+        .num("server_cpu_pct", server.target_cpu_pct().unwrap_or(nan))
+        .num("relay_cpu_pct", relay.target_cpu_pct().unwrap_or(nan))
+        .num("generator_cpu_pct", server.generator_cpu_pct())
+        .num("relay_generator_cpu_pct", relay.generator_cpu_pct())
+        .text("generator", note.to_string())
 }
 
 fn direct(s: &Settings, pairs: usize, window: usize) -> io::Result<Report> {
@@ -220,14 +251,15 @@ fn latency(s: &Settings, rate: f64, pairs: usize) -> io::Result<Report> {
     server.latencies_us.sort_unstable();
     relay.latencies_us.sort_unstable();
     let lat = &server.latencies_us;
-    Ok(with_outcome(Report::new("latency"), &server)
+    let report = with_outcome(Report::new("latency"), &server)
         .num("target_rate", rate)
         .int("p50_us", percentile(lat, 50.0))
         .int("p99_us", percentile(lat, 99.0))
         .int("p999_us", percentile(lat, 99.9))
         .int("relay_p50_us", percentile(&relay.latencies_us, 50.0))
         .int("relay_p99_us", percentile(&relay.latencies_us, 99.0))
-        .int("relay_p999_us", percentile(&relay.latencies_us, 99.9)))
+        .int("relay_p999_us", percentile(&relay.latencies_us, 99.9));
+    Ok(with_cpu(report, &server, &relay))
 }
 
 fn idle(s: &Settings, connections: usize) -> io::Result<Report> {
@@ -359,7 +391,7 @@ fn scale(s: &Settings, users: usize) -> io::Result<Report> {
     let busy: Vec<String> = names[..100].to_vec();
     let _idle = Load::connect(server.addr, Speaks::Chat, names[100..].to_vec(), LOGIN_LIMIT)?;
     let mut load = Load::connect(server.addr, Speaks::Chat, busy, LOGIN_LIMIT)?;
-    let large = load.run(shape, s.duration, DRAIN)?;
+    let large = load.run(shape, s.duration, DRAIN, server.pid())?;
     Ok(with_outcome(Report::new("scale"), &large)
         .int("users", users as u64)
         .num("rate_100_users", small.rate())
