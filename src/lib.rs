@@ -2,9 +2,11 @@
 //!
 //! - [`protocol`]: the wire frames, pure parse and encode.
 //! - [`outbuf`]: a connection's pending output, bounded in bytes and memory.
+//! - [`secret`]: comparing passwords and tokens in constant time.
 //! - [`server`]: the chat state machine and the event loop that feeds it.
 //! - [`client`]: the terminal client's poll loop, command parsing and rendering.
 pub mod client;
 pub mod outbuf;
 pub mod protocol;
+pub mod secret;
 pub mod server;

@@ -46,6 +46,7 @@ use slab::Slab;
 use super::refusals::{RefusalSummary, RefusalThrottle};
 use super::READ_BUDGET;
 use crate::protocol::{Line, LineBuffer, PeerMsg, VERSION};
+use crate::secret::constant_time_eq;
 
 /// How long connecting to a peer may take. The poll loop waits meanwhile,
 /// so this is short: a peer on the same network answers much faster.
@@ -553,7 +554,9 @@ impl Conn {
                     Kind::Incoming { from: from @ None },
                     Ok(PeerMsg::Hello { version: VERSION, from: name, token }),
                 ) => {
-                    if !grants.get(name).is_some_and(|granted| same_token(granted, token)) {
+                    if !grants.get(name).is_some_and(|granted| {
+                        constant_time_eq(granted.as_bytes(), token.as_bytes())
+                    }) {
                         notices.push(PeerNotice::Refused { claimed: name.to_owned() });
                         return false;
                     }
@@ -573,12 +576,6 @@ impl Conn {
         }
         true
     }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a
-/// guessed token was right.
-fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The unconfirmed messages for `user` at `addr` already reported in

@@ -18,6 +18,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 
 use crate::protocol::{valid_name, MAX_LINE};
+use crate::secret::constant_time_eq;
 
 /// One user's name and password.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,11 +68,7 @@ impl Secret {
     /// was right; hashes are checked by argon2 with their own parameters.
     pub fn verify(&self, attempt: &str) -> bool {
         match self {
-            Secret::Plain(password) => {
-                password.len() == attempt.len()
-                    && password.bytes().zip(attempt.bytes()).fold(0, |acc, (x, y)| acc | (x ^ y))
-                        == 0
-            }
+            Secret::Plain(password) => constant_time_eq(password.as_bytes(), attempt.as_bytes()),
             Secret::Argon2id(phc) => PasswordHash::new(phc).is_ok_and(|hash| {
                 Argon2::default().verify_password(attempt.as_bytes(), &hash).is_ok()
             }),
