@@ -719,10 +719,9 @@ mod tests {
         good.write_all(b"PEER 1 C t0k\nPRIVATE 1 fine\n")?;
         let notices = pump(&mut poll, &mut peers, |n| !n.is_empty())?;
         assert_eq!(notices, vec![PeerNotice::Private { from: "C".into(), text: "fine".into() }]);
-        // The bad peer's connection was closed by us: it reads end of stream.
-        bad.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut buf = [0u8; 8];
-        assert!(matches!(bad.read(&mut buf), Ok(0) | Err(_)));
+        // The bad peer's connection was closed by us: it reads end of stream
+        // (a read that merely times out does not count).
+        assert!(closed(&mut bad));
         let wrongs = [
             &b"PEER 2 B good\n"[..],
             b"PEER 1 B good\nPEER 1 B good\n",
@@ -730,12 +729,14 @@ mod tests {
             b"PEER 1 B good\nPACK 1\n",
             b"PEER 1 B\n",
         ];
+        let mut conns = Vec::new();
         for wrong in wrongs {
             let mut conn = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
             conn.write_all(wrong)?;
             conn.write_all(b"PRIVATE 1 x\n")?;
+            conns.push(conn);
         }
-        let notices = pump(&mut poll, &mut peers, |_| false)?;
+        let notices = pump_until(&mut poll, &mut peers, |_, _| conns.iter_mut().all(closed_now))?;
         assert!(notices.is_empty(), "{notices:?}");
         Ok(())
     }
@@ -752,14 +753,12 @@ mod tests {
         // Further refusals within the minute are counted, not shown.
         let mut conn = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
         conn.write_all(b"PEER 1 C right\nPRIVATE 1 forged\n")?;
-        assert_eq!(settle(&mut poll, &mut peers)?, vec![]);
-        assert!(closed(&mut conn));
+        assert_eq!(pump_until(&mut poll, &mut peers, |_, _| closed_now(&mut conn))?, vec![]);
         // Revoked: the right token no longer opens anything.
         peers.revoke("B", poll.registry());
         let mut conn = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
         conn.write_all(b"PEER 1 B right\nPRIVATE 1 after revoke\n")?;
-        assert_eq!(settle(&mut poll, &mut peers)?, vec![]);
-        assert!(closed(&mut conn));
+        assert_eq!(pump_until(&mut poll, &mut peers, |_, _| closed_now(&mut conn))?, vec![]);
         let mut notices = Vec::new();
         let minute_end = peers.next_deadline().expect("a summary is due");
         peers.expire(minute_end, poll.registry(), &mut notices);
@@ -770,15 +769,19 @@ mod tests {
     }
 
     /// Handles events until none come for 100 ms.
-    fn settle(poll: &mut Poll, peers: &mut Peers) -> io::Result<Vec<PeerNotice>> {
+    /// Polls until `done` says so (it sees the peers and the notices so
+    /// far), failing the test after five seconds: no fixed waits.
+    fn pump_until(
+        poll: &mut Poll,
+        peers: &mut Peers,
+        mut done: impl FnMut(&mut Peers, &[PeerNotice]) -> bool,
+    ) -> io::Result<Vec<PeerNotice>> {
         let mut events = Events::with_capacity(16);
         let mut notices = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            poll.poll(&mut events, Some(Duration::from_millis(100)))?;
-            if events.is_empty() {
-                break;
-            }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done(peers, &notices) {
+            assert!(Instant::now() < deadline, "not done in 5 s; notices {notices:?}");
+            poll.poll(&mut events, Some(Duration::from_millis(10)))?;
             for event in events.iter() {
                 peers.ready(poll.registry(), event, &mut notices);
             }
@@ -786,11 +789,32 @@ mod tests {
         Ok(notices)
     }
 
-    /// Whether the client closed `conn` (end of stream or reset).
+    /// What a read on our end of a connection says: closed by the client
+    /// (end of stream or reset), or not (data, or nothing yet).
+    fn read_says_closed(read: io::Result<usize>) -> Option<bool> {
+        match read {
+            Ok(0) => Some(true),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Some(true),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                None
+            }
+            _ => Some(false),
+        }
+    }
+
+    /// Whether the client closed `conn`, waiting up to two seconds for it:
+    /// a read that only times out is a failure, not a pass.
     fn closed(conn: &mut std::net::TcpStream) -> bool {
-        let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-        matches!(conn.read(&mut [0u8; 64]), Ok(0))
-            || matches!(conn.read(&mut [0u8; 64]), Err(e) if e.kind() == io::ErrorKind::ConnectionReset)
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        read_says_closed(conn.read(&mut [0u8; 64])) == Some(true)
+    }
+
+    /// Whether `conn` has been closed by the client already (no waiting).
+    fn closed_now(conn: &mut std::net::TcpStream) -> bool {
+        let _ = conn.set_nonblocking(true);
+        let closed = read_says_closed(conn.read(&mut [0u8; 64])) == Some(true);
+        let _ = conn.set_nonblocking(false);
+        closed
     }
 
     #[test]
@@ -799,11 +823,11 @@ mod tests {
         let mut idle = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
         let mut partial = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
         partial.write_all(b"PEER 1 B")?;
-        settle(&mut poll, &mut peers)?;
+        pump_until(&mut poll, &mut peers, |p, _| p.conns.len() == 2)?;
         let due = peers.next_deadline().expect("handshakes are due");
         let mut notices = Vec::new();
         peers.expire(due - Duration::from_millis(1), poll.registry(), &mut notices);
-        assert!(!closed(&mut idle), "not yet");
+        assert!(!closed_now(&mut idle), "not yet");
         peers.expire(Instant::now() + HANDSHAKE_TIMEOUT, poll.registry(), &mut notices);
         assert!(notices.is_empty(), "{notices:?}");
         assert!(closed(&mut idle) && closed(&mut partial));
@@ -812,8 +836,8 @@ mod tests {
         peers.allow("B", "t0k");
         let mut fine = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
         fine.write_all(b"PEER 1 B t0k\n")?;
-        settle(&mut poll, &mut peers)?;
-        assert_eq!(peers.next_deadline(), None);
+        pump_until(&mut poll, &mut peers, |p, _| p.conns.len() == 1)?;
+        pump_until(&mut poll, &mut peers, |p, _| p.next_deadline().is_none())?;
         Ok(())
     }
 
@@ -821,10 +845,10 @@ mod tests {
     fn the_oldest_connection_without_a_handshake_makes_room_for_a_new_one() -> io::Result<()> {
         let (mut poll, mut peers) = setup()?;
         let mut idle = Vec::new();
-        for _ in 0..MAX_HANDSHAKING {
+        for n in 1..=MAX_HANDSHAKING {
             idle.push(std::net::TcpStream::connect(("127.0.0.1", peers.port()))?);
             // One at a time, so that the first is the oldest.
-            settle(&mut poll, &mut peers)?;
+            pump_until(&mut poll, &mut peers, |p, _| p.conns.len() == n)?;
         }
         peers.allow("B", "t0k");
         let mut newcomer = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
@@ -832,7 +856,7 @@ mod tests {
         let notices = pump(&mut poll, &mut peers, |n| !n.is_empty())?;
         assert_eq!(notices, vec![PeerNotice::Private { from: "B".into(), text: "made it".into() }]);
         assert!(closed(&mut idle[0]), "the oldest was closed");
-        assert!(!closed(&mut idle[1]), "the others stay");
+        assert!(!closed_now(&mut idle[1]), "the others stay");
         Ok(())
     }
 
@@ -940,7 +964,17 @@ mod tests {
         }
         let (mut stream, _) = remote.accept()?;
         stream.write_all(b"PACK 1\n")?;
-        pump(&mut poll, &mut peers, |_| false)?;
+        let unacked = |peers: &Peers| -> usize {
+            peers
+                .conns
+                .iter()
+                .map(|(_, c)| match &c.kind {
+                    Kind::Outgoing { unacked, .. } => unacked.messages.len(),
+                    Kind::Incoming { .. } => 0,
+                })
+                .sum()
+        };
+        pump_until(&mut poll, &mut peers, |p, _| unacked(p) == 2)?;
         let due = peers.next_deadline().expect("two still wait");
         peers.expire(due - Duration::from_millis(1), poll.registry(), &mut notices);
         assert!(notices.is_empty(), "not overdue yet");
