@@ -64,6 +64,13 @@ impl OutBuf {
         Ok(())
     }
 
+    /// Queues `bytes` even past the cap, by at most this one push: for the
+    /// last line before a close (a goodbye saying why), after which the
+    /// connection queues nothing more.
+    pub fn push_final(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Writes as much as `out` takes without blocking. `Ok(true)` when
     /// everything is written, `Ok(false)` when the socket is full. An
     /// error (or a write of zero bytes) means the connection is unusable.

@@ -846,7 +846,7 @@ impl LineBuffer {
     pub fn next_line(&mut self) -> Option<Line<'_>> {
         loop {
             let data = &self.buf[self.start..];
-            match data.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', data) {
                 Some(pos) => {
                     let begin = self.start;
                     self.start += pos + 1;

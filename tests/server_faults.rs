@@ -209,3 +209,19 @@ fn a_closing_connection_that_stopped_reading_is_freed_after_its_grace() {
     assert!(used * 4 < ticks, "server used {used} ticks of CPU in {ticks} while idle");
     drop(stream);
 }
+
+#[test]
+fn a_connection_dropped_for_not_reading_is_told_why_if_it_reads_again() {
+    let server = Server::start("too-slow", &["--max-output", "16384"]);
+    let mut stream = connect_with_small_receive_buffer(server.port);
+    // Far more replies than the kernel buffers and --max-output hold.
+    send_bad_lines(&mut stream, 20_480);
+    let mut replies = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut replies).expect("read until closed");
+    let text = String::from_utf8_lossy(&replies);
+    assert!(
+        text.ends_with("BYE too-slow\n"),
+        "ends with {:?}",
+        &text[text.len().saturating_sub(60)..]
+    );
+}

@@ -123,6 +123,9 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+/// The last line of a connection dropped for not reading its output.
+const TOO_SLOW: &[u8] = b"BYE too-slow\n";
+
 /// What a connection refused at the limit reads before it is closed.
 const SERVER_FULL: &[u8] = b"HELLO 1 0\nBYE server-full\n";
 
@@ -566,14 +569,20 @@ impl EventLoop {
                     let Some(conn) = self.conns.get_mut(key) else {
                         continue;
                     };
-                    if conn.dead {
+                    // Nothing follows a goodbye (the core forgets a connection
+                    // it says BYE to; this loop forgets a too-slow one).
+                    if conn.dead || conn.closing() {
                         continue;
                     }
                     let was_empty = conn.output.is_empty();
                     if conn.output.push(line).is_err() {
                         // Its messages wait in the outbox for its next login.
+                        // It is told why, should it read again in its grace.
                         info!("connection {key} reads too slowly; dropping it");
-                        conn.dead = true;
+                        conn.output.push_final(TOO_SLOW);
+                        if conn.mark_closing(now) {
+                            self.closing.push(key);
+                        }
                         too_slow.push(key);
                         continue;
                     }
@@ -593,7 +602,6 @@ impl EventLoop {
         drop(effects);
         for key in too_slow {
             self.core.disconnected(key);
-            self.closing.push(key);
         }
     }
 
