@@ -766,6 +766,11 @@ impl<'a> PeerMsg<'a> {
     }
 }
 
+/// Most bytes one [`LineBuffer::read_from`] reads: a few dozen lines of a
+/// busy connection in one system call, and a bound on what a connection
+/// holds beyond its partial line.
+pub const READ_CHUNK: usize = 16 * 1024;
+
 /// Splits complete lines off the front of a byte buffer, enforcing a line
 /// limit ([`MAX_LINE`] unless set lower). Shared by every reader of the
 /// protocol so that framing rules are the same on both ends.
@@ -802,15 +807,17 @@ impl LineBuffer {
         LineBuffer { buf: Vec::new(), start: 0, limit, discarding: false }
     }
 
-    /// Makes one `read` call on `reader` into the buffer, reading at most
-    /// what keeps a partial line within [`MAX_LINE`], so an endless line
-    /// never grows the buffer. Returns what `read` returned (0: end of
-    /// input). Generic over [`Read`] so the module stays free of sockets.
+    /// Makes one `read` call on `reader` into the buffer, of at most
+    /// [`READ_CHUNK`] bytes: many lines in one system call. Take every
+    /// complete line ([`LineBuffer::next_line`]) before the next read:
+    /// then the buffer never holds more than a partial line (under the
+    /// limit, or it is dropped) and one chunk, however long a line is sent.
+    /// Returns what `read` returned (0: end of input). Generic over
+    /// [`Read`] so the module stays free of sockets.
     pub fn read_from(&mut self, reader: &mut impl Read) -> io::Result<usize> {
         self.compact();
         let len = self.buf.len();
-        let room = usize::from(self.limit).saturating_sub(len).max(1);
-        self.buf.resize(len + room, 0);
+        self.buf.resize(len + READ_CHUNK, 0);
         let result = reader.read(&mut self.buf[len..]);
         self.buf.truncate(len + *result.as_ref().unwrap_or(&0));
         result
@@ -1095,7 +1102,7 @@ mod tests {
     fn line_buffer_drops_over_long_lines_without_holding_them() {
         let mut buf = LineBuffer::default();
         let endless = [b'x'; 2 * MAX_LINE];
-        assert_eq!(buf.read_from(&mut &endless[..]).unwrap(), MAX_LINE);
+        assert_eq!(buf.read_from(&mut &endless[..]).unwrap(), 2 * MAX_LINE);
         assert_eq!(lines(&mut buf), vec![b"<too long>".to_vec()]);
         assert_eq!(buf.pending(), 0);
         // The rest of the long line is skipped, and reported only once.
@@ -1114,19 +1121,26 @@ mod tests {
             vec![b"123456789".to_vec(), b"<too long>".to_vec(), b"PING".to_vec()]
         );
         let endless = [b'x'; 100];
-        assert_eq!(buf.read_from(&mut &endless[..]).unwrap(), 10);
+        assert_eq!(buf.read_from(&mut &endless[..]).unwrap(), 100);
         assert_eq!(lines(&mut buf), vec![b"<too long>".to_vec()]);
+        assert_eq!(buf.pending(), 0, "dropped, not held");
         assert_eq!(LineBuffer::with_limit(1 << 20).limit as usize, MAX_LINE, "capped");
     }
 
     #[test]
-    fn line_buffer_reads_are_bounded_by_the_line_limit() {
+    fn line_buffer_reads_a_chunk_and_holds_no_more_than_a_partial_line_and_a_chunk() {
         let mut buf = LineBuffer::default();
-        buf.extend(b"partial");
-        let endless = [b'x'; 2 * MAX_LINE];
-        assert_eq!(buf.read_from(&mut &endless[..]).unwrap(), MAX_LINE - 7);
-        assert_eq!(buf.pending(), MAX_LINE);
+        let many = b"PING\n".repeat(READ_CHUNK);
+        assert_eq!(buf.read_from(&mut &many[..]).unwrap(), READ_CHUNK, "one chunk per read");
+        assert_eq!(lines(&mut buf).len(), READ_CHUNK / 5);
+        // An endless line, read chunk after chunk, lines taken in between.
+        let endless = vec![b'x'; 10 * READ_CHUNK];
+        let mut reader = &endless[..];
+        for _ in 0..10 {
+            buf.read_from(&mut reader).unwrap();
+            assert!(buf.pending() <= MAX_LINE + READ_CHUNK, "{}", buf.pending());
+            lines(&mut buf);
+        }
         assert_eq!(buf.read_from(&mut &b""[..]).unwrap(), 0);
-        assert_eq!(buf.pending(), MAX_LINE);
     }
 }

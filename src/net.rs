@@ -1,0 +1,533 @@
+//! The one non-blocking line connection, used by the server's event loop,
+//! the client's server and peer links, and chat-bench (its generator and
+//! its bare relay alike, so the relay measures the same I/O code).
+//!
+//! [`Connection`] owns a socket with its two buffers and the rules for
+//! both directions:
+//!
+//! - **Reading**: [`Connection::read_lines`] reads within a byte budget per
+//!   loop pass (one flooding peer cannot starve the others), a
+//!   [`READ_CHUNK`] per system call, and hands each complete line to the
+//!   caller as it is split off (with `memchr`, enforcing the line limit:
+//!   an over-long line is reported and dropped, never held whole). A read
+//!   that returns less than asked means the socket is drained: there is no
+//!   extra read just to hear "would block" (edge-triggered polling reports
+//!   the next data anyway). The one exception is the peer's end: when the
+//!   poll says the peer closed its side ([`Connection::peer_closed`]), it
+//!   is read to the end, since no later event will say so again. The
+//!   caller may hold the rest of the lines
+//!   ([`Flow::Hold`]) and take them later with [`Connection::resume_lines`].
+//! - **Writing**: output is queued in an [`OutBuf`] (bounded in bytes and
+//!   memory) and [`Connection::flush`] is the one write path: it writes
+//!   directly, and asks the poll for WRITABLE only while something is left.
+//! - **Connecting** without blocking: [`Connection::connect`] starts a
+//!   connect and returns at once; the WRITABLE event completes it
+//!   ([`Connection::finish_connect`]). Nothing waits on the poll thread.
+//!
+//! Buffers hold memory only while they hold data, so an idle connection
+//! costs its socket and a few words.
+//!
+//! Not here: what lines mean, deadlines (the owner's timers decide when a
+//! silent or slow peer is dropped), and encryption: the transport is a
+//! [`Stream`], so a TLS session can take its place without touching callers.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use crate::outbuf::{Full, OutBuf};
+use crate::protocol::{Line, LineBuffer, READ_CHUNK};
+
+/// The transport under a connection: today plain TCP.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(stream) => stream,
+        }
+    }
+
+    fn tcp_mut(&mut self) -> &mut TcpStream {
+        match self {
+            Stream::Tcp(stream) => stream,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp_mut().read(buf)
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp_mut().flush()
+    }
+}
+
+/// What a line handler wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Hand over the next line.
+    Continue,
+    /// Stop here: keep the remaining lines (and read nothing more) until
+    /// [`Connection::resume_lines`].
+    Hold,
+}
+
+/// How a [`Connection::read_lines`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// Everything that had arrived was read and handed over.
+    Drained,
+    /// The budget ran out; more may be waiting: come back this pass or next.
+    MoreWaiting,
+    /// The handler held the lines (see [`Flow::Hold`]).
+    Held,
+    /// The peer closed the connection, or it failed: after handing over
+    /// every line that arrived, including an unterminated last one.
+    Closed,
+}
+
+/// A non-blocking line connection.
+#[derive(Debug)]
+pub struct Connection {
+    stream: Stream,
+    input: LineBuffer,
+    output: OutBuf,
+    /// WRITABLE interest is registered (while output is left over, or
+    /// while connecting).
+    writable: bool,
+    /// A connect was started and has not completed yet.
+    connecting: bool,
+    /// The handler held the lines: nothing is read until it resumes.
+    holding: bool,
+    /// The poll said the peer closed its side: read to the end.
+    peer_closed: bool,
+}
+
+impl Connection {
+    /// A connection accepted by a listener: lines of at most `max_line`
+    /// bytes in, at most `max_output` bytes queued out.
+    pub fn accepted(stream: TcpStream, max_line: usize, max_output: usize) -> Connection {
+        // Lines are small and interactive: send them at once. A socket that
+        // refuses the option still works, only less promptly.
+        let _ = stream.set_nodelay(true);
+        Connection {
+            stream: Stream::Tcp(stream),
+            input: LineBuffer::with_limit(max_line),
+            output: OutBuf::new(max_output),
+            writable: false,
+            connecting: false,
+            holding: false,
+            peer_closed: false,
+        }
+    }
+
+    /// Starts connecting to `addr` without waiting; register the
+    /// connection, and call [`Connection::finish_connect`] on its WRITABLE
+    /// event. Output queued meanwhile is sent once connected.
+    pub fn connect(addr: SocketAddr, max_line: usize, max_output: usize) -> io::Result<Connection> {
+        let stream = TcpStream::connect(addr)?;
+        let mut connection = Connection::accepted(stream, max_line, max_output);
+        connection.connecting = true;
+        Ok(connection)
+    }
+
+    /// Registers with the poll under `token`.
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        self.writable = self.connecting || !self.output.is_empty();
+        let interest = self.interest();
+        registry.register(self.stream.tcp_mut(), token, interest)
+    }
+
+    /// Removes it from the poll (closing the socket does that too).
+    pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        registry.deregister(self.stream.tcp_mut())
+    }
+
+    fn interest(&self) -> Interest {
+        if self.writable {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        }
+    }
+
+    /// Whether a connect is still in progress.
+    pub fn is_connecting(&self) -> bool {
+        self.connecting
+    }
+
+    /// On a WRITABLE (or error) event while connecting: `Ok(true)` once
+    /// connected (queued output is then written), `Ok(false)` while still
+    /// in progress, an error if the connect failed.
+    pub fn finish_connect(&mut self, registry: &Registry, token: Token) -> io::Result<bool> {
+        if !self.connecting {
+            return Ok(true);
+        }
+        let tcp = self.stream.tcp();
+        if let Some(error) = tcp.take_error()? {
+            return Err(error);
+        }
+        match tcp.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotConnected => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.connecting = false;
+        self.flush(registry, token)?;
+        Ok(true)
+    }
+
+    /// The address of the other end.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.tcp().peer_addr()
+    }
+
+    /// The address of this end.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.tcp().local_addr()
+    }
+
+    /// Notes that the poll reported the peer closed its side (mio's
+    /// `is_read_closed`): the next read goes on to the end of the stream.
+    pub fn peer_closed(&mut self) {
+        self.peer_closed = true;
+    }
+
+    /// Reads what has arrived, at most `budget` bytes (at least one chunk
+    /// is tried), handing every complete line to `on_line` in order.
+    pub fn read_lines(
+        &mut self,
+        budget: usize,
+        mut on_line: impl FnMut(Line<'_>) -> Flow,
+    ) -> ReadStatus {
+        if self.holding || self.connecting {
+            return if self.holding { ReadStatus::Held } else { ReadStatus::Drained };
+        }
+        let mut total = 0;
+        loop {
+            let closed = match self.input.read_from(&mut self.stream) {
+                Ok(0) => true,
+                Ok(n) => {
+                    total += n;
+                    if self.take_lines(&mut on_line) == Flow::Hold {
+                        return ReadStatus::Held;
+                    }
+                    if n < READ_CHUNK && !self.peer_closed {
+                        break; // A short read: nothing more has arrived.
+                    }
+                    false
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => true,
+            };
+            if closed {
+                if let Some(line) = self.input.take_last() {
+                    on_line(line);
+                }
+                return ReadStatus::Closed;
+            }
+            if total >= budget {
+                return ReadStatus::MoreWaiting;
+            }
+        }
+        self.input.shrink_if_empty();
+        ReadStatus::Drained
+    }
+
+    /// Hands over the lines held by an earlier [`Flow::Hold`], reading
+    /// nothing. Call [`Connection::read_lines`] after it when it returns
+    /// [`ReadStatus::Drained`]: data may have arrived meanwhile.
+    pub fn resume_lines(&mut self, mut on_line: impl FnMut(Line<'_>) -> Flow) -> ReadStatus {
+        self.holding = false;
+        if self.take_lines(&mut on_line) == Flow::Hold {
+            return ReadStatus::Held;
+        }
+        self.input.shrink_if_empty();
+        ReadStatus::Drained
+    }
+
+    fn take_lines(&mut self, on_line: &mut impl FnMut(Line<'_>) -> Flow) -> Flow {
+        while let Some(line) = self.input.next_line() {
+            if on_line(line) == Flow::Hold {
+                self.holding = true;
+                return Flow::Hold;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Whether lines are held (see [`Flow::Hold`]).
+    pub fn is_holding(&self) -> bool {
+        self.holding
+    }
+
+    /// Queues bytes to send; refused whole if the output would pass its cap.
+    pub fn queue(&mut self, bytes: &[u8]) -> Result<(), Full> {
+        self.output.push(bytes)
+    }
+
+    /// Queues a last line even past the cap (see [`OutBuf::push_final`]).
+    pub fn queue_final(&mut self, bytes: &[u8]) {
+        self.output.push_final(bytes);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending_output(&self) -> usize {
+        self.output.pending()
+    }
+
+    /// Writes what is queued, as much as the socket takes, and asks the
+    /// poll for WRITABLE only while something is left. An error means the
+    /// connection is unusable.
+    pub fn flush(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        if !self.connecting {
+            self.output.write_to(&mut self.stream)?;
+        }
+        let wants = self.connecting || !self.output.is_empty();
+        if wants != self.writable {
+            self.writable = wants;
+            let interest = self.interest();
+            registry.reregister(self.stream.tcp_mut(), token, interest)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of memory its buffers hold (for accounting and tests).
+    pub fn buffered(&self) -> usize {
+        self.input.pending() + self.output.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll};
+    use std::time::{Duration, Instant};
+
+    const TOKEN: Token = Token(7);
+
+    /// A connection accepted from a fresh std socket on loopback.
+    fn pair(
+        max_line: usize,
+        max_output: usize,
+    ) -> io::Result<(Poll, Connection, std::net::TcpStream)> {
+        let poll = Poll::new()?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let peer = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (accepted, _) = listener.accept()?;
+        accepted.set_nonblocking(true)?;
+        let mut connection =
+            Connection::accepted(TcpStream::from_std(accepted), max_line, max_output);
+        connection.register(poll.registry(), TOKEN)?;
+        Ok((poll, connection, peer))
+    }
+
+    /// Waits (at most 5 s) for an event on the connection.
+    fn wait(poll: &mut Poll) -> io::Result<()> {
+        let mut events = Events::with_capacity(4);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while events.is_empty() {
+            assert!(Instant::now() < deadline, "no event in 5 s");
+            poll.poll(&mut events, Some(Duration::from_millis(100)))?;
+        }
+        Ok(())
+    }
+
+    fn collect(connection: &mut Connection, budget: usize) -> (Vec<String>, ReadStatus) {
+        let mut lines = Vec::new();
+        let status = connection.read_lines(budget, |line| {
+            lines.push(match line {
+                Line::Complete(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                Line::TooLong => "<too long>".into(),
+            });
+            Flow::Continue
+        });
+        (lines, status)
+    }
+
+    #[test]
+    fn lines_arrive_in_order_and_a_short_read_ends_the_pass() -> io::Result<()> {
+        let (mut poll, mut connection, mut peer) = pair(4096, 1024)?;
+        peer.write_all(b"PING\r\nHELLO 1\nLOGIN A 1 pw\n")?;
+        wait(&mut poll)?;
+        let (lines, status) = collect(&mut connection, 64 * 1024);
+        assert_eq!(lines, vec!["PING", "HELLO 1", "LOGIN A 1 pw"]);
+        assert_eq!(status, ReadStatus::Drained);
+        assert_eq!(connection.buffered(), 0, "nothing held when idle");
+        Ok(())
+    }
+
+    #[test]
+    fn the_budget_stops_a_flood_and_the_rest_comes_next_time() -> io::Result<()> {
+        let (mut poll, mut connection, mut peer) = pair(4096, 1024)?;
+        let line = b"x".repeat(99);
+        let flood: Vec<u8> = (0..2000).flat_map(|_| line.iter().copied().chain([b'\n'])).collect();
+        let writer = std::thread::spawn(move || peer.write_all(&flood).map(|()| peer));
+        wait(&mut poll)?;
+        let mut total = 0;
+        let mut passes = 0;
+        while total < 2000 {
+            let (lines, status) = collect(&mut connection, READ_CHUNK);
+            assert!(lines.len() * 100 <= 2 * READ_CHUNK + 100, "{} lines in one pass", lines.len());
+            total += lines.len();
+            passes += 1;
+            if status != ReadStatus::MoreWaiting && total < 2000 {
+                wait(&mut poll)?;
+            }
+            assert!(passes < 10_000);
+        }
+        assert_eq!(total, 2000);
+        drop(writer.join().expect("writer")?);
+        Ok(())
+    }
+
+    #[test]
+    fn held_lines_wait_for_resume_in_order() -> io::Result<()> {
+        let (mut poll, mut connection, mut peer) = pair(4096, 1024)?;
+        peer.write_all(b"one\ntwo\nthree\n")?;
+        wait(&mut poll)?;
+        let mut seen = Vec::new();
+        let status = connection.read_lines(1 << 16, |line| {
+            let Line::Complete(bytes) = line else { return Flow::Continue };
+            seen.push(String::from_utf8_lossy(bytes).into_owned());
+            if bytes == b"one" {
+                Flow::Hold
+            } else {
+                Flow::Continue
+            }
+        });
+        assert_eq!(status, ReadStatus::Held);
+        assert_eq!(seen, vec!["one"]);
+        assert_eq!(collect(&mut connection, 1 << 16), (vec![], ReadStatus::Held), "nothing read");
+        let status = connection.resume_lines(|line| {
+            let Line::Complete(bytes) = line else { return Flow::Continue };
+            seen.push(String::from_utf8_lossy(bytes).into_owned());
+            Flow::Continue
+        });
+        assert_eq!(status, ReadStatus::Drained);
+        assert_eq!(seen, vec!["one", "two", "three"]);
+        Ok(())
+    }
+
+    #[test]
+    fn an_over_long_line_is_reported_once_and_the_next_line_still_arrives() -> io::Result<()> {
+        let (mut poll, mut connection, mut peer) = pair(128, 1024)?;
+        let mut data = vec![b'x'; 1000];
+        data.extend_from_slice(b"\nPING\n");
+        peer.write_all(&data)?;
+        wait(&mut poll)?;
+        let (lines, _) = collect(&mut connection, 1 << 16);
+        assert_eq!(lines, vec!["<too long>", "PING"]);
+        Ok(())
+    }
+
+    #[test]
+    fn the_end_hands_over_the_last_unterminated_line() -> io::Result<()> {
+        let (mut poll, mut connection, mut peer) = pair(4096, 1024)?;
+        peer.write_all(b"first\nlast words")?;
+        drop(peer);
+        wait(&mut poll)?;
+        // What the loop does when the event says the peer closed its side.
+        connection.peer_closed();
+        let (lines, status) = collect(&mut connection, 1 << 16);
+        assert_eq!(lines, vec!["first", "last words"]);
+        assert_eq!(status, ReadStatus::Closed);
+        Ok(())
+    }
+
+    #[test]
+    fn output_is_written_directly_and_writable_is_asked_for_only_for_leftovers() -> io::Result<()> {
+        let (mut poll, mut connection, peer) = pair(4096, 8 << 20)?;
+        connection.queue(b"HELLO 1 35\n").expect("room");
+        connection.flush(poll.registry(), TOKEN)?;
+        assert_eq!(connection.pending_output(), 0);
+        assert!(!connection.writable);
+        // More than the socket buffers take, with the peer not reading.
+        let big = vec![b'y'; 4 << 20];
+        connection.queue(&big).expect("room");
+        connection.flush(poll.registry(), TOKEN)?;
+        assert!(connection.pending_output() > 0);
+        assert!(connection.writable, "leftovers: WRITABLE registered");
+        // The peer reads it all: the rest goes out on WRITABLE events.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut peer = peer;
+            let mut buf = [0u8; 65536];
+            while got.len() < (4 << 20) + 11 {
+                let n = peer.read(&mut buf).expect("read");
+                assert!(n > 0, "closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            got.len()
+        });
+        while connection.pending_output() > 0 {
+            wait(&mut poll)?;
+            connection.flush(poll.registry(), TOKEN)?;
+        }
+        assert!(!connection.writable, "nothing left: WRITABLE dropped");
+        assert_eq!(reader.join().expect("reader"), (4 << 20) + 11);
+        Ok(())
+    }
+
+    #[test]
+    fn a_connect_completes_on_writable_without_blocking_and_a_refused_one_fails() -> io::Result<()>
+    {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let mut poll = Poll::new()?;
+        let mut connection = Connection::connect(listener.local_addr()?, 4096, 1024)?;
+        connection.queue(b"PEER 1 A t0k\n").expect("room");
+        connection.register(poll.registry(), TOKEN)?;
+        assert!(connection.is_connecting());
+        while !connection.finish_connect(poll.registry(), TOKEN)? {
+            wait(&mut poll)?;
+        }
+        let (mut accepted, _) = listener.accept()?;
+        accepted.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut line = [0u8; 13];
+        accepted.read_exact(&mut line)?;
+        assert_eq!(&line, b"PEER 1 A t0k\n", "queued output went out once connected");
+        // A port nobody listens on: the connect fails, reported, not hung.
+        let closed = listener.local_addr()?;
+        drop(listener);
+        drop(accepted);
+        let mut refused = Connection::connect(closed, 4096, 1024)?;
+        refused.register(poll.registry(), Token(8))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let failed = loop {
+            match refused.finish_connect(poll.registry(), Token(8)) {
+                Err(_) => break true,
+                Ok(true) => break false,
+                Ok(false) => {
+                    assert!(Instant::now() < deadline);
+                    wait(&mut poll)?;
+                }
+            }
+        };
+        assert!(failed, "a refused connect is an error");
+        Ok(())
+    }
+
+    #[test]
+    fn output_past_the_cap_is_refused_whole() -> io::Result<()> {
+        let (_poll, mut connection, _peer) = pair(4096, 16)?;
+        assert!(connection.queue(b"0123456789").is_ok());
+        assert_eq!(connection.queue(b"0123456789"), Err(Full));
+        assert_eq!(connection.pending_output(), 10);
+        Ok(())
+    }
+}
