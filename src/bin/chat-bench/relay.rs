@@ -4,19 +4,27 @@
 //! no login, no outboxes, no acknowledgements, no bookkeeping. Connections
 //! are numbered in accept order; in `direct` mode a line from connection
 //! 2i goes to 2i+1, in `fanout` mode a line from connection 0 goes to every
-//! other. Output is written at the end of each pass and WRITABLE asked
-//! only for leftovers, as the server does, so the two compare like for
+//! other. It uses the server's connection type ([`chat::net::Connection`]:
+//! the same reads, budget and write path), so the two compare like for
 //! like.
 
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use chat::protocol::{Line, LineBuffer};
-use mio::net::{TcpListener, TcpStream};
+use chat::net::{Connection, Flow, ReadStatus};
+use chat::protocol::{Line, MAX_LINE};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 const LISTENER: Token = Token(usize::MAX);
+
+/// Bytes read from one connection per pass, as the server reads.
+const READ_BUDGET: usize = 64 * 1024;
+
+/// Output queued per connection (as the server's default --max-output).
+const MAX_OUTPUT: usize = 256 * 1024;
 
 /// Where a relay sends each line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -25,79 +33,78 @@ pub enum RelayMode {
     Fanout,
 }
 
-struct Conn {
-    stream: TcpStream,
-    input: LineBuffer,
-    output: Vec<u8>,
-    writable: bool,
-}
-
 /// Serves on `listener` until killed.
 pub fn serve(mut listener: TcpListener, mode: RelayMode) -> io::Result<()> {
     let mut poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-    let mut conns: Slab<Conn> = Slab::new();
+    let mut conns: Slab<Connection> = Slab::new();
     let mut events = Events::with_capacity(1024);
-    let mut line = Vec::new();
+    let mut batch = Vec::new();
     let mut pending = Vec::new();
+    let mut unfinished = Vec::new();
+    let mut again = Vec::new();
     loop {
-        match poll.poll(&mut events, None) {
+        let timeout = (!unfinished.is_empty()).then_some(Duration::ZERO);
+        match poll.poll(&mut events, timeout) {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             other => other?,
         }
+        let mut readable = std::mem::take(&mut unfinished);
         for event in events.iter() {
             if event.token() == LISTENER {
                 accept(&listener, &poll, &mut conns)?;
                 continue;
             }
-            let from = event.token().0;
+            let key = event.token().0;
             if event.is_writable() {
-                flush(&poll, &mut conns, from)?;
+                pending.push(key);
             }
-            if !event.is_readable() {
-                continue;
+            if event.is_read_closed() {
+                if let Some(conn) = conns.get_mut(key) {
+                    conn.peer_closed();
+                }
             }
-            while let Some(conn) = conns.get_mut(from) {
-                match conn.input.read_from(&mut conn.stream) {
-                    Ok(0) => {
-                        conns.remove(from);
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        conns.remove(from);
-                        break;
-                    }
-                }
-                while let Some(Line::Complete(bytes)) = conns[from].input.next_line() {
-                    line.clear();
-                    line.extend_from_slice(bytes);
-                    line.push(b'\n');
-                    forward(&mut conns, &mut pending, mode, from, &line);
-                }
+            if event.is_readable() || event.is_read_closed() {
+                readable.push(key);
             }
         }
+        for from in readable {
+            let Some(conn) = conns.get_mut(from) else { continue };
+            batch.clear();
+            let status = conn.read_lines(READ_BUDGET, |line| {
+                if let Line::Complete(bytes) = line {
+                    batch.extend_from_slice(bytes);
+                    batch.push(b'\n');
+                }
+                Flow::Continue
+            });
+            forward(&mut conns, &mut pending, mode, from, &batch);
+            match status {
+                ReadStatus::Closed => {
+                    conns.remove(from);
+                }
+                ReadStatus::MoreWaiting => again.push(from),
+                ReadStatus::Drained | ReadStatus::Held => {}
+            }
+        }
+        unfinished.append(&mut again);
         for key in pending.drain(..) {
-            flush(&poll, &mut conns, key)?;
+            let Some(conn) = conns.get_mut(key) else { continue };
+            if conn.flush(poll.registry(), Token(key)).is_err() {
+                conns.remove(key);
+            }
         }
     }
 }
 
-fn accept(listener: &TcpListener, poll: &Poll, conns: &mut Slab<Conn>) -> io::Result<()> {
+fn accept(listener: &TcpListener, poll: &Poll, conns: &mut Slab<Connection>) -> io::Result<()> {
     loop {
         match listener.accept() {
-            Ok((mut stream, _)) => {
-                stream.set_nodelay(true)?;
+            Ok((stream, _)) => {
                 let entry = conns.vacant_entry();
-                poll.registry().register(&mut stream, Token(entry.key()), Interest::READABLE)?;
-                entry.insert(Conn {
-                    stream,
-                    input: LineBuffer::default(),
-                    output: Vec::new(),
-                    writable: false,
-                });
+                let mut conn = Connection::accepted(stream, MAX_LINE, MAX_OUTPUT);
+                conn.register(poll.registry(), Token(entry.key()))?;
+                entry.insert(conn);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e),
@@ -105,55 +112,34 @@ fn accept(listener: &TcpListener, poll: &Poll, conns: &mut Slab<Conn>) -> io::Re
     }
 }
 
+/// Queues a batch of lines for their receivers, to be written at the
+/// pass's end.
 fn forward(
-    conns: &mut Slab<Conn>,
+    conns: &mut Slab<Connection>,
     pending: &mut Vec<usize>,
     mode: RelayMode,
     from: usize,
-    line: &[u8],
+    lines: &[u8],
 ) {
-    match mode {
-        RelayMode::Direct => queue(conns, pending, from ^ 1, line),
+    if lines.is_empty() {
+        return;
+    }
+    let targets: Vec<usize> = match mode {
+        RelayMode::Direct => vec![from ^ 1],
         RelayMode::Fanout if from == 0 => {
-            let keys: Vec<usize> = conns.iter().map(|(k, _)| k).filter(|&k| k != 0).collect();
-            keys.into_iter().for_each(|to| queue(conns, pending, to, line));
+            conns.iter().map(|(k, _)| k).filter(|&k| k != 0).collect()
         }
-        RelayMode::Fanout => {}
-    }
-}
-
-/// Adds a line to a connection's output, to be written at the pass's end.
-fn queue(conns: &mut Slab<Conn>, pending: &mut Vec<usize>, to: usize, line: &[u8]) {
-    let Some(conn) = conns.get_mut(to) else { return };
-    if conn.output.is_empty() {
-        pending.push(to);
-    }
-    conn.output.extend_from_slice(line);
-}
-
-fn flush(poll: &Poll, conns: &mut Slab<Conn>, key: usize) -> io::Result<()> {
-    let Some(conn) = conns.get_mut(key) else { return Ok(()) };
-    while !conn.output.is_empty() {
-        match conn.stream.write(&conn.output) {
-            Ok(n) => {
-                conn.output.drain(..n);
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => {
-                conns.remove(key);
-                return Ok(());
-            }
+        RelayMode::Fanout => Vec::new(),
+    };
+    for to in targets {
+        let Some(conn) = conns.get_mut(to) else { continue };
+        if conn.pending_output() == 0 {
+            pending.push(to);
         }
+        // A receiver that does not keep up loses lines here; the load
+        // generator counts them as lost. (The server keeps them.)
+        let _ = conn.queue(lines);
     }
-    let wants = !conn.output.is_empty();
-    if wants != conn.writable {
-        conn.writable = wants;
-        let interest =
-            if wants { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-        poll.registry().reregister(&mut conn.stream, Token(key), interest)?;
-    }
-    Ok(())
 }
 
 /// Binds the relay on 127.0.0.1, an OS-chosen port.
