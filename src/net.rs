@@ -311,6 +311,49 @@ impl Connection {
     pub fn buffered(&self) -> usize {
         self.input.pending() + self.output.capacity()
     }
+
+    /// Whether the other end still seems there: a peek that sees the end
+    /// of the stream or an error means it has gone. A connection still
+    /// connecting counts as there.
+    pub fn is_open(&self) -> bool {
+        if self.connecting {
+            return true;
+        }
+        match self.stream.tcp().peek(&mut [0u8; 1]) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => e.kind() == ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Caps the kernel's send buffer for this socket (see
+    /// [`limit_send_buffer`]).
+    pub fn limit_send_buffer(&self, bytes: usize) -> io::Result<()> {
+        limit_send_buffer(self.stream.tcp(), bytes)
+    }
+}
+
+/// Sets a socket's send buffer to `bytes` (the kernel doubles it for its
+/// bookkeeping). Left to itself Linux grows a send buffer to megabytes,
+/// which a peer that does not read would fill before the owner's own
+/// output cap could see that it does not read.
+pub fn limit_send_buffer(socket: &impl std::os::fd::AsRawFd, bytes: usize) -> io::Result<()> {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live
+    // c_int, on a descriptor the caller owns.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match result {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 #[cfg(test)]

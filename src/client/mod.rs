@@ -380,7 +380,8 @@ impl Client {
         let std_stream = connect(&config.host, config.port)?;
         // Small lines typed by a person: send them without delay.
         std_stream.set_nodelay(true).map_err(local("set up the server connection"))?;
-        peers::limit_send_buffer(&std_stream).map_err(local("set up the server connection"))?;
+        crate::net::limit_send_buffer(&std_stream, peers::SEND_BUFFER)
+            .map_err(local("set up the server connection"))?;
         std_stream.set_nonblocking(true).map_err(local("set up the server connection"))?;
         let local_ip = std_stream.local_addr().map_err(local("set up the server connection"))?.ip();
         let mut stream = TcpStream::from_std(std_stream);

@@ -39,18 +39,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use super::refusals::{RefusalSummary, RefusalThrottle};
 use super::READ_BUDGET;
-use crate::protocol::{Line, LineBuffer, PeerMsg, VERSION};
+use crate::net::{Connection, Flow, ReadStatus};
+use crate::protocol::{Line, PeerMsg, MAX_LINE, VERSION};
 use crate::secret::constant_time_eq;
-
-/// How long connecting to a peer may take. The poll loop waits meanwhile,
-/// so this is short: a peer on the same network answers much faster.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Most incoming peer connections held at once: a peer opening connections
 /// without end must not exhaust this client's file descriptors.
@@ -107,19 +104,16 @@ enum Kind {
 }
 
 struct Conn {
-    stream: TcpStream,
+    /// The socket and its buffers; output capped at [`MAX_PENDING`].
+    link: Connection,
     kind: Kind,
     /// When the connection was made (for incoming ones, the `PEER` line
-    /// is due within [`HANDSHAKE_TIMEOUT`] of it).
+    /// is due within [`HANDSHAKE_TIMEOUT`] of it; for outgoing ones, a
+    /// connect that never completes leaves its message unacknowledged).
     opened: Instant,
     /// The last read stopped at [`READ_BUDGET`]: more may be waiting,
     /// which edge-triggered readiness would not report again.
     more: bool,
-    input: LineBuffer,
-    /// Bytes not yet written.
-    output: Vec<u8>,
-    /// Whether WRITABLE interest is registered (only while output waits).
-    writable: bool,
 }
 
 /// The listening socket and every peer connection.
@@ -177,14 +171,22 @@ impl Peers {
         if !self.conns.contains(key) {
             return; // Closed earlier in this batch of events.
         }
-        let mut ok = true;
-        if event.is_writable() {
-            ok = self.flush(key, registry).is_ok();
+        let token = self.token(key);
+        if self.conns[key].link.is_connecting() {
+            match self.conns[key].link.finish_connect(registry, token) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => return self.fail(key, registry, notices),
+            }
         }
-        if ok && (event.is_readable() || event.is_read_closed() || event.is_error()) {
+        if event.is_writable() && self.flush(key, registry).is_err() {
+            return self.fail(key, registry, notices);
+        }
+        if event.is_read_closed() {
+            self.conns[key].link.peer_closed();
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.read_and_report(key, registry, notices);
-        } else if !ok {
-            self.fail(key, registry, notices);
         }
     }
 
@@ -226,7 +228,7 @@ impl Peers {
     /// Accepts every waiting connection.
     fn accept(&mut self, registry: &Registry) {
         loop {
-            let (mut stream, _) = match self.listener.accept() {
+            let (stream, _) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // WouldBlock ends the batch; other errors (out of file
@@ -247,12 +249,13 @@ impl Peers {
             if incoming.count() >= MAX_INCOMING {
                 continue; // Dropping the stream refuses the connection.
             }
+            let mut link = Connection::accepted(stream, MAX_LINE, MAX_PENDING);
             // Failing only costs the smaller buffer.
-            let _ = limit_send_buffer(&stream);
+            let _ = link.limit_send_buffer(SEND_BUFFER);
             let entry = self.conns.vacant_entry();
             let token = Token(self.first_token + entry.key());
-            if registry.register(&mut stream, token, Interest::READABLE).is_ok() {
-                entry.insert(Conn::new(stream, Kind::Incoming { from: None }));
+            if link.register(registry, token).is_ok() {
+                entry.insert(Conn::new(link, Kind::Incoming { from: None }));
             }
         }
     }
@@ -260,30 +263,28 @@ impl Peers {
     /// Reads what the peer sent, up to [`READ_BUDGET`] bytes; false when
     /// the connection should close.
     fn read(&mut self, key: usize, notices: &mut Vec<PeerNotice>) -> bool {
-        let conn = &mut self.conns[key];
-        let mut budget = READ_BUDGET;
-        conn.more = false;
-        loop {
-            if budget == 0 {
-                conn.more = true;
-                return true;
+        let Conn { link, kind, more, .. } = &mut self.conns[key];
+        let mut acks = Vec::new();
+        let mut broken = false;
+        let status = link.read_lines(READ_BUDGET, |line| {
+            match take_line(kind, &self.grants, line, notices) {
+                Ok(ack) => acks.extend(ack),
+                Err(()) => broken = true,
             }
-            match conn.input.read_from(&mut conn.stream) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    budget = budget.saturating_sub(n);
-                    if !conn.take_lines(&self.grants, notices) {
-                        return false;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.input.shrink_if_empty();
-                    return true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+            if broken {
+                Flow::Hold
+            } else {
+                Flow::Continue
+            }
+        });
+        // Written by the next flush_all, after the client has shown them.
+        for id in acks {
+            if queue(link, &PeerMsg::Ack { id }).is_err() {
+                return false;
             }
         }
+        *more = status == ReadStatus::MoreWaiting;
+        !broken && status != ReadStatus::Closed
     }
 
     /// Closes a connection; unacknowledged private messages become a
@@ -302,26 +303,14 @@ impl Peers {
     fn remove(&mut self, key: usize, registry: &Registry) -> Conn {
         let mut conn = self.conns.remove(key);
         // Closing the socket removes it from the poll set anyway.
-        let _ = registry.deregister(&mut conn.stream);
+        let _ = conn.link.deregister(registry);
         conn
     }
 
-    /// Writes queued output; registers WRITABLE while some remains. A peer
-    /// that leaves more than [`MAX_PENDING`] unread is an error.
+    /// Writes queued output; WRITABLE is registered while some remains.
     fn flush(&mut self, key: usize, registry: &Registry) -> io::Result<()> {
         let token = self.token(key);
-        let conn = &mut self.conns[key];
-        let done = write_some(&mut conn.stream, &mut conn.output)?;
-        if conn.output.len() > MAX_PENDING {
-            return Err(io::Error::new(io::ErrorKind::WouldBlock, "peer is not reading"));
-        }
-        if done == conn.writable {
-            conn.writable = !done;
-            let interest =
-                if done { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
-            registry.reregister(&mut conn.stream, token, interest)?;
-        }
-        Ok(())
+        self.conns[key].link.flush(registry, token)
     }
 
     /// Lets `user` connect with `token` (this client's user granted it),
@@ -365,7 +354,7 @@ impl Peers {
             _ => None,
         });
         let key = match open {
-            Some(key) if self.conns[key].is_alive() => key,
+            Some(key) if self.conns[key].link.is_open() => key,
             stale => {
                 if let Some(key) = stale {
                     self.fail(key, registry, notices);
@@ -381,14 +370,8 @@ impl Peers {
                 }
             }
         };
-        let conn = &mut self.conns[key];
-        conn.queue_private(text);
-        let result = if conn.output.len() > MAX_PENDING {
-            Err(io::Error::new(io::ErrorKind::WouldBlock, "peer is not reading"))
-        } else {
-            self.flush(key, registry)
-        };
-        if result.is_err() {
+        let queued = self.conns[key].queue_private(text);
+        if queued.is_err() || self.flush(key, registry).is_err() {
             self.fail(key, registry, notices);
         }
     }
@@ -416,26 +399,27 @@ impl Peers {
         conns.chain(self.refusals.deadline()).min()
     }
 
-    /// Opens a connection to `user` and queues the `PEER` greeting.
+    /// Starts connecting to `user` (without waiting: the connect completes
+    /// on a later event, and a peer that never answers leaves the message
+    /// unacknowledged until [`ACK_TIMEOUT`]) and queues the `PEER` greeting.
     fn connect(
         &mut self,
         registry: &Registry,
         me: &str,
         (user, addr, grant): (&str, SocketAddr, &str),
     ) -> io::Result<usize> {
-        let std_stream = std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-        std_stream.set_nodelay(true)?;
-        limit_send_buffer(&std_stream)?;
-        std_stream.set_nonblocking(true)?;
-        let mut stream = TcpStream::from_std(std_stream);
+        let mut link = Connection::connect(addr, MAX_LINE, MAX_PENDING)?;
+        link.limit_send_buffer(SEND_BUFFER)?;
+        let hello = PeerMsg::Hello { version: VERSION, from: me, token: grant };
+        queue(&mut link, &hello)
+            .map_err(|_| io::Error::other("the greeting does not fit the output cap"))?;
         let entry = self.conns.vacant_entry();
         let token = Token(self.first_token + entry.key());
-        registry.register(&mut stream, token, Interest::READABLE)?;
+        link.register(registry, token)?;
         let unacked =
             Unacked { next_id: 1, messages: VecDeque::new(), waiting_since: Instant::now() };
         let kind = Kind::Outgoing { user: user.to_owned(), addr, unacked };
-        let conn = entry.insert(Conn::new(stream, kind));
-        conn.queue(&PeerMsg::Hello { version: VERSION, from: me, token: grant });
+        entry.insert(Conn::new(link, kind));
         Ok(token.0 - self.first_token)
     }
 
@@ -454,7 +438,7 @@ impl Peers {
 
     /// Whether any connection still has output to write.
     pub fn has_pending_output(&self) -> bool {
-        self.conns.iter().any(|(_, conn)| !conn.output.is_empty())
+        self.conns.iter().any(|(_, conn)| conn.link.pending_output() > 0)
     }
 
     /// Tries to write all queued output (before exit); connections that
@@ -463,7 +447,7 @@ impl Peers {
         let keys: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, conn)| !conn.output.is_empty())
+            .filter(|(_, conn)| conn.link.pending_output() > 0)
             .map(|(key, _)| key)
             .collect();
         for key in keys {
@@ -475,9 +459,8 @@ impl Peers {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, kind: Kind) -> Self {
-        let (input, output, opened) = (LineBuffer::default(), Vec::new(), Instant::now());
-        Conn { stream, kind, opened, more: false, input, output, writable: false }
+    fn new(link: Connection, kind: Kind) -> Self {
+        Conn { link, kind, opened: Instant::now(), more: false }
     }
 
     /// When an incoming connection's `PEER` line is due, while it is.
@@ -493,23 +476,17 @@ impl Conn {
         self.ack_due().or(self.handshake_due())
     }
 
-    fn queue(&mut self, msg: &PeerMsg<'_>) {
-        let mut line = String::new();
-        msg.encode(&mut line);
-        self.output.extend_from_slice(line.as_bytes());
-    }
-
     /// Queues a private message on an outgoing connection and keeps it
-    /// until acknowledged.
-    fn queue_private(&mut self, text: &str) {
-        let Kind::Outgoing { unacked, .. } = &mut self.kind else { return };
+    /// until acknowledged; an error if the peer is not reading.
+    fn queue_private(&mut self, text: &str) -> Result<(), crate::outbuf::Full> {
+        let Kind::Outgoing { unacked, .. } = &mut self.kind else { return Ok(()) };
         let id = unacked.next_id;
         unacked.next_id += 1;
         if unacked.messages.is_empty() {
             unacked.waiting_since = Instant::now();
         }
         unacked.messages.push_back((id, text.to_owned()));
-        self.queue(&PeerMsg::Private { id, text });
+        queue(&mut self.link, &PeerMsg::Private { id, text })
     }
 
     /// When this connection's peer is overdue with an acknowledgement.
@@ -521,60 +498,54 @@ impl Conn {
             _ => None,
         }
     }
+}
 
-    /// Whether the peer is still there: a peek that sees end of stream or an
-    /// error means it has gone ("no data yet" is the normal answer).
-    fn is_alive(&self) -> bool {
-        match self.stream.peek(&mut [0u8; 1]) {
-            Ok(0) => false,
-            Ok(_) => true,
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-        }
-    }
+/// Queues a frame; refused when the peer leaves more than [`MAX_PENDING`]
+/// unread (it is then treated as gone).
+fn queue(link: &mut Connection, msg: &PeerMsg<'_>) -> Result<(), crate::outbuf::Full> {
+    let mut line = String::new();
+    msg.encode(&mut line);
+    link.queue(line.as_bytes())
+}
 
-    /// Handles complete lines; false when the peer broke the protocol.
-    fn take_lines(
-        &mut self,
-        grants: &HashMap<String, String>,
-        notices: &mut Vec<PeerNotice>,
-    ) -> bool {
-        while let Some(line) = self.input.next_line() {
-            let Line::Complete(bytes) = line else { return false };
-            let Ok(text) = std::str::from_utf8(bytes) else { return false };
-            let ack = match (&mut self.kind, PeerMsg::parse(text)) {
-                (Kind::Outgoing { unacked, .. }, Ok(PeerMsg::Ack { id })) => {
-                    let before = unacked.messages.len();
-                    unacked.messages.retain(|(sent, _)| *sent > id);
-                    if unacked.messages.len() < before {
-                        unacked.waiting_since = Instant::now();
-                    }
-                    None
-                }
-                (
-                    Kind::Incoming { from: from @ None },
-                    Ok(PeerMsg::Hello { version: VERSION, from: name, token }),
-                ) => {
-                    if !grants.get(name).is_some_and(|granted| {
-                        constant_time_eq(granted.as_bytes(), token.as_bytes())
-                    }) {
-                        notices.push(PeerNotice::Refused { claimed: name.to_owned() });
-                        return false;
-                    }
-                    *from = Some(name.to_owned());
-                    None
-                }
-                (Kind::Incoming { from: Some(name) }, Ok(PeerMsg::Private { id, text })) => {
-                    notices.push(PeerNotice::Private { from: name.clone(), text: text.to_owned() });
-                    Some(id)
-                }
-                _ => return false,
-            };
-            // Written by the next flush_all, after the client has shown it.
-            if let Some(id) = ack {
-                self.queue(&PeerMsg::Ack { id });
+/// Handles one line from a peer: `Ok` with the id to acknowledge, if any;
+/// `Err` when the peer broke the protocol (the connection is closed).
+fn take_line(
+    kind: &mut Kind,
+    grants: &HashMap<String, String>,
+    line: Line<'_>,
+    notices: &mut Vec<PeerNotice>,
+) -> Result<Option<u64>, ()> {
+    let Line::Complete(bytes) = line else { return Err(()) };
+    let Ok(text) = std::str::from_utf8(bytes) else { return Err(()) };
+    match (kind, PeerMsg::parse(text)) {
+        (Kind::Outgoing { unacked, .. }, Ok(PeerMsg::Ack { id })) => {
+            let before = unacked.messages.len();
+            unacked.messages.retain(|(sent, _)| *sent > id);
+            if unacked.messages.len() < before {
+                unacked.waiting_since = Instant::now();
             }
+            Ok(None)
         }
-        true
+        (
+            Kind::Incoming { from: from @ None },
+            Ok(PeerMsg::Hello { version: VERSION, from: name, token }),
+        ) => {
+            let granted = grants
+                .get(name)
+                .is_some_and(|granted| constant_time_eq(granted.as_bytes(), token.as_bytes()));
+            if !granted {
+                notices.push(PeerNotice::Refused { claimed: name.to_owned() });
+                return Err(());
+            }
+            *from = Some(name.to_owned());
+            Ok(None)
+        }
+        (Kind::Incoming { from: Some(name) }, Ok(PeerMsg::Private { id, text })) => {
+            notices.push(PeerNotice::Private { from: name.clone(), text: text.to_owned() });
+            Ok(Some(id))
+        }
+        _ => Err(()),
     }
 }
 
@@ -601,32 +572,9 @@ fn take_unconfirmed(
     unconfirmed
 }
 
-/// What the kernel may hold of this client's output on one connection.
-/// Left to itself Linux grows a socket's send buffer to megabytes, which a
-/// peer or server that does not read would fill before the client's own
-/// output caps could see that it does not read.
-const SEND_BUFFER: libc::c_int = 64 * 1024;
-
-/// Sets the socket's send buffer to [`SEND_BUFFER`] (the kernel doubles
-/// it for its bookkeeping).
-pub fn limit_send_buffer(socket: &impl std::os::fd::AsRawFd) -> io::Result<()> {
-    let size = SEND_BUFFER;
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live
-    // c_int, on a descriptor the caller owns.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    match result {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
-}
+/// What the kernel may hold of this client's output on one connection,
+/// to a peer or to the server (see [`crate::net::limit_send_buffer`]).
+pub const SEND_BUFFER: usize = 64 * 1024;
 
 /// Writes as much of `output` as the socket takes, removing what was
 /// written. `Ok(true)` when nothing is left.
@@ -915,7 +863,7 @@ mod tests {
                 peers.read_more(token, poll.registry(), &mut notices);
             }
             peers.flush_all(poll.registry(), &mut notices);
-            assert!(peers.conns.iter().all(|(_, c)| c.output.len() <= MAX_PENDING));
+            assert!(peers.conns.iter().all(|(_, c)| c.link.pending_output() <= MAX_PENDING));
         }
         assert!(closed_after.is_some(), "never closed");
         Ok(())
@@ -939,13 +887,17 @@ mod tests {
 
     #[test]
     fn outgoing_connection_greets_sends_and_is_reused() -> io::Result<()> {
-        let (poll, mut peers) = setup()?;
+        let (mut poll, mut peers) = setup()?;
         let remote = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = remote.local_addr()?;
         let mut notices = Vec::new();
+        // The connect does not wait: both messages are queued at once and
+        // go out when it completes.
         peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "hello", &mut notices);
         peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "hello again", &mut notices);
         assert!(notices.is_empty());
+        assert_eq!(peers.conns.len(), 1, "one connection, reused");
+        pump_until(&mut poll, &mut peers, |p, _| !p.has_pending_output())?;
         let (stream, _) = remote.accept()?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         let lines = read_lines(&mut io::BufReader::new(stream), 3)?;
@@ -986,20 +938,49 @@ mod tests {
 
     #[test]
     fn gone_peer_is_detected_and_everything_unacknowledged_reported_once() -> io::Result<()> {
-        let (poll, mut peers) = setup()?;
+        let (mut poll, mut peers) = setup()?;
         let remote = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = remote.local_addr()?;
         let mut notices = Vec::new();
         peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "hello", &mut notices);
-        let (stream, _) = remote.accept()?;
-        drop(stream);
+        pump_until(&mut poll, &mut peers, |p, _| !p.has_pending_output())?;
+        let (mut stream, _) = remote.accept()?;
         drop(remote);
-        std::thread::sleep(Duration::from_millis(100));
-        // The old connection is seen as closed, and reconnecting is refused:
-        // one notice names both messages.
+        stream.shutdown(std::net::Shutdown::Both)?;
+        drop(stream);
+        assert!(closed_now_or_soon(&peers));
+        // The old connection is seen as closed at the next send (its
+        // message is reported), and the new connect is refused (reported
+        // when the refusal comes): each message once, none lost.
         peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "again", &mut notices);
-        assert_eq!(notices, vec![unavailable(addr, &["hello", "again"])]);
+        let later = pump_until(&mut poll, &mut peers, |_, n| !n.is_empty())?;
+        notices.extend(later);
+        let mut reported: Vec<String> = notices
+            .into_iter()
+            .flat_map(|n| match n {
+                PeerNotice::Unavailable { user, addr: a, unconfirmed }
+                    if user == "B" && a == addr =>
+                {
+                    unconfirmed
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        reported.sort();
+        assert_eq!(reported, vec!["again", "hello"]);
         assert!(!peers.has_pending_output());
         Ok(())
+    }
+
+    /// Waits (up to 2 s) until the peer's close is visible to a peek.
+    fn closed_now_or_soon(peers: &Peers) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if peers.conns.iter().all(|(_, c)| !c.link.is_open()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
     }
 }
