@@ -776,9 +776,13 @@ pub const READ_CHUNK: usize = 16 * 1024;
 /// protocol so that framing rules are the same on both ends.
 #[derive(Debug)]
 pub struct LineBuffer {
+    /// Bytes `start..end` hold data; the rest is room already initialised,
+    /// so a read does not zero it again.
     buf: Vec<u8>,
     /// Start of the not-yet-returned data in `buf`.
     start: usize,
+    /// End of the data in `buf`.
+    end: usize,
     /// Longest line accepted, newline included.
     limit: u16,
     /// True while skipping the rest of an over-long line.
@@ -804,7 +808,7 @@ impl LineBuffer {
     /// A buffer for lines of at most `limit` bytes (capped at [`MAX_LINE`]).
     pub fn with_limit(limit: usize) -> Self {
         let limit = limit.clamp(2, MAX_LINE) as u16;
-        LineBuffer { buf: Vec::new(), start: 0, limit, discarding: false }
+        LineBuffer { buf: Vec::new(), start: 0, end: 0, limit, discarding: false }
     }
 
     /// Makes one `read` call on `reader` into the buffer, of at most
@@ -816,21 +820,25 @@ impl LineBuffer {
     /// [`Read`] so the module stays free of sockets.
     pub fn read_from(&mut self, reader: &mut impl Read) -> io::Result<usize> {
         self.compact();
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
-        let result = reader.read(&mut self.buf[len..]);
-        self.buf.truncate(len + *result.as_ref().unwrap_or(&0));
+        if self.buf.len() < self.end + READ_CHUNK {
+            self.buf.resize(self.end + READ_CHUNK, 0);
+        }
+        let result = reader.read(&mut self.buf[self.end..self.end + READ_CHUNK]);
+        self.end += *result.as_ref().unwrap_or(&0);
         result
     }
 
     /// Appends bytes (for callers that already hold them).
     pub fn extend(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.buf.truncate(self.end);
         self.buf.extend_from_slice(bytes);
+        self.end = self.buf.len();
     }
 
     /// Bytes held that are not yet part of a returned line.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// Releases the buffer's memory when it holds nothing (idle connections
@@ -839,12 +847,14 @@ impl LineBuffer {
         if self.pending() == 0 {
             self.buf = Vec::new();
             self.start = 0;
+            self.end = 0;
         }
     }
 
     fn compact(&mut self) {
         if self.start > 0 {
-            self.buf.drain(..self.start);
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
     }
@@ -852,7 +862,7 @@ impl LineBuffer {
     /// Returns the next complete line or over-long marker, if any.
     pub fn next_line(&mut self) -> Option<Line<'_>> {
         loop {
-            let data = &self.buf[self.start..];
+            let data = &self.buf[self.start..self.end];
             match memchr::memchr(b'\n', data) {
                 Some(pos) => {
                     let begin = self.start;
@@ -872,7 +882,7 @@ impl LineBuffer {
                 }
                 None if data.len() >= usize::from(self.limit) => {
                     // Too long already: drop it now instead of buffering it.
-                    self.start = self.buf.len();
+                    self.start = self.end;
                     let first_report = !self.discarding;
                     self.discarding = true;
                     return first_report.then_some(Line::TooLong);
@@ -888,8 +898,8 @@ impl LineBuffer {
             return None;
         }
         let begin = self.start;
-        self.start = self.buf.len();
-        Some(Line::Complete(&self.buf[begin..]))
+        self.start = self.end;
+        Some(Line::Complete(&self.buf[begin..self.end]))
     }
 }
 

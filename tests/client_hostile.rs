@@ -168,6 +168,9 @@ fn a_server_that_sends_without_reading_is_treated_as_lost() {
             }
             other => panic!("unexpected {other:?}"),
         }
+        // The pass that showed it is over (and has acknowledged it) once
+        // the client sleeps again: the next message is a pass of its own.
+        support::wait_until_asleep(a.pid());
         if seq % 1024 == 0 {
             max_rss = max_rss.max(support::rss_kib(a.pid()).unwrap_or(0));
         }

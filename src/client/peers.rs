@@ -944,7 +944,7 @@ mod tests {
         let mut notices = Vec::new();
         peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "hello", &mut notices);
         pump_until(&mut poll, &mut peers, |p, _| !p.has_pending_output())?;
-        let (mut stream, _) = remote.accept()?;
+        let (stream, _) = remote.accept()?;
         drop(remote);
         stream.shutdown(std::net::Shutdown::Both)?;
         drop(stream);

@@ -413,3 +413,23 @@ pub fn small_receive_buffer(socket: &impl std::os::fd::AsRawFd) {
     };
     assert_eq!(result, 0, "setsockopt SO_RCVBUF");
 }
+
+/// Waits until the process's main thread sleeps (state `S` in /proc, as in
+/// `epoll_wait`) or has ended: it has finished handling what it was given.
+/// Panics after [`WAIT`]. Lets a test pace its input to one event-loop pass
+/// at a time.
+pub fn wait_until_asleep(pid: u32) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat")) else {
+            return; // Gone (reaped).
+        };
+        // The state is the field after the parenthesised name.
+        let state = stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next());
+        if matches!(state, Some("S" | "Z" | "X")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid} never went to sleep: {state:?}");
+        std::thread::yield_now();
+    }
+}
