@@ -32,13 +32,13 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use super::core::{Core, Effect, Timer};
+use super::core::{Admit, Core, Effect, Timer};
 use super::credentials;
 use super::logging;
 use super::store::Store;
 use super::timer_wheel::TimerWheel;
 use crate::outbuf::OutBuf;
-use crate::protocol::{Line, LineBuffer};
+use crate::protocol::{ByeReason, Line, LineBuffer, ServerMsg, VERSION};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -77,6 +77,12 @@ const READ_BUDGET: usize = 64 * 1024;
 /// descriptors: long enough not to spin, short enough to recover quickly.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Most connections accepted per pass; the rest of the backlog waits for
+/// the next one. Connections closed to make room are freed at the end of
+/// a pass, so this bounds the descriptors they hold beyond the limit, and
+/// a flood of connections cannot crowd out a pass's reads and writes.
+pub const ACCEPT_BUDGET: usize = 64;
+
 /// How long a closing connection may take to read its last lines (a
 /// goodbye) before it is dropped anyway: a peer that stopped reading must
 /// not hold its slot (and its buffered output) for ever.
@@ -109,13 +115,7 @@ pub struct Limits {
     /// Longest line read from a client (`--max-line`); a longer one is
     /// refused and dropped without being buffered whole.
     pub max_line: usize,
-    /// Most connections at once (`--max-connections`): each costs a file
-    /// descriptor and some memory, so a flood must not take them all.
-    pub max_connections: usize,
 }
-
-/// What a connection refused at the limit reads before it is closed.
-const SERVER_FULL: &[u8] = b"HELLO 1 0\nBYE server-full\n";
 
 /// How long a refused connection is held, its input discarded, so that it
 /// can read why before the close: closing a socket with unread input sends
@@ -123,7 +123,7 @@ const SERVER_FULL: &[u8] = b"HELLO 1 0\nBYE server-full\n";
 const REFUSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Most refused connections held at once; past it they are closed at once.
-const MAX_REFUSING: usize = 64;
+pub const MAX_REFUSING: usize = 64;
 
 /// One client connection's I/O state.
 struct Connection {
@@ -182,6 +182,9 @@ pub struct EventLoop {
     timers: TimerWheel<Timer>,
     /// Accepting is paused until then after file descriptors ran out.
     accept_paused_until: Option<Instant>,
+    /// The listener may have connections waiting: accept at the end of
+    /// this pass (at most [`ACCEPT_BUDGET`]).
+    accept_pending: bool,
     shutting_down: bool,
     /// Connections with output queued in this pass, to write before sleeping.
     pending_writes: Vec<usize>,
@@ -231,6 +234,7 @@ impl EventLoop {
             credentials,
             timers: TimerWheel::new(Instant::now()),
             accept_paused_until: None,
+            accept_pending: false,
             shutting_down: false,
             pending_writes: Vec::new(),
             unfinished_reads: Vec::new(),
@@ -266,7 +270,7 @@ impl EventLoop {
             }
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept_pending = true,
                     SIGNALS => self.take_signals(),
                     STOP => {
                         let stop =
@@ -290,7 +294,11 @@ impl EventLoop {
 
     /// Time until the next thing the loop must do without being woken.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.unfinished_reads.is_empty() || self.store.as_ref().is_some_and(Store::busy) {
+        let accept_now = self.accept_pending && self.accept_paused_until.is_none();
+        if accept_now
+            || !self.unfinished_reads.is_empty()
+            || self.store.as_ref().is_some_and(Store::busy)
+        {
             return Some(Duration::ZERO);
         }
         let close_by = self.closing.iter().filter_map(|&k| self.conns.get(k)?.close_by).min();
@@ -312,6 +320,9 @@ impl EventLoop {
         }
         if self.accept_paused_until.is_some_and(|until| until <= now) {
             self.accept_paused_until = None;
+            self.accept_pending = true;
+        }
+        if self.accept_pending {
             self.accept();
         }
         self.linger_refused(now);
@@ -383,16 +394,23 @@ impl EventLoop {
         }
     }
 
-    /// Accepts until the backlog is empty; survives running out of file
+    /// Accepts until the backlog is empty or [`ACCEPT_BUDGET`] is spent
+    /// (then the rest is accepted next pass); survives running out of file
     /// descriptors by pausing instead of exiting or spinning.
     fn accept(&mut self) {
         if self.accept_paused_until.is_some() {
             return;
         }
-        loop {
+        // One time for the batch: the core closes no connection of this
+        // batch for another of it (see `Core::admit`).
+        let now = Instant::now();
+        for _ in 0..ACCEPT_BUDGET {
             match self.listener.accept() {
-                Ok((stream, peer)) => self.add_connection(stream, peer),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Ok((stream, peer)) => self.add_connection(stream, peer, now),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.accept_pending = false;
+                    return;
+                }
                 // The peer gave up before we got to it: nothing to do.
                 Err(e)
                     if matches!(
@@ -411,13 +429,19 @@ impl EventLoop {
                 }
             }
         }
+        self.accept_pending = true;
     }
 
-    fn add_connection(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
-        if self.conns.len() >= self.limits.max_connections {
-            info!("refused connection from {peer}: at --max-connections");
-            self.refuse(stream);
-            return;
+    /// Does what the core answers for a new connection: refuses it, or
+    /// keeps it (a connection the core closed to make room goes through
+    /// the usual close path with its effects).
+    fn add_connection(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr, now: Instant) {
+        match self.core.admit(peer.ip(), now) {
+            Admit::Refuse(reason) => {
+                self.refuse(stream, reason);
+                return;
+            }
+            Admit::Accept | Admit::Evict(_) => {}
         }
         // Lines are small and interactive: send them at once.
         if let Err(e) = stream.set_nodelay(true) {
@@ -437,14 +461,17 @@ impl EventLoop {
             close_by: None,
             dead: false,
         });
-        self.core.connected(key, peer, Instant::now());
+        self.core.connected(key, peer, now);
     }
 
-    /// Tells a connection the server is full, in one write the fresh
-    /// socket's buffer surely takes, and holds it briefly so the notice is
-    /// read before the close.
-    fn refuse(&mut self, mut stream: TcpStream) {
-        if stream.write_all(SERVER_FULL).is_err() || self.refusing.len() >= MAX_REFUSING {
+    /// Tells a connection why it is refused (`HELLO 1 0`, `BYE reason`),
+    /// in one write the fresh socket's buffer surely takes, and holds it
+    /// briefly so the notice is read before the close.
+    fn refuse(&mut self, mut stream: TcpStream, reason: ByeReason) {
+        let mut notice = String::new();
+        ServerMsg::Hello { version: VERSION, timeout_secs: 0 }.encode(&mut notice);
+        ServerMsg::Bye { reason }.encode(&mut notice);
+        if stream.write_all(notice.as_bytes()).is_err() || self.refusing.len() >= MAX_REFUSING {
             return; // Dropped: closed at once.
         }
         let _ = stream.shutdown(std::net::Shutdown::Write);
