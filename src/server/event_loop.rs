@@ -1,6 +1,8 @@
 //! The server's event loop: one `mio::Poll` on one thread.
 //!
-//! It accepts connections into a slab (token = slab key), reads bytes into
+//! It accepts connections into a slab (token = slab key), at most
+//! [`ACCEPT_BUDGET`] a pass and each only if the core admits it (the core,
+//! not the loop, decides who is refused and who makes room), reads bytes into
 //! each connection's line buffer, hands complete lines to the [`Core`],
 //! and writes what the core queued. It knows nothing of the chat protocol
 //! beyond line framing. Timers live in a [`TimerWheel`] whose next deadline

@@ -35,7 +35,7 @@ pub struct FileLimit {
 }
 
 /// Raises the soft open file limit to the hard limit (or to
-/// [`FALLBACK_CEILING`] when the hard limit is unlimited and refused).
+/// about a million when the hard limit is unlimited and refused).
 pub fn raise() -> io::Result<FileLimit> {
     // SAFETY: getrlimit and setrlimit only read and write the struct passed.
     unsafe {

@@ -3,7 +3,8 @@
 //! loopback integration tests.
 //!
 //! - [`core`]: the chat state machine (no I/O, fake-clock testable), with
-//!   its command table and handlers, outboxes and login throttle.
+//!   its command table and handlers, outboxes, login throttle and
+//!   admission of connections.
 //! - [`event_loop`]: the `mio` loop that moves bytes and fires timers.
 //! - [`timer_wheel`]: one-second-bucket deadlines for heartbeats and lockouts.
 //! - [`credentials`]: the credentials file.

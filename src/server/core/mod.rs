@@ -1,5 +1,5 @@
-//! The chat server's state machine: accounts, sessions, presence, block
-//! lists, outboxes, consent and lockouts.
+//! The chat server's state machine: accounts, admission of connections,
+//! sessions, presence, block lists, outboxes, consent and lockouts.
 //!
 //! It does no I/O and reads no clock. The event loop feeds it events (a
 //! connection opened, a line arrived, a connection closed, a timer fired)
