@@ -370,8 +370,12 @@ pub enum ByeReason {
     ProtocolError,
     /// The connection did not log in within the server's login deadline.
     LoginTimeout,
-    /// The server is at its connection limit; sent right after accepting.
+    /// The server is at its connection limit; sent right after accepting
+    /// (or to a connection that had not logged in, closed to make room).
     ServerFull,
+    /// The client's address holds its share of connections, or opens them
+    /// too fast; sent right after accepting.
+    TooManyConnections,
 }
 
 impl ByeReason {
@@ -385,6 +389,7 @@ impl ByeReason {
             ByeReason::ProtocolError => "protocol-error",
             ByeReason::LoginTimeout => "login-timeout",
             ByeReason::ServerFull => "server-full",
+            ByeReason::TooManyConnections => "too-many-connections",
         }
     }
 
@@ -398,6 +403,7 @@ impl ByeReason {
             "protocol-error" => Ok(ByeReason::ProtocolError),
             "login-timeout" => Ok(ByeReason::LoginTimeout),
             "server-full" => Ok(ByeReason::ServerFull),
+            "too-many-connections" => Ok(ByeReason::TooManyConnections),
             _ => Err(ParseError::BadField("reason")),
         }
     }
@@ -1006,6 +1012,7 @@ mod tests {
             ByeReason::ProtocolError,
             ByeReason::LoginTimeout,
             ByeReason::ServerFull,
+            ByeReason::TooManyConnections,
         ] {
             round_trip_server(ServerMsg::Bye { reason });
         }

@@ -1,5 +1,5 @@
 //! The server's limits against abuse, over raw TCP: a login deadline, a
-//! slowloris, a connection flood, per-address login throttling, a lower
+//! slowloris, a full table of users, per-address login throttling, a lower
 //! line limit, and reloading the credentials file on SIGHUP. After each,
 //! a normal client is still served.
 
@@ -68,12 +68,14 @@ fn a_slowloris_that_never_finishes_its_login_is_dropped() {
 }
 
 #[test]
-fn connections_past_the_limit_are_told_and_closed() {
-    let server = Server::start("flood", &["--max-connections", "5"]);
-    let mut held: Vec<Raw> = (0..5).map(|_| Raw::connect(server.port)).collect();
-    for raw in &mut held {
-        assert_eq!(raw.line(), "HELLO 1 35");
-    }
+fn connections_past_the_limit_when_everyone_has_logged_in_are_told_and_closed() {
+    let users = [("A", "A_pwd"), ("U1", "U1_pwd"), ("U2", "U2_pwd"), ("U3", "U3_pwd")];
+    let users = [&users[..], &[("U4", "U4_pwd"), ("U5", "U5_pwd")]].concat();
+    let flags = ["--max-connections", "5", "--max-connections-per-address", "100"];
+    let server = Server::start_with("flood", &users, &flags);
+    // Logged-in users are never closed to make room for a newcomer.
+    let mut held: Vec<Raw> =
+        (1..=5).map(|i| Raw::login(server.port, &format!("U{i}"), &format!("U{i}_pwd"))).collect();
     for _ in 0..20 {
         let mut extra = Raw::connect(server.port);
         assert_eq!(extra.line(), "HELLO 1 0");
@@ -95,6 +97,8 @@ fn connections_past_the_limit_are_told_and_closed() {
         assert!(Instant::now() < deadline, "the freed slot never came back");
         std::thread::sleep(Duration::from_millis(20));
     }
+    held[0].send("ONLINE");
+    held[0].until("ONLINE U2 U3 U4");
     drop(held);
     still_serves(&server);
 }

@@ -51,11 +51,25 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = chat::protocol::MAX_LINE,
           value_parser = clap::value_parser!(u32).range(128..=4096).map(|n| n as usize))]
     max_line: usize,
-    /// Most connections open at once; a connection past it is told the
-    /// server is full and closed.
-    #[arg(long, value_name = "N", default_value_t = chat::server::DEFAULT_MAX_CONNECTIONS,
+    /// Most connections open at once (default: what the open file limit,
+    /// raised to its hard limit at start, leaves room for). When full, a
+    /// newcomer takes the place of the oldest connection that has not
+    /// logged in; if every one has, it is told the server is full.
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
-    max_connections: usize,
+    max_connections: Option<usize>,
+    /// Most connections open at once from one client address (IPv6: per
+    /// /64); past it, new ones are told there are too many from there
+    /// [default: 256, or half of --max-connections if less]
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
+    max_connections_per_address: Option<usize>,
+    /// New connections a second from one client address (IPv6: per /64),
+    /// after a burst of --max-connections-per-address; faster ones are
+    /// told there are too many from there.
+    #[arg(long, value_name = "N", default_value_t = chat::server::DEFAULT_CONNECTION_RATE,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    connection_rate: u32,
     /// Seconds a connection may take to log in before it is closed.
     #[arg(long, value_name = "SECS",
           default_value_t = chat::server::core::DEFAULT_LOGIN_TIMEOUT.as_secs(),
@@ -117,6 +131,10 @@ fn main() -> ExitCode {
         logging::write_line(&format!("chat-server: cannot start logging: {e}"));
         return ExitCode::FAILURE;
     }
+    let max_connections = chat::server::fd_limit::max_connections(
+        args.max_connections,
+        chat::server::DEFAULT_MAX_CONNECTIONS,
+    );
     let config = chat::server::Config {
         credentials: args.credentials,
         bind: args.bind,
@@ -127,7 +145,9 @@ fn main() -> ExitCode {
         max_output: args.max_output,
         state_dir: args.state_dir,
         max_line: args.max_line,
-        max_connections: args.max_connections,
+        max_connections,
+        max_per_address: args.max_connections_per_address,
+        connection_rate: args.connection_rate,
         login_timeout: Duration::from_secs(args.login_timeout),
         login_attempts: args.login_attempts,
     };

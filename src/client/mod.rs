@@ -773,7 +773,8 @@ impl Client {
                 | ByeReason::TooSlow
                 | ByeReason::ProtocolError
                 | ByeReason::LoginTimeout
-                | ByeReason::ServerFull => Exit::Failure,
+                | ByeReason::ServerFull
+                | ByeReason::TooManyConnections => Exit::Failure,
             })),
             _ => Ok(()),
         }

@@ -190,6 +190,9 @@ fn bye_lines(reason: ByeReason) -> Vec<String> {
         ByeReason::ProtocolError => &["The server ended this session after a protocol error."],
         ByeReason::LoginTimeout => &["The server ended this session: no login in time."],
         ByeReason::ServerFull => &["The server is full. Please try again later."],
+        ByeReason::TooManyConnections => {
+            &["Too many connections from your address. Please try again later."]
+        }
     };
     lines.iter().map(|line| (*line).to_owned()).collect()
 }
@@ -379,6 +382,11 @@ mod tests {
         assert_eq!(
             bye(ByeReason::ProtocolError),
             vec!["The server ended this session after a protocol error."]
+        );
+        assert_eq!(bye(ByeReason::ServerFull), vec!["The server is full. Please try again later."]);
+        assert_eq!(
+            bye(ByeReason::TooManyConnections),
+            vec!["Too many connections from your address. Please try again later."]
         );
     }
 

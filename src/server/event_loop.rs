@@ -1,6 +1,8 @@
 //! The server's event loop: one `mio::Poll` on one thread.
 //!
-//! It accepts connections into a slab (token = slab key), reads bytes into
+//! It accepts connections into a slab (token = slab key), at most
+//! [`ACCEPT_BUDGET`] a pass and each only if the core admits it (the core,
+//! not the loop, decides who is refused and who makes room), reads bytes into
 //! each connection's line buffer, hands complete lines to the [`Core`],
 //! and writes what the core queued. It knows nothing of the chat protocol
 //! beyond line framing. Timers live in a [`TimerWheel`] whose next deadline
@@ -32,13 +34,13 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use super::core::{Core, Effect, Timer};
+use super::core::{Admit, Core, Effect, Timer};
 use super::credentials;
 use super::logging;
 use super::store::Store;
 use super::timer_wheel::TimerWheel;
 use crate::outbuf::OutBuf;
-use crate::protocol::{Line, LineBuffer};
+use crate::protocol::{ByeReason, Line, LineBuffer, ServerMsg, VERSION};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -76,6 +78,12 @@ const READ_BUDGET: usize = 64 * 1024;
 /// How long to wait before accepting again after running out of file
 /// descriptors: long enough not to spin, short enough to recover quickly.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Most connections accepted per pass; the rest of the backlog waits for
+/// the next one. Connections closed to make room are freed at the end of
+/// a pass, so this bounds the descriptors they hold beyond the limit, and
+/// a flood of connections cannot crowd out a pass's reads and writes.
+pub const ACCEPT_BUDGET: usize = 64;
 
 /// How long a closing connection may take to read its last lines (a
 /// goodbye) before it is dropped anyway: a peer that stopped reading must
@@ -118,24 +126,21 @@ pub struct Limits {
     /// Longest line read from a client (`--max-line`); a longer one is
     /// refused and dropped without being buffered whole.
     pub max_line: usize,
-    /// Most connections at once (`--max-connections`): each costs a file
-    /// descriptor and some memory, so a flood must not take them all.
-    pub max_connections: usize,
 }
 
 /// The last line of a connection dropped for not reading its output.
-const TOO_SLOW: &[u8] = b"BYE too-slow\n";
-
-/// What a connection refused at the limit reads before it is closed.
-const SERVER_FULL: &[u8] = b"HELLO 1 0\nBYE server-full\n";
+const TOO_SLOW: &[u8] = b"BYE too-slow
+";
 
 /// How long a refused connection is held, its input discarded, so that it
 /// can read why before the close: closing a socket with unread input sends
-/// a reset, which can destroy the notice before the peer reads it.
-const REFUSE_LINGER: Duration = Duration::from_secs(1);
+/// a reset, which can destroy the notice before the peer reads it. As long
+/// as the close grace, so a client slow to be scheduled still reads it (it
+/// closes its end once it has; [`MAX_REFUSING`] bounds how many are held).
+const REFUSE_LINGER: Duration = Duration::from_secs(5);
 
 /// Most refused connections held at once; past it they are closed at once.
-const MAX_REFUSING: usize = 64;
+pub const MAX_REFUSING: usize = 64;
 
 /// One client connection's I/O state.
 struct Connection {
@@ -194,6 +199,9 @@ pub struct EventLoop {
     timers: TimerWheel<Timer>,
     /// Accepting is paused until then after file descriptors ran out.
     accept_paused_until: Option<Instant>,
+    /// The listener may have connections waiting: accept at the end of
+    /// this pass (at most [`ACCEPT_BUDGET`]).
+    accept_pending: bool,
     shutting_down: bool,
     /// Connections with output queued in this pass, to write before sleeping.
     pending_writes: Vec<usize>,
@@ -247,6 +255,7 @@ impl EventLoop {
             credentials,
             timers: TimerWheel::new(Instant::now()),
             accept_paused_until: None,
+            accept_pending: false,
             shutting_down: false,
             pending_writes: Vec::new(),
             unfinished_reads: Vec::new(),
@@ -289,7 +298,7 @@ impl EventLoop {
             }
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept_pending = true,
                     SIGNALS => self.take_signals(),
                     STOP => {
                         let stop =
@@ -313,7 +322,11 @@ impl EventLoop {
 
     /// Time until the next thing the loop must do without being woken.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.unfinished_reads.is_empty() || self.store.as_ref().is_some_and(Store::busy) {
+        let accept_now = self.accept_pending && self.accept_paused_until.is_none();
+        if accept_now
+            || !self.unfinished_reads.is_empty()
+            || self.store.as_ref().is_some_and(Store::busy)
+        {
             return Some(Duration::ZERO);
         }
         let close_by = self.closing.iter().filter_map(|&k| self.conns.get(k)?.close_by).min();
@@ -335,6 +348,9 @@ impl EventLoop {
         }
         if self.accept_paused_until.is_some_and(|until| until <= now) {
             self.accept_paused_until = None;
+            self.accept_pending = true;
+        }
+        if self.accept_pending {
             self.accept();
         }
         self.linger_refused(now);
@@ -430,16 +446,23 @@ impl EventLoop {
         }
     }
 
-    /// Accepts until the backlog is empty; survives running out of file
+    /// Accepts until the backlog is empty or [`ACCEPT_BUDGET`] is spent
+    /// (then the rest is accepted next pass); survives running out of file
     /// descriptors by pausing instead of exiting or spinning.
     fn accept(&mut self) {
         if self.accept_paused_until.is_some() {
             return;
         }
-        loop {
+        // One time for the batch: the core closes no connection of this
+        // batch for another of it (see `Core::admit`).
+        let now = Instant::now();
+        for _ in 0..ACCEPT_BUDGET {
             match self.listener.accept() {
-                Ok((stream, peer)) => self.add_connection(stream, peer),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Ok((stream, peer)) => self.add_connection(stream, peer, now),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.accept_pending = false;
+                    return;
+                }
                 // The peer gave up before we got to it: nothing to do.
                 Err(e)
                     if matches!(
@@ -458,13 +481,19 @@ impl EventLoop {
                 }
             }
         }
+        self.accept_pending = true;
     }
 
-    fn add_connection(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
-        if self.conns.len() >= self.limits.max_connections {
-            info!("refused connection from {peer}: at --max-connections");
-            self.refuse(stream);
-            return;
+    /// Does what the core answers for a new connection: refuses it, or
+    /// keeps it (a connection the core closed to make room goes through
+    /// the usual close path with its effects).
+    fn add_connection(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr, now: Instant) {
+        match self.core.admit(peer.ip(), now) {
+            Admit::Refuse(reason) => {
+                self.refuse(stream, reason);
+                return;
+            }
+            Admit::Accept | Admit::Evict(_) => {}
         }
         self.churn += CONNECTION_CHURN;
         // Lines are small and interactive: send them at once.
@@ -485,14 +514,17 @@ impl EventLoop {
             close_by: None,
             dead: false,
         });
-        self.core.connected(key, peer, Instant::now());
+        self.core.connected(key, peer, now);
     }
 
-    /// Tells a connection the server is full, in one write the fresh
-    /// socket's buffer surely takes, and holds it briefly so the notice is
-    /// read before the close.
-    fn refuse(&mut self, mut stream: TcpStream) {
-        if stream.write_all(SERVER_FULL).is_err() || self.refusing.len() >= MAX_REFUSING {
+    /// Tells a connection why it is refused (`HELLO 1 0`, `BYE reason`),
+    /// in one write the fresh socket's buffer surely takes, and holds it
+    /// briefly so the notice is read before the close.
+    fn refuse(&mut self, mut stream: TcpStream, reason: ByeReason) {
+        let mut notice = String::new();
+        ServerMsg::Hello { version: VERSION, timeout_secs: 0 }.encode(&mut notice);
+        ServerMsg::Bye { reason }.encode(&mut notice);
+        if stream.write_all(notice.as_bytes()).is_err() || self.refusing.len() >= MAX_REFUSING {
             return; // Dropped: closed at once.
         }
         let _ = stream.shutdown(std::net::Shutdown::Write);

@@ -3,10 +3,13 @@
 //! loopback integration tests.
 //!
 //! - [`core`]: the chat state machine (no I/O, fake-clock testable), with
-//!   its command table and handlers, outboxes and login throttle.
+//!   its command table and handlers, outboxes, login throttle and
+//!   admission of connections.
 //! - [`event_loop`]: the `mio` loop that moves bytes and fires timers.
 //! - [`timer_wheel`]: one-second-bucket deadlines for heartbeats and lockouts.
 //! - [`credentials`]: the credentials file.
+//! - [`fd_limit`]: the open file limit, raised at start, and the default
+//!   `--max-connections` it allows.
 //! - [`journal`]: the durable spool behind `--state-dir`.
 //! - [`logging`]: `chat-server`'s log, which never blocks or stops it, and
 //!   the summaries of repeated refusals.
@@ -16,6 +19,7 @@
 pub mod core;
 pub mod credentials;
 pub mod event_loop;
+pub mod fd_limit;
 pub mod journal;
 pub mod logging;
 pub mod state_dir;
@@ -53,16 +57,26 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// Longest line accepted from a client, newline included.
     pub max_line: usize,
-    /// Most connections open at once; more are told and closed.
+    /// Most connections open at once; when full, a newcomer takes the
+    /// place of the oldest connection that has not logged in, or is told
+    /// the server is full if every one has.
     pub max_connections: usize,
+    /// Most connections open at once from one address (an IPv6 /64);
+    /// `None`: [`default_max_per_address`] of `max_connections`.
+    pub max_per_address: Option<usize>,
+    /// New connections a second from one address, after a burst of its
+    /// share.
+    pub connection_rate: u32,
     /// A connection must log in this soon after connecting.
     pub login_timeout: Duration,
     /// Most failed logins per address per minute.
     pub login_attempts: u32,
 }
 
-/// Default `--max-connections`: within a common 1024 file descriptor limit.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+pub use self::core::{
+    default_max_per_address, DEFAULT_CONNECTION_RATE, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_ADDRESS,
+};
 
 /// Default `--max-output`: room for the send window and other frames.
 pub const DEFAULT_MAX_OUTPUT: usize = 256 * 1024;
@@ -81,6 +95,8 @@ impl Config {
             state_dir: None,
             max_line: crate::protocol::MAX_LINE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_address: None,
+            connection_rate: DEFAULT_CONNECTION_RATE,
             login_timeout: self::core::DEFAULT_LOGIN_TIMEOUT,
             login_attempts: self::core::DEFAULT_LOGIN_ATTEMPTS,
         }
@@ -189,6 +205,11 @@ fn build(
         durable: config.state_dir.is_some(),
         login_timeout: config.login_timeout,
         login_attempts: config.login_attempts,
+        max_connections: config.max_connections,
+        max_per_address: config
+            .max_per_address
+            .unwrap_or_else(|| default_max_per_address(config.max_connections)),
+        connection_rate: config.connection_rate,
     };
     let mut core = Core::new(accounts, core_config);
     let store = match &config.state_dir {
@@ -200,11 +221,7 @@ fn build(
         }
         None => None,
     };
-    let limits = Limits {
-        max_output: config.max_output,
-        max_line: config.max_line,
-        max_connections: config.max_connections,
-    };
+    let limits = Limits { max_output: config.max_output, max_line: config.max_line };
     let event_loop =
         EventLoop::new(listener, core, store, limits, control).map_err(ServerError::Io)?;
     Ok((event_loop, local))

@@ -155,12 +155,15 @@ impl Server {
         Self::launch(name, users, flags, Command::new(env!("CARGO_BIN_EXE_chat-server")))
     }
 
-    /// Starts a server for [`USERS`] allowed at most `limit` open files.
+    /// Starts a server for [`USERS`] allowed at most `limit` open files,
+    /// its connection limits set far above what they leave room for, so
+    /// that descriptors run out before the table fills.
     pub fn start_with_fd_limit(name: &str, limit: u32) -> Server {
         let mut shell = Command::new("sh");
         shell.arg("-c").arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""));
         shell.arg(env!("CARGO_BIN_EXE_chat-server"));
-        Self::launch(name, USERS, &[], shell)
+        let flags = ["--max-connections", "1000", "--max-connections-per-address", "1000"];
+        Self::launch(name, USERS, &flags, shell)
     }
 
     /// Starts a server whose files may not grow past `bytes` (`ulimit -f`):
@@ -350,6 +353,15 @@ impl Raw {
         Raw { writer, reader: BufReader::new(stream) }
     }
 
+    /// Connects from the loopback address `from` (127.0.0.2, ...), so
+    /// that one test can be many client addresses.
+    pub fn connect_from(from: [u8; 4], port: u16) -> Raw {
+        let stream = connect_from(from, port);
+        stream.set_read_timeout(Some(WAIT)).expect("set timeout");
+        let writer = stream.try_clone().expect("clone stream");
+        Raw { writer, reader: BufReader::new(stream) }
+    }
+
     /// Connects and logs in, consuming lines up to WELCOME.
     pub fn login(port: u16, user: &str, password: &str) -> Raw {
         let mut raw = Raw::connect(port);
@@ -431,5 +443,34 @@ pub fn wait_until_asleep(pid: u32) {
         }
         assert!(Instant::now() < deadline, "process {pid} never went to sleep: {state:?}");
         std::thread::yield_now();
+    }
+}
+
+/// A connection to 127.0.0.1:`port` from the loopback address `from`: the
+/// socket is bound to it before connecting (all of 127/8 is loopback on
+/// Linux).
+pub fn connect_from(from: [u8; 4], port: u16) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let address = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        // In network order: the bytes as written.
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip) },
+        sin_zero: [0; 8],
+    };
+    let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket, owned by the TcpStream at once; bind and connect
+    // read one sockaddr_in from a live local.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = address(from, 0);
+        let result = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), size);
+        assert_eq!(result, 0, "bind to {from:?}: {}", std::io::Error::last_os_error());
+        let server = address([127, 0, 0, 1], port);
+        let result = libc::connect(fd, (&server as *const libc::sockaddr_in).cast(), size);
+        assert_eq!(result, 0, "connect from {from:?}: {}", std::io::Error::last_os_error());
+        stream
     }
 }

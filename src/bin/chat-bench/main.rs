@@ -27,7 +27,9 @@ struct Args {
     #[arg(long, global = true)]
     json: bool,
     /// Use the server at HOST:PORT instead of starting one (its users must
-    /// be u0, u1, ... with password `pw`).
+    /// be u0, u1, ... with password `pw`, and its limits must let this one
+    /// address connect them all at once: `--max-connections`,
+    /// `--max-connections-per-address`, `--connection-rate`).
     #[arg(long, global = true, value_name = "HOST:PORT")]
     connect: Option<SocketAddr>,
     /// The chat-server binary to start (default: beside this program).

@@ -45,6 +45,9 @@ impl Target {
             .args(["--bind", "127.0.0.1", "--log-level", "error", "--credentials"])
             .arg(&credentials)
             .args(["--max-connections", &connections, "--max-queued", "1000000"])
+            // The whole load comes from 127.0.0.1, as fast as it can.
+            .args(["--max-connections-per-address", &connections])
+            .args(["--connection-rate", "1000000"])
             .args(["--login-attempts", "1000000"])
             .args(extra)
             .arg("0");

@@ -1,5 +1,5 @@
-//! The chat server's state machine: accounts, sessions, presence, block
-//! lists, outboxes, consent and lockouts.
+//! The chat server's state machine: accounts, admission of connections,
+//! sessions, presence, block lists, outboxes, consent and lockouts.
 //!
 //! It does no I/O and reads no clock. The event loop feeds it events (a
 //! connection opened, a line arrived, a connection closed, a timer fired)
@@ -21,11 +21,13 @@ use log::{debug, info, warn};
 use crate::server::credentials::{Account, Secret};
 use crate::server::journal::Record;
 use crate::server::logging::refusals::{Refusals, Verdict};
+mod admission;
 mod commands;
 mod outbox;
 mod presence;
 mod throttle;
 
+use admission::{AddressTable, Arrivals, Over};
 use outbox::Outbox;
 use presence::{Decision, Presence};
 pub(crate) use throttle::throttle_key;
@@ -69,6 +71,14 @@ pub struct CoreConfig {
     /// Most failed logins from one address (an IPv6 /64) per
     /// [`THROTTLE_WINDOW`]; past it, logins from there are refused unchecked.
     pub login_attempts: u32,
+    /// Most connections open at once. When the table is full, a newcomer
+    /// takes the place of the oldest connection that has not logged in.
+    pub max_connections: usize,
+    /// Most connections open at once from one address (an IPv6 /64).
+    pub max_per_address: usize,
+    /// New connections a second from one address, after a burst of
+    /// `max_per_address`.
+    pub connection_rate: u32,
 }
 
 impl CoreConfig {
@@ -82,8 +92,30 @@ impl CoreConfig {
             durable: false,
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
             login_attempts: DEFAULT_LOGIN_ATTEMPTS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_address: default_max_per_address(DEFAULT_MAX_CONNECTIONS),
+            connection_rate: DEFAULT_CONNECTION_RATE,
         }
     }
+}
+
+/// `--max-connections` when the file descriptor limit is not known (an
+/// embedded server): within a common limit of 1024.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+
+/// Default connections per address: room for a script that starts
+/// hundreds of local clients, a quarter of a table of about a thousand.
+pub const DEFAULT_MAX_PER_ADDRESS: usize = 256;
+
+/// Default new connections a second per address (after a burst of the
+/// per-address share): far more than people or scripts reconnect, far
+/// fewer than a flood.
+pub const DEFAULT_CONNECTION_RATE: u32 = 64;
+
+/// The per-address share when none is given: [`DEFAULT_MAX_PER_ADDRESS`],
+/// but never more than half the table, so one address cannot take it.
+pub fn default_max_per_address(max_connections: usize) -> usize {
+    DEFAULT_MAX_PER_ADDRESS.min(max_connections / 2).max(1)
 }
 
 /// Default login deadline: time enough for a person to type a name and a
@@ -135,6 +167,24 @@ pub enum Effect {
     Arm { at: Instant, timer: Timer },
 }
 
+/// The answer to a connection just accepted ([`Core::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Keep it.
+    Accept,
+    /// Keep it; this connection, which had not logged in, was told
+    /// `BYE server-full` and is closed (an [`Effect::Close`] is queued) to
+    /// make room.
+    Evict(ConnId),
+    /// Tell it `HELLO 1 0` and `BYE reason`, and close it.
+    Refuse(ByeReason),
+}
+
+/// Whether `id` is still the connection with `serial` and has not logged in.
+fn waiting(conns: &ConnTable, id: ConnId, serial: u64) -> bool {
+    conns.get(&id).is_some_and(|c| c.serial == serial && c.user.is_none())
+}
+
 /// Everything the server knows about one account.
 #[derive(Debug)]
 struct User {
@@ -173,6 +223,10 @@ struct Conn {
     heartbeat_due: Instant,
     /// When this connection must have logged in.
     login_due: Instant,
+    /// Tells this connection from a later one reusing its id.
+    serial: u64,
+    /// When it was accepted.
+    connected: Instant,
 }
 
 /// Open connections by id. Ids are the event loop's slab keys, small and
@@ -278,6 +332,12 @@ pub struct Core {
     online: BTreeSet<UserId>,
     /// Failed logins per address, for throttling.
     throttle: LoginThrottle,
+    /// Connections open, and the pace of new ones, per address.
+    addresses: AddressTable,
+    /// Connections in connect order, to find the oldest not logged in.
+    arrivals: Arrivals,
+    /// The next connection's serial number.
+    next_serial: u64,
     /// Which refusals are logged one by one and which are summarised.
     refusals: Refusals,
     /// Presence notices: coalescing and each recipient's allowance.
@@ -374,6 +434,13 @@ impl Core {
             conns: ConnTable::default(),
             online: BTreeSet::new(),
             throttle: LoginThrottle::new(config.login_attempts),
+            addresses: AddressTable::new(
+                config.max_per_address,
+                config.connection_rate,
+                config.max_per_address,
+            ),
+            arrivals: Arrivals::default(),
+            next_serial: 0,
             refusals: Refusals::new(),
             presence: Presence::default(),
             effects: Vec::new(),
@@ -521,14 +588,89 @@ impl Core {
 
     // -- connection life cycle -----------------------------------------------
 
+    /// Whether a connection just accepted from `ip` may stay: refused when
+    /// its address holds its share or opens connections too fast, or when
+    /// the table is full and every connection has logged in; otherwise
+    /// accepted, after closing the oldest connection that has not logged
+    /// in (`BYE server-full`) if the table is full. A logged-in user is
+    /// never closed for a newcomer, nor a connection accepted at `now`: the
+    /// event loop passes one `now` for a whole batch of accepts, so that a
+    /// connection has its input read (its LOGIN) before a flood arriving
+    /// in the same batch can push it out. Call [`Core::connected`] next if
+    /// it is accepted.
+    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Admit {
+        let over = self.addresses.check(ip, now);
+        if over == Err(Over::Share) {
+            let why = "at --max-connections-per-address";
+            return self.refuse_connection(ip, ByeReason::TooManyConnections, why, now);
+        }
+        let mut victim = None;
+        if self.conns.len >= self.config.max_connections {
+            let conns = &self.conns;
+            victim = self.arrivals.oldest(|id, serial| waiting(conns, id, serial));
+            // The oldest is not older than now: neither is any other.
+            victim = victim.filter(|id| conns.get(id).is_some_and(|c| c.connected < now));
+            if victim.is_none() {
+                let why = "at --max-connections, every connection logged in";
+                return self.refuse_connection(ip, ByeReason::ServerFull, why, now);
+            }
+        }
+        if over == Err(Over::Rate) {
+            let why = "opening connections faster than --connection-rate";
+            return self.refuse_connection(ip, ByeReason::TooManyConnections, why, now);
+        }
+        let Some(victim) = victim else {
+            return Admit::Accept;
+        };
+        if let Some(state) = self.conns.get(&victim) {
+            let (victim_ip, since) = (state.ip, now.saturating_duration_since(state.last_seen));
+            if self.note_refusal(victim_ip, "evicted", now) {
+                info!(
+                    "closed connection {victim} ({victim_ip}), not logged in, to make room for \
+                     one from {ip} (at --max-connections; silent for {}s)",
+                    since.as_secs()
+                );
+            }
+        }
+        self.bye(victim, ByeReason::ServerFull);
+        Admit::Evict(victim)
+    }
+
+    /// Logs a refused connection (summarised when repeated) and answers.
+    fn refuse_connection(
+        &mut self,
+        ip: IpAddr,
+        reason: ByeReason,
+        why: &str,
+        now: Instant,
+    ) -> Admit {
+        if self.note_refusal(ip, reason.as_str(), now) {
+            info!("refused connection from {ip}: {} ({why})", reason.as_str());
+        }
+        Admit::Refuse(reason)
+    }
+
     /// A connection was accepted from `peer`.
     pub fn connected(&mut self, conn: ConnId, peer: SocketAddr, now: Instant) {
         let due = now + self.config.timeout;
         let login_due = now + self.config.login_timeout;
         let ip = peer.ip();
-        let state =
-            Conn { ip, user: None, p2p_port: 0, last_seen: now, heartbeat_due: due, login_due };
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let state = Conn {
+            ip,
+            user: None,
+            p2p_port: 0,
+            last_seen: now,
+            heartbeat_due: due,
+            login_due,
+            serial,
+            connected: now,
+        };
         self.conns.insert(conn, state);
+        self.addresses.opened(ip, now);
+        let conns = &self.conns;
+        self.arrivals.push(conn, serial, conns.len, |id, serial| waiting(conns, id, serial));
         self.effects.push(Effect::Arm { at: due, timer: Timer::Heartbeat { conn, due } });
         let login = Timer::Login { conn, due: login_due };
         self.effects.push(Effect::Arm { at: login_due, timer: login });
@@ -636,7 +778,11 @@ impl Core {
     /// Removes a connection and, if it carried a session, takes its user
     /// offline: their outbox stays, their pending consent requests go.
     fn forget(&mut self, conn: ConnId) {
-        let Some(Conn { user: Some(user), .. }) = self.conns.remove(&conn) else {
+        let Some(state) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.addresses.closed(state.ip);
+        let Some(user) = state.user else {
             return;
         };
         if self.users[user].session != Some(conn) {
@@ -1449,6 +1595,130 @@ mod tests {
             "no second presence notice for a user who never went offline"
         );
         assert_eq!(h.closed, vec![1]);
+    }
+
+    /// A harness whose table holds `max` connections, `share` per address,
+    /// new ones at `rate` a second per address after a burst of `share`.
+    fn admission(max: usize, share: usize, rate: u32) -> Harness {
+        let config = CoreConfig {
+            max_connections: max,
+            max_per_address: share,
+            connection_rate: rate,
+            ..CoreConfig::new(TIMEOUT, BLOCK)
+        };
+        Harness::with_config(Harness::accounts(&["A", "B", "C"]), config)
+    }
+
+    /// What the core answers a connection `conn` from `ip`; connects it
+    /// unless refused, as the event loop does.
+    fn arrive(h: &mut Harness, conn: ConnId, ip: [u8; 4]) -> Admit {
+        let peer = SocketAddr::from((ip, 40000 + conn as u16));
+        let answer = h.core.admit(peer.ip(), h.now);
+        if !matches!(answer, Admit::Refuse(_)) {
+            h.core.connected(conn, peer, h.now);
+        }
+        answer
+    }
+
+    #[test]
+    fn a_full_table_closes_the_oldest_connection_not_logged_in_never_a_user() {
+        let mut h = admission(3, 100, 1000);
+        let here = [127, 0, 0, 1];
+        assert_eq!(arrive(&mut h, 1, here), Admit::Accept);
+        h.line(1, "LOGIN A 1 A_pwd");
+        assert_eq!(arrive(&mut h, 2, here), Admit::Accept);
+        assert_eq!(arrive(&mut h, 3, here), Admit::Accept);
+        h.take();
+        // Full: the newcomer takes the place of 2, the oldest waiting one.
+        h.advance(Duration::from_millis(1));
+        assert_eq!(arrive(&mut h, 4, [10, 0, 0, 1]), Admit::Evict(2));
+        assert_eq!(h.take(), vec![(2, "BYE server-full".into()), (4, "HELLO 1 35".into())]);
+        assert_eq!(h.closed, vec![2]);
+        // 3 logs in meanwhile: 4 is now the oldest waiting one.
+        h.line(3, "LOGIN B 1 B_pwd");
+        h.advance(Duration::from_millis(1));
+        assert_eq!(arrive(&mut h, 5, here), Admit::Evict(4));
+        h.line(5, "LOGIN C 1 C_pwd");
+        h.take();
+        // Everyone has logged in: nobody is closed for a newcomer.
+        assert_eq!(arrive(&mut h, 6, here), Admit::Refuse(ByeReason::ServerFull));
+        assert_eq!(h.closed, vec![2, 4]);
+        assert_eq!(h.core.online.len(), 3);
+        h.line(1, "MESSAGE B still here");
+        assert_eq!(h.to(3), vec!["MSG 1 direct A still here"]);
+        // A user leaves: room again.
+        h.line(5, "LOGOUT");
+        assert_eq!(arrive(&mut h, 6, here), Admit::Accept);
+    }
+
+    #[test]
+    fn an_address_at_its_share_is_refused_while_another_connects() {
+        let mut h = admission(100, 2, 1000);
+        let (one, two) = ([127, 0, 0, 2], [127, 0, 0, 3]);
+        assert_eq!(arrive(&mut h, 1, one), Admit::Accept);
+        assert_eq!(arrive(&mut h, 2, one), Admit::Accept);
+        assert_eq!(arrive(&mut h, 3, one), Admit::Refuse(ByeReason::TooManyConnections));
+        assert_eq!(arrive(&mut h, 3, two), Admit::Accept);
+        h.take();
+        h.line(3, "LOGIN A 1 A_pwd");
+        assert_eq!(h.to(3), vec!["WELCOME A"]);
+        // Logged in or not, a connection counts; a closed one no longer.
+        h.line(1, "LOGIN B 1 B_pwd");
+        assert_eq!(arrive(&mut h, 4, one), Admit::Refuse(ByeReason::TooManyConnections));
+        h.core.disconnected(2);
+        h.advance(Duration::from_millis(1)); // the rate's burst is the share: 2
+        assert_eq!(arrive(&mut h, 4, one), Admit::Accept);
+    }
+
+    #[test]
+    fn an_address_opening_connections_too_fast_is_refused_while_another_connects() {
+        // A burst of 3 (the share), then 2 a second.
+        let mut h = admission(100, 3, 2);
+        let (one, two) = ([127, 0, 0, 2], [127, 0, 0, 3]);
+        for conn in 1..=3 {
+            assert_eq!(arrive(&mut h, conn, one), Admit::Accept);
+            h.core.disconnected(conn);
+        }
+        assert_eq!(arrive(&mut h, 4, one), Admit::Refuse(ByeReason::TooManyConnections));
+        assert_eq!(arrive(&mut h, 4, two), Admit::Accept);
+        h.advance(Duration::from_millis(500));
+        assert_eq!(arrive(&mut h, 5, one), Admit::Accept, "half a second earns one");
+        assert_eq!(arrive(&mut h, 6, one), Admit::Refuse(ByeReason::TooManyConnections));
+    }
+
+    #[test]
+    fn an_evicted_connection_id_reused_is_a_new_arrival() {
+        let mut h = admission(2, 100, 1000);
+        let here = [127, 0, 0, 1];
+        let tick = Duration::from_millis(1);
+        assert_eq!(arrive(&mut h, 1, here), Admit::Accept);
+        assert_eq!(arrive(&mut h, 2, here), Admit::Accept);
+        h.advance(tick);
+        assert_eq!(arrive(&mut h, 3, here), Admit::Evict(1));
+        // The event loop freed id 1 and gives it to the next newcomer,
+        // which must not be mistaken for the old, oldest one.
+        h.core.disconnected(1);
+        assert_eq!(arrive(&mut h, 1, here), Admit::Evict(2));
+        h.advance(tick);
+        assert_eq!(arrive(&mut h, 2, here), Admit::Evict(3));
+        assert_eq!(arrive(&mut h, 4, here), Admit::Evict(1));
+    }
+
+    #[test]
+    fn a_connection_is_not_closed_for_a_newcomer_of_the_same_batch() {
+        let mut h = admission(2, 100, 1000);
+        let here = [127, 0, 0, 1];
+        assert_eq!(arrive(&mut h, 1, here), Admit::Accept);
+        h.advance(Duration::from_millis(1));
+        // A batch of accepts at one time: 2 fills the table, 3 takes the
+        // place of 1 (from an earlier batch), 4 finds only 2 and 3, which
+        // have not had their input read yet.
+        assert_eq!(arrive(&mut h, 2, here), Admit::Accept);
+        assert_eq!(arrive(&mut h, 3, here), Admit::Evict(1));
+        assert_eq!(arrive(&mut h, 4, here), Admit::Refuse(ByeReason::ServerFull));
+        h.line(2, "LOGIN A 1 A_pwd");
+        h.advance(Duration::from_millis(1));
+        assert_eq!(arrive(&mut h, 4, here), Admit::Evict(3), "2 logged in meanwhile");
     }
 
     #[test]
