@@ -127,3 +127,120 @@ fn a_stderr_nobody_reads_does_not_stall_the_server() {
         "the log says what it did not print one by one: {log}"
     );
 }
+
+/// The first log lines of a server started with `flags` and the
+/// environment `env`, until its listening line is out (the log of start-up
+/// is complete then): up to the first `count` lines.
+fn first_log_lines(
+    flags: &[&str],
+    env: &[(&str, String)],
+    stderr: Stdio,
+    count: usize,
+) -> Vec<String> {
+    let dir = temp_dir("log-format");
+    let credentials = write_credentials(&dir, USERS);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+    command
+        .args(["--bind", "127.0.0.1", "--log-level", "info", "--credentials"])
+        .arg(&credentials)
+        .args(flags)
+        .arg("0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("start chat-server");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("listening line");
+    let mut lines = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        let mut reader = BufReader::new(stderr);
+        for _ in 0..count {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            lines.push(line.trim_end().to_owned());
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+/// Whether `s` starts with an RFC 3339 UTC timestamp with milliseconds.
+fn starts_with_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        range.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit))
+    };
+    digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(10) == Some(&b'T')
+        && digits(11..13)
+        && b.get(19) == Some(&b'.')
+        && digits(20..23)
+        && b.get(23) == Some(&b'Z')
+}
+
+#[test]
+fn log_lines_carry_a_timestamp_or_the_journals_priority_or_are_json() {
+    // Text, the default: "<time> LEVEL message".
+    let text = first_log_lines(&[], &[], Stdio::piped(), 2);
+    assert!(!text.is_empty());
+    for line in &text {
+        assert!(starts_with_rfc3339(line), "{line}");
+        assert!(line[25..].starts_with("INFO  ") || line[25..].starts_with("WARN  "), "{line}");
+    }
+    // JSON: one object per line.
+    let json = first_log_lines(&["--log-format", "json"], &[], Stdio::piped(), 2);
+    for line in &json {
+        assert!(line.starts_with("{\"time\":\"") && line.ends_with("\"}"), "{line}");
+        assert!(starts_with_rfc3339(&line[9..]), "{line}");
+        assert!(
+            line.contains("\"level\":\"info\"") || line.contains("\"level\":\"warn\""),
+            "{line}"
+        );
+        assert!(line.contains("\"message\":\""), "{line}");
+    }
+    // Journal: priorities, no time (journald adds its own).
+    let journal = first_log_lines(&["--log-format", "journal"], &[], Stdio::piped(), 2);
+    for line in &journal {
+        assert!(line.starts_with("<6>") || line.starts_with("<4>"), "{line}");
+    }
+}
+
+#[test]
+fn the_journal_format_is_the_default_when_stderr_is_the_journal() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::fs::MetadataExt;
+    // A pipe standing in for journald's stream, named as systemd names it.
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors, owned at once.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let meta = std::fs::metadata(format!("/proc/self/fd/{}", fds[1])).expect("stat the pipe");
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::fs::File::from(read).read_to_string(&mut text);
+        text
+    });
+    let none = first_log_lines(&[], &[("JOURNAL_STREAM", stream)], Stdio::from(write), 0);
+    assert!(none.is_empty());
+    let text = reader.join().expect("reader");
+    let first = text.lines().next().expect("a log line");
+    assert!(first.starts_with("<6>") || first.starts_with("<4>"), "{text}");
+}
+
+#[test]
+fn a_wrong_log_level_lists_the_right_ones() {
+    let (code, _, err) =
+        support::run(env!("CARGO_BIN_EXE_chat-server"), &["--log-level", "loud", "0"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("[possible values: off, error, warn, info, debug, trace]"), "{err}");
+}

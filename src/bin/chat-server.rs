@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chat::server::logging;
+use chat::server::logging::{self, LogFormat};
 use clap::builder::TypedValueParser as _;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 /// How long the log may take to drain before the process exits: a stderr
 /// nobody reads must not keep it from exiting.
@@ -80,11 +80,16 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_LOGIN_ATTEMPTS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     login_attempts: u32,
-    /// Log level on stderr: error, warn, info, debug, trace or off. Logging
-    /// never blocks the server: lines stderr does not take in time are
-    /// dropped and counted.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    log_level: log::LevelFilter,
+    /// Log level on stderr. Logging never blocks the server: lines stderr
+    /// does not take in time are dropped and counted.
+    #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
+    /// Log line format: `text` (an RFC 3339 UTC timestamp, the level, the
+    /// message), `journal` (`<N>` priority prefixes for journald, which
+    /// adds the time; the default when stderr is the journal), or `json`
+    /// (one object per line: time, level, message).
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    log_format: Option<LogFormatArg>,
     /// Read a password from standard input, print its argon2id hash (the
     /// field to paste after the username in the credentials file), exit.
     #[arg(long)]
@@ -92,6 +97,64 @@ struct Args {
     /// Port to listen on; 0 picks a free one (printed on the first line).
     #[arg(required_unless_present = "hash_password")]
     port: Option<u16>,
+}
+
+/// `--log-level`'s values (clap lists them when one is wrong).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Off => log::LevelFilter::Off,
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// `--log-format`'s values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Journal,
+    Json,
+}
+
+/// The log format asked for, or the journal's when stderr is the journal
+/// (systemd sets JOURNAL_STREAM to stderr's device and inode).
+fn log_format(asked: Option<LogFormatArg>) -> LogFormat {
+    match asked {
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        Some(LogFormatArg::Journal) => LogFormat::Journal,
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        None if stderr_is_the_journal() => LogFormat::Journal,
+        None => LogFormat::Text,
+    }
+}
+
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
 /// `--hash-password`: one password line in, one PHC string out.
@@ -127,7 +190,7 @@ fn main() -> ExitCode {
     let Some(port) = args.port.filter(|_| !args.hash_password) else {
         return hash_password();
     };
-    if let Err(e) = logging::install(args.log_level) {
+    if let Err(e) = logging::install(args.log_level.filter(), log_format(args.log_format)) {
         logging::write_line(&format!("chat-server: cannot start logging: {e}"));
         return ExitCode::FAILURE;
     }

@@ -475,7 +475,10 @@ impl EventLoop {
                 // Out of descriptors, or anything unexpected: retrying at
                 // once would spin, exiting would drop every client.
                 Err(e) => {
-                    warn!("cannot accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    warn!(
+                        "cannot accept: {e}; pausing accepts for {} ms",
+                        ACCEPT_BACKOFF.as_millis()
+                    );
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }

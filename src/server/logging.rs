@@ -23,23 +23,21 @@
 //!
 //! [`EmbeddedServer`]: super::EmbeddedServer
 
+pub mod format;
 pub mod refusals;
 
-use std::fmt::Write as _;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{LevelFilter, Log, Metadata, Record, SetLoggerError};
+
+pub use format::LogFormat;
 
 /// Bytes of log output held while stderr is not taking them: about 600
 /// typical lines, enough for a burst; past it lines are counted, not kept.
 pub const BUFFER_BYTES: usize = 64 * 1024;
-
-/// Longest line kept; a longer message is cut short (no log message of
-/// this server should come near it).
-const MAX_LINE_BYTES: usize = 2048;
 
 /// Stderr is the descriptor the operator gave us.
 const STDERR: RawFd = 2;
@@ -54,19 +52,23 @@ pub struct LogBuffer {
     limit: usize,
     /// Lines dropped since the last report.
     dropped: u64,
+    /// How the report of dropped lines looks, and when it is made.
+    format: LogFormat,
+    clock: fn() -> SystemTime,
 }
 
 impl LogBuffer {
-    /// An empty buffer that holds at most `limit` bytes.
-    pub fn new(limit: usize) -> Self {
-        LogBuffer { bytes: Vec::new(), start: 0, limit, dropped: 0 }
+    /// An empty buffer that holds at most `limit` bytes; its reports of
+    /// dropped lines are in `format`, stamped by `clock`.
+    pub fn new(limit: usize, format: LogFormat, clock: fn() -> SystemTime) -> Self {
+        LogBuffer { bytes: Vec::new(), start: 0, limit, dropped: 0, format, clock }
     }
 
     /// Adds `line` (a newline is appended) if it fits, after the report of
     /// lines dropped before it, if any; otherwise counts it as dropped.
     /// Returns whether it was kept.
     pub fn push(&mut self, line: &str) -> bool {
-        let notice = (self.dropped > 0).then(|| dropped_notice(self.dropped));
+        let notice = (self.dropped > 0).then(|| self.dropped_notice());
         let needed = notice.as_ref().map_or(0, |n| n.len() + 1) + line.len() + 1;
         if needed > self.room() {
             self.dropped += 1;
@@ -86,7 +88,7 @@ impl LogBuffer {
         if self.dropped == 0 {
             return;
         }
-        let notice = dropped_notice(self.dropped);
+        let notice = self.dropped_notice();
         if notice.len() < self.room() {
             self.append(&notice);
             self.dropped = 0;
@@ -115,7 +117,7 @@ impl LogBuffer {
     /// Forgets everything, pending bytes and drop count alike: for when
     /// there is nowhere left to write them.
     pub fn clear(&mut self) {
-        *self = LogBuffer::new(self.limit);
+        *self = LogBuffer::new(self.limit, self.format, self.clock);
     }
 
     fn room(&self) -> usize {
@@ -134,27 +136,15 @@ impl LogBuffer {
     }
 }
 
-/// The line that reports `count` dropped lines.
-fn dropped_notice(count: u64) -> String {
-    let lines = if count == 1 { "line" } else { "lines" };
-    format!("WARN  log: {count} {lines} dropped (stderr is not being read fast enough)")
-}
-
-/// `LEVEL message`, cut short at [`MAX_LINE_BYTES`] on a character boundary.
-fn format_line(level: log::Level, args: &std::fmt::Arguments<'_>) -> String {
-    let mut line = String::new();
-    // Writing to a String fails only if a Display impl does; a partial
-    // line is still worth having.
-    let _ = write!(line, "{:<5} {args}", level.as_str());
-    if line.len() > MAX_LINE_BYTES {
-        let mut cut = MAX_LINE_BYTES - 3;
-        while !line.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        line.truncate(cut);
-        line.push_str("...");
+impl LogBuffer {
+    /// The line that reports the lines dropped since the last report.
+    fn dropped_notice(&self) -> String {
+        let count = self.dropped;
+        let lines = if count == 1 { "line" } else { "lines" };
+        let args =
+            format_args!("log: {count} {lines} dropped (stderr is not being read fast enough)");
+        format::line(self.format, (self.clock)(), log::Level::Warn, &args)
     }
-    line
 }
 
 /// Where log bytes go, without ever blocking.
@@ -309,6 +299,7 @@ impl State {
 /// The process-wide logger.
 struct Logger {
     level: LevelFilter,
+    format: LogFormat,
     state: Mutex<State>,
 }
 
@@ -331,7 +322,7 @@ impl Log for Logger {
         }
         // Formatted before locking: a Display impl that logs must not
         // find the lock held.
-        let line = format_line(record.level(), record.args());
+        let line = format::line(self.format, SystemTime::now(), record.level(), record.args());
         let mut state = self.state();
         if state.sink.is_some() {
             state.buffer.push(&line);
@@ -346,12 +337,12 @@ impl Log for Logger {
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
-/// Logs to stderr from now on, lines at `level` and above. Fails if a
-/// logger is already set.
-pub fn install(level: LevelFilter) -> Result<(), SetLoggerError> {
-    let logger = LOGGER.get_or_init(|| Logger {
-        level,
-        state: Mutex::new(State { buffer: LogBuffer::new(BUFFER_BYTES), sink: Sink::open() }),
+/// Logs to stderr from now on, lines at `level` and above, in `format`.
+/// Fails if a logger is already set.
+pub fn install(level: LevelFilter, format: LogFormat) -> Result<(), SetLoggerError> {
+    let logger = LOGGER.get_or_init(|| {
+        let buffer = LogBuffer::new(BUFFER_BYTES, format, SystemTime::now);
+        Logger { level, format, state: Mutex::new(State { buffer, sink: Sink::open() }) }
     });
     log::set_logger(logger)?;
     log::set_max_level(level);
@@ -416,9 +407,14 @@ mod tests {
         String::from_utf8(buffer.pending().to_vec()).unwrap()
     }
 
+    /// A buffer whose reports say the time is the epoch.
+    fn buffer(limit: usize) -> LogBuffer {
+        LogBuffer::new(limit, LogFormat::Text, || std::time::UNIX_EPOCH)
+    }
+
     #[test]
     fn lines_are_kept_in_order_with_newlines() {
-        let mut buffer = LogBuffer::new(100);
+        let mut buffer = buffer(100);
         assert!(buffer.push("INFO  one"));
         assert!(buffer.push("INFO  two"));
         assert_eq!(text(&buffer), "INFO  one\nINFO  two\n");
@@ -430,7 +426,7 @@ mod tests {
 
     #[test]
     fn the_buffer_is_bounded_and_counts_what_it_drops() {
-        let mut buffer = LogBuffer::new(1000);
+        let mut buffer = buffer(1000);
         let line = "INFO  refused connection 7 (127.0.0.1): bad-command unknown verb";
         let kept = (0..10_000).filter(|_| buffer.push(line)).count();
         assert!(buffer.pending().len() <= 1000);
@@ -440,7 +436,7 @@ mod tests {
 
     #[test]
     fn the_next_line_that_fits_says_how_many_were_dropped() {
-        let mut buffer = LogBuffer::new(200);
+        let mut buffer = buffer(200);
         let line = "x".repeat(59);
         for _ in 0..5 {
             buffer.push(&line);
@@ -453,14 +449,15 @@ mod tests {
         assert!(buffer.push("INFO  next"));
         assert_eq!(
             text(&buffer),
-            "WARN  log: 3 lines dropped (stderr is not being read fast enough)\nINFO  next\n"
+            "1970-01-01T00:00:00.000Z WARN  log: 3 lines dropped \
+             (stderr is not being read fast enough)\nINFO  next\n"
         );
         assert_eq!(buffer.dropped(), 0);
     }
 
     #[test]
     fn dropped_lines_are_reported_even_if_no_line_follows() {
-        let mut buffer = LogBuffer::new(100);
+        let mut buffer = buffer(100);
         buffer.push(&"x".repeat(99));
         buffer.push("INFO  lost");
         buffer.report_dropped();
@@ -469,13 +466,14 @@ mod tests {
         buffer.report_dropped();
         assert_eq!(
             text(&buffer),
-            "WARN  log: 1 line dropped (stderr is not being read fast enough)\n"
+            "1970-01-01T00:00:00.000Z WARN  log: 1 line dropped \
+             (stderr is not being read fast enough)\n"
         );
     }
 
     #[test]
     fn written_bytes_make_room_for_new_ones() {
-        let mut buffer = LogBuffer::new(30);
+        let mut buffer = buffer(30);
         for i in 0..100 {
             assert!(buffer.push(&format!("line {i:04}")));
             buffer.consume(5);
@@ -486,16 +484,6 @@ mod tests {
         assert_eq!(buffer.dropped(), 0);
     }
 
-    #[test]
-    fn long_lines_are_cut_on_a_character_boundary() {
-        let long = "é".repeat(MAX_LINE_BYTES);
-        let line = format_line(log::Level::Warn, &format_args!("{long}"));
-        assert!(line.len() <= MAX_LINE_BYTES);
-        assert!(line.starts_with("WARN  éé"));
-        assert!(line.ends_with("..."));
-        assert_eq!(format_line(log::Level::Info, &format_args!("hi")), "INFO  hi");
-    }
-
     /// A sink on a pipe: it takes what fits, says "try again" when full,
     /// and is dropped for good once the reader is gone, never panicking.
     #[test]
@@ -504,7 +492,7 @@ mod tests {
         // SAFETY: pipe2 fills the two descriptors, which we then own.
         assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) }, 0);
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let mut state = State { buffer: LogBuffer::new(BUFFER_BYTES), sink: None };
+        let mut state = State { buffer: buffer(BUFFER_BYTES), sink: None };
         state.sink = Some(Sink::Reopened(write));
         let line = "x".repeat(1000);
         while state.buffer.dropped() == 0 {

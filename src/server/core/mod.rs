@@ -847,7 +847,7 @@ impl Core {
 
     /// LOGOUT: goodbye to the leaver, then a presence notice to the others.
     fn logout(&mut self, conn: ConnId, user: UserId, now: Instant) {
-        info!("user {} logged out", self.name(user));
+        info!("{} logged out", self.describe(conn));
         self.bye(conn, ByeReason::Logout);
         self.presence_changed(user, false, now);
     }
