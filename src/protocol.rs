@@ -324,8 +324,8 @@ pub enum DenyReason {
     Locked,
     /// No such user in the credentials file.
     UnknownUser,
-    /// Too many failed logins from the client's address lately: the login
-    /// was not even checked.
+    /// Too many failed logins, or too many logins, from the client's
+    /// address lately: the login was not even checked.
     Throttled,
 }
 

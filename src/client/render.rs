@@ -19,7 +19,7 @@ pub const NOW_LOCKED: &str =
 pub const LOCKED: &str =
     "Your account is blocked due to multiple login failures. Please try again later.";
 pub const UNKNOWN_USER: &str = "Invalid Username. Please try again.";
-pub const THROTTLED: &str = "Too many failed logins from your address. Please try again later.";
+pub const THROTTLED: &str = "Too many login attempts from your address. Please try again later.";
 pub const ONLINE_WARNING: &str = "(Warning: Users that have blocked you will not be listed)";
 pub const CONSENT_HOWTO: &str = "To ignore, do nothing. To give consent, enter: consent <user>";
 pub const VERSION_MISMATCH: &str = "The server speaks a different protocol version.";

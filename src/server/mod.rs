@@ -59,6 +59,11 @@ pub struct Config {
     pub login_timeout: Duration,
     /// Most failed logins per address per minute.
     pub login_attempts: u32,
+    /// Most login attempts per address per second (with a burst of ten
+    /// seconds' worth).
+    pub login_rate: u32,
+    /// Most addresses the login throttle tracks at once.
+    pub throttle_table: usize,
 }
 
 /// Default `--max-connections`: within a common 1024 file descriptor limit.
@@ -83,6 +88,8 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             login_timeout: self::core::DEFAULT_LOGIN_TIMEOUT,
             login_attempts: self::core::DEFAULT_LOGIN_ATTEMPTS,
+            login_rate: self::core::DEFAULT_LOGIN_RATE,
+            throttle_table: self::core::DEFAULT_THROTTLE_TABLE,
         }
     }
 }
@@ -189,6 +196,8 @@ fn build(
         durable: config.state_dir.is_some(),
         login_timeout: config.login_timeout,
         login_attempts: config.login_attempts,
+        login_rate: config.login_rate,
+        throttle_table: config.throttle_table,
     };
     let mut core = Core::new(accounts, core_config);
     let store = match &config.state_dir {

@@ -344,7 +344,16 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(port: u16) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Raw::from_stream(TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+    }
+
+    /// Connects from `source`, a loopback address (127.0.0.2 and on), so
+    /// that one test can be many client addresses.
+    pub fn connect_from(port: u16, source: std::net::Ipv4Addr) -> Raw {
+        Raw::from_stream(connect_from(port, source))
+    }
+
+    fn from_stream(stream: TcpStream) -> Raw {
         stream.set_read_timeout(Some(WAIT)).expect("set timeout");
         let writer = stream.try_clone().expect("clone stream");
         Raw { writer, reader: BufReader::new(stream) }
@@ -412,4 +421,31 @@ pub fn small_receive_buffer(socket: &impl std::os::fd::AsRawFd) {
         )
     };
     assert_eq!(result, 0, "setsockopt SO_RCVBUF");
+}
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address
+/// `source` (the standard library cannot bind before connecting).
+pub fn connect_from(port: u16, source: std::net::Ipv4Addr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let address = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket is owned by the TcpStream at once (closed on
+    // any panic below); bind and connect read one live sockaddr_in each.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = address(source, 0);
+        let bound = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), size);
+        assert_eq!(bound, 0, "bind {source}: {}", std::io::Error::last_os_error());
+        let remote = address(std::net::Ipv4Addr::LOCALHOST, port);
+        let connected = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), size);
+        assert_eq!(connected, 0, "connect from {source}: {}", std::io::Error::last_os_error());
+        stream
+    }
 }

@@ -45,7 +45,7 @@ impl Target {
             .args(["--bind", "127.0.0.1", "--log-level", "error", "--credentials"])
             .arg(&credentials)
             .args(["--max-connections", &connections, "--max-queued", "1000000"])
-            .args(["--login-attempts", "1000000"])
+            .args(["--login-attempts", "1000000", "--login-rate", "1000000"])
             .args(extra)
             .arg("0");
         let (child, addr) = spawn(command, "Server listening on ")?;

@@ -27,8 +27,8 @@ mod throttle;
 
 use outbox::Outbox;
 pub(crate) use throttle::throttle_key;
-use throttle::LoginThrottle;
-pub use throttle::THROTTLE_WINDOW;
+use throttle::{LoginThrottle, Refusal};
+pub use throttle::{BURST_SECONDS, DEFAULT_THROTTLE_TABLE, THROTTLE_WINDOW};
 
 use crate::protocol::{ByeReason, ClientMsg, DenyReason, Failure, QueueReason, ServerMsg, VERSION};
 
@@ -67,6 +67,12 @@ pub struct CoreConfig {
     /// Most failed logins from one address (an IPv6 /64) per
     /// [`THROTTLE_WINDOW`]; past it, logins from there are refused unchecked.
     pub login_attempts: u32,
+    /// Most login attempts, failed or not, from one address per second,
+    /// with a burst of [`BURST_SECONDS`] of them; past it, logins from
+    /// there are refused unchecked.
+    pub login_rate: u32,
+    /// Most addresses (and IPv6 /48s) the login throttle tracks at once.
+    pub throttle_table: usize,
 }
 
 impl CoreConfig {
@@ -80,6 +86,8 @@ impl CoreConfig {
             durable: false,
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
             login_attempts: DEFAULT_LOGIN_ATTEMPTS,
+            login_rate: DEFAULT_LOGIN_RATE,
+            throttle_table: DEFAULT_THROTTLE_TABLE,
         }
     }
 }
@@ -91,6 +99,11 @@ pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default failed logins per address per [`THROTTLE_WINDOW`]: generous for
 /// a person who mistypes, slow for anyone guessing names or passwords.
 pub const DEFAULT_LOGIN_ATTEMPTS: u32 = 10;
+
+/// Default login attempts per address per second: with its burst (200 at
+/// once) a script can log in hundreds of local users, while one address
+/// cannot keep the server checking passwords for it alone.
+pub const DEFAULT_LOGIN_RATE: u32 = 20;
 
 /// Default outbox cap: a thousand messages of at most 4 KiB bound what one
 /// absent user can make the server hold to 4 MiB.
@@ -263,7 +276,7 @@ pub struct Core {
     conns: ConnTable,
     /// Logged-in users.
     online: BTreeSet<UserId>,
-    /// Failed logins per address, for throttling.
+    /// Login attempts and failed logins per address, for throttling.
     throttle: LoginThrottle,
     /// Which refusals are logged one by one and which are summarised.
     refusals: Refusals,
@@ -358,7 +371,11 @@ impl Core {
             ids,
             conns: ConnTable::default(),
             online: BTreeSet::new(),
-            throttle: LoginThrottle::new(config.login_attempts),
+            throttle: LoginThrottle::new(
+                config.login_attempts,
+                config.login_rate,
+                config.throttle_table,
+            ),
             refusals: Refusals::new(),
             effects: Vec::new(),
             out: String::new(),
@@ -690,9 +707,13 @@ impl Core {
         let Some(ip) = self.conns.get(&conn).map(|c| c.ip) else {
             return;
         };
-        if self.throttle.throttled(ip, now) {
+        if let Err(refusal) = self.throttle.attempt(ip, now) {
             if self.note_refusal(ip, DenyReason::Throttled.as_str(), now) {
-                info!("refused login for {name} from {ip}: too many failed logins from there");
+                let why = match refusal {
+                    Refusal::Failures => "too many failed logins from there",
+                    Refusal::Rate => "too many logins from there",
+                };
+                info!("refused login for {name} from {ip}: {why}");
             }
             self.send(conn, &ServerMsg::Denied { reason: DenyReason::Throttled });
             return;
@@ -1207,6 +1228,32 @@ mod tests {
         h.connect(3);
         h.line(3, "LOGIN A 1 A_pwd");
         assert_eq!(h.to(3), vec!["HELLO 1 35", "WELCOME A"], "the window has passed");
+    }
+
+    #[test]
+    fn right_logins_count_against_the_address_rate_too() {
+        let mut h = Harness::with_config(
+            Harness::accounts(&["A", "B"]),
+            CoreConfig { login_rate: 2, ..CoreConfig::new(TIMEOUT, BLOCK) },
+        );
+        // A burst of ten seconds' worth: 20 logins at once, then refused.
+        for conn in 1..=20 {
+            h.connect(conn);
+            h.line(conn, "LOGIN A 1 A_pwd");
+            assert_eq!(h.to(conn), vec!["HELLO 1 35", "WELCOME A"], "login {conn}");
+        }
+        h.connect(21);
+        h.line(21, "LOGIN A 1 A_pwd");
+        assert_eq!(h.to(21), vec!["HELLO 1 35", "DENIED throttled"]);
+        let other = SocketAddr::from(([127, 0, 0, 2], 4000));
+        h.core.connected(22, other, h.now);
+        h.line(22, "LOGIN B 1 B_pwd");
+        assert_eq!(h.to(22), vec!["HELLO 1 35", "WELCOME B"], "another address is not affected");
+        // Half a second later, one more login's worth is back.
+        h.advance(Duration::from_millis(500));
+        h.line(21, "LOGIN A 1 A_pwd");
+        h.line(21, "LOGOUT");
+        assert_eq!(h.to(21), vec!["WELCOME A", "BYE logout"]);
     }
 
     #[test]
