@@ -6,6 +6,7 @@
 //!   its command table and handlers, outboxes and login throttle.
 //! - [`event_loop`]: the `mio` loop that moves bytes and fires timers.
 //! - [`timer_wheel`]: one-second-bucket deadlines for heartbeats and lockouts.
+//! - [`verifier`]: the helper thread that checks argon2id password hashes.
 //! - [`credentials`]: the credentials file.
 //! - [`journal`]: the durable spool behind `--state-dir`.
 //! - [`logging`]: `chat-server`'s log, which never blocks or stops it, and
@@ -21,6 +22,7 @@ pub mod logging;
 pub mod state_dir;
 pub mod store;
 pub mod timer_wheel;
+pub mod verifier;
 
 use std::fmt;
 use std::io::Write;
