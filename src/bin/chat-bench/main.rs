@@ -7,6 +7,7 @@
 
 mod compaction;
 mod load;
+mod loginflood;
 mod relay;
 mod scenarios;
 mod target;
@@ -72,6 +73,21 @@ enum Scenario {
     Idle {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+    },
+    /// `latency`'s paced pairs, first alone, then while workers log in
+    /// over and over with a right password against an argon2id hash, each
+    /// from its own address (127.0.0.2, ...): the pairs' p99 both ways.
+    Loginflood {
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// Flood workers, one address and one hashed account each.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Logins each worker has in flight at once.
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
     },
     /// Logins and logouts per second.
     Login {
