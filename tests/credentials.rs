@@ -173,3 +173,21 @@ fn a_login_flood_with_a_right_hashed_password_holds_up_no_one_else() {
     assert!(busy + throttled > 0, "the flood must be held back: {counts}");
     assert!(welcomed > 0, "and served too: {counts}");
 }
+
+#[test]
+fn shutting_down_with_checks_in_flight_ends_the_verifier_and_exits_0() {
+    let phc = chat::server::credentials::hash_password("flood-pw").unwrap();
+    let mut server = Server::start_with("hashed-shutdown", &[("H", &phc)], &[]);
+    let mut logins: Vec<Raw> = (0..40).map(|_| Raw::connect(server.port)).collect();
+    for raw in &mut logins {
+        raw.send("HELLO 1\nLOGIN H 1 flood-pw");
+    }
+    // Once one is answered, the rest are queued or being checked.
+    assert_eq!(logins[0].line(), "HELLO 1 35");
+    let first = logins[0].line();
+    assert!(first == "WELCOME H" || first == "DENIED busy", "{first}");
+    support::signal(server.pid(), "TERM");
+    server.out.expect_next("Notifying clients of server shutdown...");
+    server.out.expect_next("Server is shutting down.");
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
