@@ -28,7 +28,9 @@ struct Args {
     #[arg(long, global = true)]
     json: bool,
     /// Use the server at HOST:PORT instead of starting one (its users must
-    /// be u0, u1, ... with password `pw`).
+    /// be u0, u1, ... with password `pw`, and its login limits raised as
+    /// chat-bench raises its own: `--login-rate 1000000
+    /// --login-attempts 1000000`).
     #[arg(long, global = true, value_name = "HOST:PORT")]
     connect: Option<SocketAddr>,
     /// The chat-server binary to start (default: beside this program).
