@@ -6,8 +6,10 @@
 //! per /48 as well, so that one site's many /64s cannot fill it.
 //!
 //! [`LoginThrottle`] owns the table and its bound: it never holds more
-//! than its capacity. A full table makes room by forgetting the entry used
-//! least recently, in amortised constant time, so it never refuses an
+//! than its capacity. Entries that hold nothing any more (their failure
+//! window over, their bucket full again) are dropped as the table is used,
+//! and a full table makes room by forgetting the entry used least
+//! recently, both in amortised constant time, so it never refuses an
 //! address it holds nothing against. Forgetting an attacker's entry gives
 //! that address a fresh budget: the per-user lockout, not this table, is
 //! what stops password guessing. It reads no clock (the core passes `now`)
@@ -20,9 +22,14 @@ use std::time::{Duration, Instant};
 /// The period over which failed logins per address are counted.
 pub const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
 
-/// Default most addresses (and IPv6 /48s) tracked at once: about 100
-/// bytes each, so a full table takes a few MiB.
+/// Default most addresses (and IPv6 /48s) tracked at once. With the hash
+/// table's spare room and the use queue, an entry costs up to about 180
+/// bytes, so a full table takes about 12 MiB, given back once the flood
+/// that filled it has been over for a minute.
 pub const DEFAULT_THROTTLE_TABLE: usize = 65_536;
+
+/// Tables this small are not shrunk: not worth the reallocations.
+const SHRINK_BELOW: usize = 1024;
 
 /// A login attempt may use up this many seconds' worth of the attempt
 /// rate at once: a script can log in hundreds of local users in a burst.
@@ -87,6 +94,13 @@ impl Entry {
     fn new(now: Instant) -> Self {
         Entry { failures: 0, since: now, full_at: now, used: 0 }
     }
+
+    /// Whether the entry holds nothing against its address any more (no
+    /// failures in a running window, a full bucket): the same as none.
+    fn idle(&self, now: Instant) -> bool {
+        let window_over = now.saturating_duration_since(self.since) >= THROTTLE_WINDOW;
+        (self.failures == 0 || window_over) && self.full_at <= now
+    }
 }
 
 /// Why an attempt was refused.
@@ -139,6 +153,7 @@ impl LoginThrottle {
     /// refused: its address (or, for IPv6, its /48) is over its failure
     /// budget, or the address is over its attempt rate.
     pub fn attempt(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        self.drop_idle(now);
         if let Some(site) = site_key(ip) {
             // A /48 is tracked only while the table is under pressure,
             // and consulted for as long as it is tracked.
@@ -162,6 +177,7 @@ impl LoginThrottle {
     /// Counts a failed login from `ip`: against its address, and, for
     /// IPv6 while the table is more than half full, against its /48.
     pub fn count_failure(&mut self, ip: IpAddr, now: Instant) {
+        self.drop_idle(now);
         let under_pressure = self.entries.len() * 2 > self.capacity;
         let entry = self.entry(address_key(ip), now);
         entry.failures = entry.failures.saturating_add(1);
@@ -194,6 +210,27 @@ impl LoginThrottle {
         }
         entry.used = stamp;
         entry
+    }
+
+    /// Forgets entries, least recently used first, as long as they hold
+    /// nothing against their address, so that the table holds the
+    /// addresses of about the last minute, not all it ever saw; gives
+    /// memory back once a flood is over. Each place in the queue is popped
+    /// once: constant time amortised.
+    fn drop_idle(&mut self, now: Instant) {
+        while let Some(&(key, stamp)) = self.order.front() {
+            if let Some(entry) = self.entries.get(&key).filter(|e| e.used == stamp) {
+                if !entry.idle(now) {
+                    break;
+                }
+                self.entries.remove(&key);
+            }
+            self.order.pop_front();
+        }
+        if self.entries.capacity() > 4 * self.entries.len().max(SHRINK_BELOW) {
+            self.entries.shrink_to(2 * self.entries.len());
+            self.order.shrink_to(2 * self.entries.len());
+        }
     }
 
     /// Forgets the entry used least recently. Each place in the queue is
@@ -348,6 +385,32 @@ mod tests {
         assert_eq!(t.attempt(v4(1), now), Ok(()));
         // The /48's window ends like any other.
         assert_eq!(t.attempt(v6(1, 999, 7), now + THROTTLE_WINDOW), Ok(()));
+    }
+
+    #[test]
+    fn entries_that_hold_nothing_any_more_are_dropped_and_memory_given_back() {
+        let mut t = LoginThrottle::new(3, 20, 65_536);
+        let now = Instant::now();
+        for n in 0..50_000 {
+            t.attempt(v4(n), now).unwrap();
+            t.count_failure(v4(n), now);
+        }
+        assert_eq!(t.len(), 50_000);
+        let grown = t.entries.capacity();
+        // A right login a second later holds nothing once its bucket refills.
+        let later = now + Duration::from_secs(1);
+        t.attempt(v4(1_000_000), later).unwrap();
+        assert_eq!(t.len(), 50_001, "the failures' windows are still running");
+        let after = now + THROTTLE_WINDOW + Duration::from_millis(50);
+        assert_eq!(t.attempt(v4(7), after), Ok(()));
+        assert_eq!(t.len(), 1, "only the address just used is left");
+        assert!(t.entries.capacity() < grown / 8, "{} of {grown}", t.entries.capacity());
+        // An entry still holding something stops the sweep, and is kept.
+        t.count_failure(v4(7), after);
+        t.count_failure(v4(7), after);
+        t.count_failure(v4(7), after);
+        assert_eq!(t.attempt(v4(8), after + Duration::from_secs(30)), Ok(()));
+        assert_eq!(t.attempt(v4(7), after + Duration::from_secs(30)), Err(Refusal::Failures));
     }
 
     #[test]
