@@ -324,9 +324,12 @@ pub enum DenyReason {
     Locked,
     /// No such user in the credentials file.
     UnknownUser,
-    /// Too many failed logins from the client's address lately: the login
-    /// was not even checked.
+    /// Too many failed logins, or too many logins, from the client's
+    /// address lately: the login was not even checked.
     Throttled,
+    /// The server has too many passwords to check just now: the login was
+    /// not checked, and the client may send it again after a pause.
+    Busy,
 }
 
 impl DenyReason {
@@ -337,6 +340,7 @@ impl DenyReason {
             DenyReason::Locked => "locked",
             DenyReason::UnknownUser => "unknown-user",
             DenyReason::Throttled => "throttled",
+            DenyReason::Busy => "busy",
         }
     }
 
@@ -347,6 +351,7 @@ impl DenyReason {
             "locked" => Ok(DenyReason::Locked),
             "unknown-user" => Ok(DenyReason::UnknownUser),
             "throttled" => Ok(DenyReason::Throttled),
+            "busy" => Ok(DenyReason::Busy),
             _ => Err(ParseError::BadField("reason")),
         }
     }
@@ -953,6 +958,7 @@ mod tests {
             DenyReason::Locked,
             DenyReason::UnknownUser,
             DenyReason::Throttled,
+            DenyReason::Busy,
         ] {
             round_trip_server(ServerMsg::Denied { reason });
         }

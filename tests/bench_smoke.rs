@@ -18,8 +18,18 @@ fn every_scenario_runs_and_nothing_is_lost_or_repeated() {
         String::from_utf8_lossy(&output.stderr)
     );
     let lines: Vec<&str> = stdout.lines().collect();
-    let scenarios =
-        ["direct", "fanout", "latency", "idle", "login", "spawn", "scale", "compaction", "churn"];
+    let scenarios = [
+        "direct",
+        "fanout",
+        "latency",
+        "loginflood",
+        "idle",
+        "login",
+        "spawn",
+        "scale",
+        "compaction",
+        "churn",
+    ];
     assert_eq!(lines.len(), scenarios.len(), "one JSON object per scenario: {stdout}");
     for (line, scenario) in lines.iter().zip(scenarios) {
         assert!(line.starts_with(&format!("{{\"scenario\":\"{scenario}\"")), "{line}");

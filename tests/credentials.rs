@@ -1,13 +1,18 @@
 //! Hashed passwords end to end: `chat-server --hash-password` prints a
 //! line to paste, the server accepts it, and warns about a credentials
-//! file other users can read.
+//! file other users can read; hashes are checked off the event loop, so a
+//! flood of right-password logins holds up no one else, and commands sent
+//! right behind a LOGIN wait for its answer.
 
 mod support;
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use support::Server;
+use support::{Raw, Server};
 
 fn hash(password: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
@@ -92,4 +97,97 @@ fn a_byte_order_mark_is_read_and_a_password_too_long_to_log_in_with_is_refused()
         err.trim_end().ends_with(":2: password too long to log in with (at most 113 bytes for this username within the line limit)"),
         "{err}"
     );
+}
+
+#[test]
+fn commands_right_behind_a_hashed_login_wait_for_its_answer() {
+    let phc = chat::server::credentials::hash_password("wise@!man").unwrap();
+    let server = Server::start_with("hashed-pipelined", &[("yoda", &phc), ("A", "A_pwd")], &[]);
+    let mut a = Raw::login(server.port, "A", "A_pwd");
+    let mut yoda = Raw::connect(server.port);
+    // One write: the commands reach the server before the check is done.
+    yoda.send("HELLO 1\nLOGIN yoda 1 wise@!man\nMESSAGE A first\nONLINE\nLOGOUT");
+    assert_eq!(yoda.line(), "HELLO 1 35");
+    assert_eq!(yoda.line(), "WELCOME yoda");
+    assert_eq!(yoda.line(), "ONLINE A");
+    assert_eq!(yoda.line(), "BYE logout");
+    assert_eq!(a.line(), "PRESENCE yoda on");
+    assert_eq!(a.line(), "MSG 1 direct yoda first");
+}
+
+#[test]
+fn a_login_flood_with_a_right_hashed_password_holds_up_no_one_else() {
+    let phc = chat::server::credentials::hash_password("flood-pw").unwrap();
+    let users = [("H", phc.as_str()), ("A", "A_pwd"), ("B", "B_pwd")];
+    let server = Server::start_with("login-flood", &users, &[]);
+    let port = server.port;
+    let mut a = Raw::login(port, "A", "A_pwd");
+    let mut b = Raw::login(port, "B", "B_pwd");
+    assert_eq!(a.line(), "PRESENCE B on");
+    // The flood, from 127.0.0.2: rounds of 64 logins sent at once, far
+    // more than the checks the server queues, and more than the address's
+    // burst in all. Every one is answered.
+    let done = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            for _ in 0..4 {
+                let source = Ipv4Addr::new(127, 0, 0, 2);
+                let mut round: Vec<Raw> =
+                    (0..64).map(|_| Raw::connect_from(source.octets(), port)).collect();
+                for raw in &mut round {
+                    raw.send("HELLO 1\nLOGIN H 1 flood-pw");
+                }
+                for raw in &mut round {
+                    assert_eq!(raw.line(), "HELLO 1 35");
+                    answers.push(raw.line());
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+            answers
+        })
+    };
+    // Meanwhile A and B exchange messages: each arrives (within the
+    // test's wait: the server never stalls), in order.
+    let mut sent = 0u64;
+    let until = std::time::Instant::now() + support::WAIT;
+    while !done.load(Ordering::SeqCst) && sent < 20_000 && std::time::Instant::now() < until {
+        sent += 1;
+        a.send(&format!("MESSAGE B number {sent}"));
+        let skipped = b.until(&format!("MSG {sent} direct A number {sent}"));
+        assert!(skipped.iter().all(|l| l == "PRESENCE H on"), "{skipped:?}");
+        b.send(&format!("ACK {sent}"));
+        let skipped = a.until("DELIVERED B");
+        assert!(skipped.iter().all(|l| l == "PRESENCE H on"), "{skipped:?}");
+        // About a thousand a second, for as long as the flood goes on.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let answers = flood.join().expect("the flood");
+    assert!(sent > 0);
+    let refused = |reason: &str| answers.iter().filter(|l| *l == reason).count();
+    let (busy, throttled) = (refused("DENIED busy"), refused("DENIED throttled"));
+    let welcomed = refused("WELCOME H");
+    let counts = format!("{welcomed} welcomed, {busy} busy, {throttled} throttled");
+    assert_eq!(busy + throttled + welcomed, answers.len(), "{counts}: {answers:?}");
+    assert!(busy + throttled > 0, "the flood must be held back: {counts}");
+    assert!(welcomed > 0, "and served too: {counts}");
+}
+
+#[test]
+fn shutting_down_with_checks_in_flight_ends_the_verifier_and_exits_0() {
+    let phc = chat::server::credentials::hash_password("flood-pw").unwrap();
+    let mut server = Server::start_with("hashed-shutdown", &[("H", &phc)], &[]);
+    let mut logins: Vec<Raw> = (0..40).map(|_| Raw::connect(server.port)).collect();
+    for raw in &mut logins {
+        raw.send("HELLO 1\nLOGIN H 1 flood-pw");
+    }
+    // Once one is answered, the rest are queued or being checked.
+    assert_eq!(logins[0].line(), "HELLO 1 35");
+    let first = logins[0].line();
+    assert!(first == "WELCOME H" || first == "DENIED busy", "{first}");
+    support::signal(server.pid(), "TERM");
+    server.out.expect_next("Notifying clients of server shutdown...");
+    server.out.expect_next("Server is shutting down.");
+    assert_eq!(server.wait_exit().code(), Some(0));
 }

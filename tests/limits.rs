@@ -6,6 +6,7 @@
 mod support;
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use support::{signal, Raw, Server, WAIT};
@@ -119,8 +120,41 @@ fn guessing_from_one_address_is_throttled() {
     assert_eq!(raw.line(), "DENIED throttled", "not even the right password is checked now");
     // A real client from the same address is told why and exits 5.
     let mut client = server.client(&["--user", "B"], Some("B_pwd"));
-    client.out.expect_next("Too many failed logins from your address. Please try again later.");
+    client.out.expect_next("Too many login attempts from your address. Please try again later.");
     assert_eq!(client.wait_exit(), Some(5));
+}
+
+#[test]
+fn a_full_throttle_table_refuses_no_address_it_holds_nothing_against() {
+    // A table of 64 addresses stands for the default 65 536: filling that
+    // takes a flood of about two seconds, too long for a test.
+    let server =
+        Server::start("throttle-full", &["--throttle-table", "64", "--login-attempts", "2"]);
+    let fail_from = |source: Ipv4Addr| {
+        let mut raw = Raw::connect_from(source.octets(), server.port);
+        raw.send("HELLO 1\nLOGIN nobody 1 x");
+        assert_eq!(raw.line(), "HELLO 1 35");
+        assert_eq!(raw.line(), "DENIED unknown-user", "from {source}");
+    };
+    // Failed logins from 200 addresses: the table is full, three times over.
+    for n in 0..200u8 {
+        fail_from(Ipv4Addr::new(127, 0, 1, n + 1));
+    }
+    // An address guessing past its budget is still refused...
+    let guesser = Ipv4Addr::new(127, 0, 2, 1);
+    fail_from(guesser);
+    fail_from(guesser);
+    let mut again = Raw::connect_from(guesser.octets(), server.port);
+    again.send("HELLO 1\nLOGIN A 1 A_pwd");
+    assert_eq!(again.line(), "HELLO 1 35");
+    assert_eq!(again.line(), "DENIED throttled");
+    // ...while a fresh address logs in, and so do the flood's first ones.
+    for fresh in [Ipv4Addr::new(127, 0, 3, 1), Ipv4Addr::new(127, 0, 1, 1)] {
+        let mut raw = Raw::connect_from(fresh.octets(), server.port);
+        raw.send("HELLO 1\nLOGIN B 1 B_pwd");
+        assert_eq!(raw.line(), "HELLO 1 35");
+        assert_eq!(raw.line(), "WELCOME B", "from {fresh}");
+    }
 }
 
 #[test]

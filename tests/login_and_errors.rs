@@ -195,3 +195,63 @@ fn both_binaries_answer_help_and_version() {
     let (code, _, stderr) = run(CLIENT, &["127.0.0.1"]);
     assert_eq!(code, Some(2), "{stderr}");
 }
+
+/// A stand-in server for the client: greets, then answers every `LOGIN`
+/// with the next of `answers` (the last one over and over), and says
+/// `BYE logout` to `LOGOUT`. Returns the LOGIN lines it was sent.
+fn fake_server(
+    listener: std::net::TcpListener,
+    answers: &'static [&'static str],
+) -> std::thread::JoinHandle<Vec<String>> {
+    use std::io::{BufRead, BufReader, Write};
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept the client");
+        stream.set_read_timeout(Some(support::WAIT)).expect("timeout");
+        let mut writer = stream.try_clone().expect("clone");
+        writer.write_all(b"HELLO 1 35\n").expect("greet");
+        let mut logins = Vec::new();
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("LOGIN ") {
+                let answer = answers[logins.len().min(answers.len() - 1)];
+                logins.push(line);
+                writer.write_all(format!("{answer}\n").as_bytes()).expect("answer");
+            } else if line == "LOGOUT" {
+                writer.write_all(b"BYE logout\n").expect("bye");
+                break;
+            }
+        }
+        logins
+    })
+}
+
+#[test]
+fn a_busy_server_gets_the_login_again_after_a_pause() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("address").port();
+    let server = fake_server(listener, &["DENIED busy", "DENIED busy", "WELCOME A"]);
+    let mut a = Client::spawn(port, &["--user", "A"], Some("A_pwd"), Stdio::piped());
+    a.out.expect_next("The server is busy. Trying again shortly...");
+    a.out.expect_next("The server is busy. Trying again shortly...");
+    a.out.expect_next("Welcome to the chat system!");
+    a.close_stdin();
+    a.out.expect_next("Logging out. Bye for now!");
+    assert_eq!(a.wait_exit(), Some(0));
+    let logins = server.join().expect("fake server");
+    assert_eq!(logins.len(), 3, "{logins:?}");
+    assert!(logins.iter().all(|l| l.starts_with("LOGIN A ") && l.ends_with(" A_pwd")));
+}
+
+#[test]
+fn a_server_that_stays_busy_is_given_up_on_with_exit_1() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("address").port();
+    let server = fake_server(listener, &["DENIED busy"]);
+    let mut a = Client::spawn(port, &["--user", "A"], Some("A_pwd"), Stdio::piped());
+    for _ in 0..10 {
+        a.out.expect_next("The server is busy. Trying again shortly...");
+    }
+    a.out.expect_next("The server is still busy. Please try again later.");
+    assert_eq!(a.wait_exit(), Some(1));
+    assert_eq!(server.join().expect("fake server").len(), 11, "the first login and 10 more");
+}

@@ -24,7 +24,9 @@ fn lines_until_online(raw: &mut Raw) -> Vec<String> {
 
 #[test]
 fn a_login_loop_floods_no_one_and_its_blocker_hears_nothing() {
-    let server = Server::start("presence-loop", &[]);
+    // One address logs in 200 times at once: past the default login rate.
+    let server =
+        Server::start("presence-loop", &["--login-rate", "1000", "--connection-rate", "1000"]);
     let mut a = Raw::login(server.port, "A", "A_pwd");
     a.send("BLOCK B");
     a.until("BLOCKED B");

@@ -80,6 +80,18 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_LOGIN_ATTEMPTS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     login_attempts: u32,
+    /// Most login attempts, failed or not, per client address (IPv6: per
+    /// /64) per second, with a burst of ten seconds' worth; past it,
+    /// logins from that address are refused without being checked.
+    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_LOGIN_RATE,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    login_rate: u32,
+    /// Most client addresses the login throttle tracks at once (for tests:
+    /// a full table forgets the address used least recently).
+    #[arg(long, value_name = "N", hide = true,
+          default_value_t = chat::server::core::DEFAULT_THROTTLE_TABLE,
+          value_parser = clap::value_parser!(u32).range(1..=16_777_216).map(|n| n as usize))]
+    throttle_table: usize,
     /// Log level on stderr. Logging never blocks the server: lines stderr
     /// does not take in time are dropped and counted.
     #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
@@ -213,6 +225,8 @@ fn main() -> ExitCode {
         connection_rate: args.connection_rate,
         login_timeout: Duration::from_secs(args.login_timeout),
         login_attempts: args.login_attempts,
+        login_rate: args.login_rate,
+        throttle_table: args.throttle_table,
     };
     let code = match chat::server::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,6 +16,10 @@
 //! the server; with `--stay` or `--until` it stays until a signal, the
 //! server's shutdown, or (`--until`) the pattern or the end of the wait.
 //!
+//! A login the server answers `DENIED busy` (too many passwords to check
+//! just now) is sent again after [`LOGIN_RETRY_PAUSE`], at most
+//! [`LOGIN_RETRIES`] times.
+//!
 //! Not here: flag parsing and the process exit code (the binary does that
 //! from [`Exit`] and [`Error`]), and any retrying of a lost server connection.
 
@@ -65,6 +69,14 @@ const SERVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server may take to send its HELLO: something that accepts
 /// connections but never greets is not a chat server.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the client waits before sending a login again that the server
+/// was too busy to check.
+pub const LOGIN_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Most times a login is sent again after `DENIED busy`; the client then
+/// gives up (exit 1).
+pub const LOGIN_RETRIES: u32 = 10;
 
 /// How long pending output may take to drain before the client exits.
 const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -344,6 +356,10 @@ struct Client {
     until_deadline: Option<Instant>,
     /// The exit code once the session ends, when not the usual one.
     exit_as: Option<Exit>,
+    /// When to send the login again that the server was too busy to check.
+    login_retry_at: Option<Instant>,
+    /// Logins sent again after `DENIED busy` in a row.
+    login_retries: u32,
     /// Interactive mode: the terminal's settings, restored on drop.
     _raw_input: Option<terminal::RawInput>,
 }
@@ -447,6 +463,8 @@ impl Client {
             stay: config.stay || config.until.is_some(),
             until_deadline: config.until.as_ref().map(|_| Instant::now() + config.wait),
             exit_as: None,
+            login_retry_at: None,
+            login_retries: 0,
             _raw_input: raw_input,
         })
     }
@@ -468,8 +486,12 @@ impl Client {
         self.drain_stdin()?;
         self.show_prompt()?;
         let wake_at = if self.hello { self.next_ping } else { Some(self.hello_deadline) };
-        let wake_at =
-            wake_at.into_iter().chain(self.peers.next_deadline()).chain(self.until_deadline).min();
+        let wake_at = wake_at
+            .into_iter()
+            .chain(self.peers.next_deadline())
+            .chain(self.until_deadline)
+            .chain(self.login_retry_at)
+            .min();
         // Data left unread by a read budget gets no new readiness event:
         // look again at once rather than wait.
         let mut carried_over: Vec<Token> = self.peers.unread().collect();
@@ -567,6 +589,12 @@ impl Client {
         let now = Instant::now();
         if !self.hello && now >= self.hello_deadline {
             return Err(Error::NoHello.into());
+        }
+        if self.login_retry_at.is_some_and(|at| at <= now) {
+            self.login_retry_at = None;
+            if self.phase == Phase::LoginPending {
+                self.send_login()?;
+            }
         }
         let mut notices = Vec::new();
         self.peers.expire(now, self.poll.registry(), &mut notices);
@@ -723,13 +751,16 @@ impl Client {
             }
             self.last_seq = *seq;
         }
-        if let Some(event) = event::from_server(msg, &self.user) {
+        // A busy server's answer is shown by on_denied: retrying, or not.
+        let busy = matches!(msg, ServerMsg::Denied { reason: DenyReason::Busy });
+        if let Some(event) = event::from_server(msg, &self.user).filter(|_| !busy) {
             self.out.event(&event)?;
         }
         match msg {
             ServerMsg::Hello { timeout_secs, .. } => self.on_hello(*timeout_secs),
             ServerMsg::Welcome { user } => {
                 self.user = (*user).to_owned();
+                self.login_retries = 0;
                 if self.phase == Phase::LoginPending {
                     self.phase = Phase::Chat;
                 }
@@ -795,6 +826,9 @@ impl Client {
         if self.phase != Phase::LoginPending {
             return Ok(());
         }
+        if reason != DenyReason::Busy {
+            self.login_retries = 0;
+        }
         match reason {
             DenyReason::BadPassword if self.password_from_env => Err(End::Exit(Exit::BadPassword)),
             DenyReason::BadPassword => {
@@ -803,6 +837,16 @@ impl Client {
             }
             DenyReason::NowLocked | DenyReason::Locked | DenyReason::Throttled => {
                 Err(End::Exit(Exit::Locked))
+            }
+            DenyReason::Busy if self.login_retries >= LOGIN_RETRIES => {
+                self.out.event(&event::local_denied(reason, render::STILL_BUSY))?;
+                Err(End::Exit(Exit::Failure))
+            }
+            DenyReason::Busy => {
+                self.out.event(&event::local_denied(reason, render::BUSY))?;
+                self.login_retries += 1;
+                self.login_retry_at = Some(Instant::now() + LOGIN_RETRY_PAUSE);
+                Ok(())
             }
             DenyReason::UnknownUser if self.user_from_flag => Err(End::Exit(Exit::UnknownUser)),
             DenyReason::UnknownUser => {
@@ -829,6 +873,10 @@ impl Client {
             return Ok(());
         }
         self.phase = Phase::LoginPending;
+        self.send_login()
+    }
+
+    fn send_login(&mut self) -> Step {
         let (user, password) = (self.user.clone(), self.password.clone());
         let p2p_port = self.peers.port();
         self.send(&ClientMsg::Login { user: &user, p2p_port, password: &password })

@@ -19,7 +19,9 @@ pub const NOW_LOCKED: &str =
 pub const LOCKED: &str =
     "Your account is blocked due to multiple login failures. Please try again later.";
 pub const UNKNOWN_USER: &str = "Invalid Username. Please try again.";
-pub const THROTTLED: &str = "Too many failed logins from your address. Please try again later.";
+pub const THROTTLED: &str = "Too many login attempts from your address. Please try again later.";
+pub const BUSY: &str = "The server is busy. Trying again shortly...";
+pub const STILL_BUSY: &str = "The server is still busy. Please try again later.";
 pub const ONLINE_WARNING: &str = "(Warning: Users that have blocked you will not be listed)";
 pub const CONSENT_HOWTO: &str = "To ignore, do nothing. To give consent, enter: consent <user>";
 pub const VERSION_MISMATCH: &str = "The server speaks a different protocol version.";
@@ -147,6 +149,7 @@ fn deny_line(reason: DenyReason) -> &'static str {
         DenyReason::Locked => LOCKED,
         DenyReason::UnknownUser => UNKNOWN_USER,
         DenyReason::Throttled => THROTTLED,
+        DenyReason::Busy => BUSY,
     }
 }
 
@@ -273,6 +276,14 @@ mod tests {
         assert_eq!(
             one(ServerMsg::Denied { reason: DenyReason::UnknownUser }),
             "Invalid Username. Please try again."
+        );
+        assert_eq!(
+            one(ServerMsg::Denied { reason: DenyReason::Throttled }),
+            "Too many login attempts from your address. Please try again later."
+        );
+        assert_eq!(
+            one(ServerMsg::Denied { reason: DenyReason::Busy }),
+            "The server is busy. Trying again shortly..."
         );
     }
 

@@ -10,6 +10,11 @@
 //! the credentials file) arrive as poll events through `signal-hook-mio`,
 //! so the handler does nothing but wake the loop.
 //!
+//! Argon2id password checks are handed to the [`Verifier`]'s thread and
+//! their answers to the core; a connection whose login is being checked is
+//! fed no further line (nor read) until the answer has been applied, so
+//! pipelined commands keep their order.
+//!
 //! Writing follows Redis: replies are written directly at the end of each
 //! pass, and WRITABLE interest is registered only for what is left over.
 //! A connection is marked for closing and freed at the end of the pass,
@@ -27,24 +32,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use super::core::{Admit, Core, Effect, Timer};
+use super::core::{Admit, Core, Effect, PasswordCheck, Timer};
 use super::credentials;
 use super::logging;
 use super::store::Store;
 use super::timer_wheel::TimerWheel;
+use super::verifier::Verifier;
 use crate::outbuf::OutBuf;
 use crate::protocol::{ByeReason, Line, LineBuffer, ServerMsg, VERSION};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
-const STOP: Token = Token(usize::MAX - 3);
+/// The waker: a [`Stopper`], or the verifier with an answer.
+const WAKE: Token = Token(usize::MAX - 3);
 
 /// How the loop is told to stop.
 pub enum Control {
@@ -197,6 +204,8 @@ pub struct EventLoop {
     /// Re-read on SIGHUP.
     credentials: Option<PathBuf>,
     timers: TimerWheel<Timer>,
+    /// Checks argon2id passwords on its own thread.
+    verifier: Verifier,
     /// Accepting is paused until then after file descriptors ran out.
     accept_paused_until: Option<Instant>,
     /// The listener may have connections waiting: accept at the end of
@@ -231,6 +240,9 @@ impl EventLoop {
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        // One waker per poll: the verifier and a stopper share it.
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let verifier = Verifier::start(Arc::clone(&waker))?;
         let (signals, stopper, credentials) = match control {
             Control::Signals { credentials } => {
                 let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -238,7 +250,6 @@ impl EventLoop {
                 (Some(signals), None, Some(credentials))
             }
             Control::Embedded => {
-                let waker = Arc::new(Waker::new(poll.registry(), STOP)?);
                 let flag = Arc::new(AtomicBool::new(false));
                 (None, Some(Stopper { flag, waker }), None)
             }
@@ -254,6 +265,7 @@ impl EventLoop {
             limits,
             credentials,
             timers: TimerWheel::new(Instant::now()),
+            verifier,
             accept_paused_until: None,
             accept_pending: false,
             shutting_down: false,
@@ -300,7 +312,7 @@ impl EventLoop {
                 match event.token() {
                     LISTENER => self.accept_pending = true,
                     SIGNALS => self.take_signals(),
-                    STOP => {
+                    WAKE => {
                         let stop =
                             self.stopper.as_ref().is_some_and(|s| s.flag.load(Ordering::SeqCst));
                         self.shutting_down |= stop;
@@ -359,6 +371,7 @@ impl EventLoop {
         for timer in fired {
             self.core.timer_fired(timer, now);
         }
+        self.take_answers();
         // Freeing a connection can make news for others (senders told a
         // message is now queued), so go round until the core is quiet.
         loop {
@@ -397,6 +410,17 @@ impl EventLoop {
         let core = &self.core;
         self.timers.retain(|timer| core.timer_wanted(timer));
         self.timers_swept = self.timers.len();
+    }
+
+    /// Hands the verifier's answers to the core, and feeds each concluded
+    /// connection the lines it held back meanwhile.
+    fn take_answers(&mut self) {
+        while let Some(answer) = self.verifier.answer() {
+            let now = Instant::now();
+            if self.core.verified(answer.conn, answer.serial, answer.check, now) {
+                self.read(answer.conn);
+            }
+        }
     }
 
     /// Makes this pass's state changes durable (group commit).
@@ -560,9 +584,12 @@ impl EventLoop {
         if conn.closing() || conn.dead {
             return;
         }
+        // Lines held back while a login was being checked come first.
+        feed_lines(&mut conn.input, &mut self.core, key, now);
         let mut total = 0;
         let mut ended = false;
-        while total < READ_BUDGET {
+        // Not read while a login is checked: the socket buffers the rest.
+        while total < READ_BUDGET && !self.core.awaits_verification(key) {
             match conn.input.read_from(&mut conn.stream) {
                 Ok(0) => {
                     ended = true;
@@ -596,6 +623,7 @@ impl EventLoop {
     fn apply_effects(&mut self) {
         let now = Instant::now();
         let mut too_slow = Vec::new();
+        let mut busy = Vec::new();
         let mut effects = self.core.effects();
         while let Some(effect) = effects.next() {
             match effect {
@@ -632,11 +660,24 @@ impl EventLoop {
                     }
                 }
                 Effect::Arm { at, timer } => self.timers.insert(at, timer),
+                Effect::Verify(job) => {
+                    if let Err(job) = self.verifier.submit(*job) {
+                        busy.push((job.conn, job.serial));
+                    }
+                }
             }
         }
         drop(effects);
         for key in too_slow {
             self.core.disconnected(key);
+        }
+        if !busy.is_empty() && !self.verifier.alive() {
+            error!("the password verifier has stopped: logins with hashed passwords are refused");
+        }
+        for (key, serial) in busy {
+            if self.core.verified(key, serial, PasswordCheck::Busy, now) {
+                self.read(key);
+            }
         }
     }
 
@@ -742,9 +783,13 @@ fn release_memory() {
     }
 }
 
-/// Hands every complete line in `input` to the core.
+/// Hands every complete line in `input` to the core, stopping while the
+/// connection's login is being checked.
 fn feed_lines(input: &mut LineBuffer, core: &mut Core, key: usize, now: Instant) {
-    while let Some(line) = input.next_line() {
+    while !core.awaits_verification(key) {
+        let Some(line) = input.next_line() else {
+            return;
+        };
         match line {
             Line::Complete(bytes) => core.received(key, bytes, now),
             Line::TooLong => core.line_too_long(key, now),

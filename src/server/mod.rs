@@ -7,6 +7,7 @@
 //!   admission of connections.
 //! - [`event_loop`]: the `mio` loop that moves bytes and fires timers.
 //! - [`timer_wheel`]: one-second-bucket deadlines for heartbeats and lockouts.
+//! - [`verifier`]: the helper thread that checks argon2id password hashes.
 //! - [`credentials`]: the credentials file.
 //! - [`fd_limit`]: the open file limit, raised at start, and the default
 //!   `--max-connections` it allows.
@@ -25,6 +26,7 @@ pub mod logging;
 pub mod state_dir;
 pub mod store;
 pub mod timer_wheel;
+pub mod verifier;
 
 use std::fmt;
 use std::io::Write;
@@ -71,6 +73,11 @@ pub struct Config {
     pub login_timeout: Duration,
     /// Most failed logins per address per minute.
     pub login_attempts: u32,
+    /// Most login attempts per address per second (with a burst of ten
+    /// seconds' worth).
+    pub login_rate: u32,
+    /// Most addresses the login throttle tracks at once.
+    pub throttle_table: usize,
 }
 
 pub use self::core::{
@@ -99,6 +106,8 @@ impl Config {
             connection_rate: DEFAULT_CONNECTION_RATE,
             login_timeout: self::core::DEFAULT_LOGIN_TIMEOUT,
             login_attempts: self::core::DEFAULT_LOGIN_ATTEMPTS,
+            login_rate: self::core::DEFAULT_LOGIN_RATE,
+            throttle_table: self::core::DEFAULT_THROTTLE_TABLE,
         }
     }
 }
@@ -210,6 +219,8 @@ fn build(
             .max_per_address
             .unwrap_or_else(|| default_max_per_address(config.max_connections)),
         connection_rate: config.connection_rate,
+        login_rate: config.login_rate,
+        throttle_table: config.throttle_table,
     };
     let mut core = Core::new(accounts, core_config);
     let store = match &config.state_dir {

@@ -347,7 +347,10 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(port: u16) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Raw::from_stream(TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+    }
+
+    fn from_stream(stream: TcpStream) -> Raw {
         stream.set_read_timeout(Some(WAIT)).expect("set timeout");
         let writer = stream.try_clone().expect("clone stream");
         Raw { writer, reader: BufReader::new(stream) }
@@ -356,10 +359,7 @@ impl Raw {
     /// Connects from the loopback address `from` (127.0.0.2, ...), so
     /// that one test can be many client addresses.
     pub fn connect_from(from: [u8; 4], port: u16) -> Raw {
-        let stream = connect_from(from, port);
-        stream.set_read_timeout(Some(WAIT)).expect("set timeout");
-        let writer = stream.try_clone().expect("clone stream");
-        Raw { writer, reader: BufReader::new(stream) }
+        Raw::from_stream(connect_from(from, port))
     }
 
     /// Connects and logs in, consuming lines up to WELCOME.

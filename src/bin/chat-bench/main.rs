@@ -7,6 +7,7 @@
 
 mod compaction;
 mod load;
+mod loginflood;
 mod relay;
 mod scenarios;
 mod target;
@@ -28,8 +29,9 @@ struct Args {
     json: bool,
     /// Use the server at HOST:PORT instead of starting one (its users must
     /// be u0, u1, ... with password `pw`, and its limits must let this one
-    /// address connect them all at once: `--max-connections`,
-    /// `--max-connections-per-address`, `--connection-rate`).
+    /// address connect and log them all in at once: `--max-connections`,
+    /// `--max-connections-per-address`, `--connection-rate`, and
+    /// `--login-rate 1000000 --login-attempts 1000000`).
     #[arg(long, global = true, value_name = "HOST:PORT")]
     connect: Option<SocketAddr>,
     /// The chat-server binary to start (default: beside this program).
@@ -74,6 +76,21 @@ enum Scenario {
     Idle {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+    },
+    /// `latency`'s paced pairs, first alone, then while workers log in
+    /// over and over with a right password against an argon2id hash, each
+    /// from its own address (127.0.0.2, ...): the pairs' p99 both ways.
+    Loginflood {
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// Flood workers, one address and one hashed account each.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Logins each worker has in flight at once.
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
     },
     /// Logins and logouts per second.
     Login {

@@ -128,6 +128,9 @@ pub fn run(scenario: &Scenario, s: &Settings) -> io::Result<Vec<Report>> {
         Scenario::Direct { pairs, window } => vec![direct(s, *pairs, *window)?],
         Scenario::Fanout { receivers, window } => vec![fanout(s, *receivers, *window)?],
         Scenario::Latency { rate, pairs } => vec![latency(s, *rate, *pairs)?],
+        Scenario::Loginflood { rate, pairs, workers, in_flight } => {
+            vec![loginflood(s, *rate, *pairs, *workers, *in_flight)?]
+        }
         Scenario::Idle { connections } => vec![idle(s, *connections)?],
         Scenario::Login { logins } => vec![login(s, *logins)?],
         Scenario::Spawn { runs } => vec![spawn(s, *runs)?],
@@ -139,6 +142,7 @@ pub fn run(scenario: &Scenario, s: &Settings) -> io::Result<Vec<Report>> {
             direct(s, 50, 32)?,
             fanout(s, 100, 16)?,
             latency(s, 5000.0, 50)?,
+            loginflood(s, 5000.0, 50, 4, 16)?,
             idle(s, 1000)?,
             login(s, 2000)?,
             spawn(s, 100)?,
@@ -260,6 +264,67 @@ fn latency(s: &Settings, rate: f64, pairs: usize) -> io::Result<Report> {
         .int("relay_p99_us", percentile(&relay.latencies_us, 99.0))
         .int("relay_p999_us", percentile(&relay.latencies_us, 99.9));
     Ok(with_cpu(report, &server, &relay))
+}
+
+/// How long the flood runs before the measured run starts, so that the
+/// verifier's queue is full by then.
+const FLOOD_WARMUP: Duration = Duration::from_millis(500);
+
+fn loginflood(
+    s: &Settings,
+    rate: f64,
+    pairs: usize,
+    workers: usize,
+    in_flight: usize,
+) -> io::Result<Report> {
+    let pairs = s.count(pairs, 5).max(1);
+    let workers = s.count(workers, 2);
+    let in_flight = s.count(in_flight, 4).max(1);
+    let rate = if s.smoke { rate.min(500.0) } else { rate };
+    if !(1.0..=1_000_000.0).contains(&rate) {
+        return Err(io::Error::other("--rate must be between 1 and 1000000"));
+    }
+    if !(1..=250).contains(&workers) {
+        return Err(io::Error::other("--workers must be between 1 and 250"));
+    }
+    if s.connect.is_some() {
+        return Err(io::Error::other("loginflood needs a server it starts (hashed accounts)"));
+    }
+    let hash = chat::server::credentials::hash_password(crate::loginflood::PASSWORD)
+        .map_err(io::Error::other)?;
+    let names = names(2 * pairs);
+    let flooders: Vec<String> = (0..workers).map(|w| format!("flood{w}")).collect();
+    let mut users: Vec<(String, String)> = names.iter().map(|n| (n.clone(), "pw".into())).collect();
+    users.extend(flooders.iter().map(|f| (f.clone(), hash.clone())));
+    let server = Target::server_with_users(&s.server, &users, &s.server_args)?;
+    let shape = Shape::Paced { per_second: rate };
+    let quiet = {
+        let mut load = Load::connect(server.addr, Speaks::Chat, names.clone(), LOGIN_LIMIT)?;
+        load.run(shape, s.duration, DRAIN, server.pid())?
+    };
+    let flood = crate::loginflood::Flood::start(server.addr, &flooders, in_flight);
+    std::thread::sleep(FLOOD_WARMUP);
+    let flooded = Load::connect(server.addr, Speaks::Chat, names, LOGIN_LIMIT)
+        .and_then(|mut load| load.run(shape, s.duration, DRAIN, server.pid()));
+    let answers = flood.stop()?;
+    let (mut quiet, mut flooded) = (quiet, flooded?);
+    quiet.latencies_us.sort_unstable();
+    flooded.latencies_us.sort_unstable();
+    let quiet_p99 = percentile(&quiet.latencies_us, 99.0);
+    let flooded_p99 = percentile(&flooded.latencies_us, 99.0);
+    Ok(with_outcome(Report::new("loginflood"), &flooded)
+        .num("target_rate", rate)
+        .int("pairs", pairs as u64)
+        .int("p50_us", percentile(&flooded.latencies_us, 50.0))
+        .int("p99_us", flooded_p99)
+        .int("quiet_p50_us", percentile(&quiet.latencies_us, 50.0))
+        .int("quiet_p99_us", quiet_p99)
+        .int("quiet_lost", quiet.lost)
+        .num("p99_ratio", flooded_p99 as f64 / quiet_p99.max(1) as f64)
+        .int("flood_welcomed", answers.welcomed)
+        .int("flood_busy", answers.busy)
+        .int("flood_throttled", answers.throttled)
+        .int("flood_other", answers.other))
 }
 
 fn idle(s: &Settings, connections: usize) -> io::Result<Report> {

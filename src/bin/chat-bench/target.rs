@@ -28,6 +28,18 @@ impl Target {
     /// Starts `chat-server` with users `names` (password `pw`) and `extra`
     /// arguments, limits raised so the load is never refused.
     pub fn server(binary: &Path, names: &[String], extra: &[String]) -> io::Result<Target> {
+        let users: Vec<(String, String)> = names.iter().map(|n| (n.clone(), "pw".into())).collect();
+        Target::server_with_users(binary, &users, extra)
+    }
+
+    /// Starts `chat-server` with `users` as (name, credentials field: a
+    /// password or an argon2id hash) and `extra` arguments, limits raised
+    /// so the load is never refused.
+    pub fn server_with_users(
+        binary: &Path,
+        users: &[(String, String)],
+        extra: &[String],
+    ) -> io::Result<Target> {
         let dir = std::env::temp_dir().join(format!(
             "chat-bench-{}-{}",
             std::process::id(),
@@ -37,9 +49,9 @@ impl Target {
         ));
         std::fs::create_dir_all(&dir)?;
         let credentials = dir.join("credentials.txt");
-        let text: String = names.iter().map(|n| format!("{n} pw\n")).collect();
+        let text: String = users.iter().map(|(n, p)| format!("{n} {p}\n")).collect();
         std::fs::write(&credentials, text)?;
-        let connections = (names.len() + 100).to_string();
+        let connections = (users.len() + 100).to_string();
         let mut command = Command::new(binary);
         command
             .args(["--bind", "127.0.0.1", "--log-level", "error", "--credentials"])
@@ -48,7 +60,7 @@ impl Target {
             // The whole load comes from 127.0.0.1, as fast as it can.
             .args(["--max-connections-per-address", &connections])
             .args(["--connection-rate", "1000000"])
-            .args(["--login-attempts", "1000000"])
+            .args(["--login-attempts", "1000000", "--login-rate", "1000000"])
             .args(extra)
             .arg("0");
         let (child, addr) = spawn(command, "Server listening on ")?;

@@ -9,6 +9,12 @@
 //! Identity is bound to the connection: a connection's user is set by a
 //! successful LOGIN and nothing a frame says can change it.
 //!
+//! Plain passwords are checked at once; an argon2id hash is not checked
+//! here at all (it takes tens of milliseconds): the core asks for it with
+//! [`Effect::Verify`] and concludes the login when [`Core::verified`]
+//! brings the answer. Until then it takes no further line from that
+//! connection ([`Core::awaits_verification`]).
+//!
 //! The chat commands themselves live in `commands.rs`; this file holds the
 //! state, the login and session life cycle, and the timers.
 
@@ -31,8 +37,8 @@ use admission::{AddressTable, Arrivals, Over};
 use outbox::Outbox;
 use presence::{Decision, Presence};
 pub(crate) use throttle::throttle_key;
-use throttle::LoginThrottle;
-pub use throttle::THROTTLE_WINDOW;
+use throttle::{LoginThrottle, Refusal};
+pub use throttle::{BURST_SECONDS, DEFAULT_THROTTLE_TABLE, THROTTLE_WINDOW};
 
 use crate::protocol::{ByeReason, ClientMsg, DenyReason, Failure, QueueReason, ServerMsg, VERSION};
 
@@ -79,6 +85,12 @@ pub struct CoreConfig {
     /// New connections a second from one address, after a burst of
     /// `max_per_address`.
     pub connection_rate: u32,
+    /// Most login attempts, failed or not, from one address per second,
+    /// with a burst of [`BURST_SECONDS`] of them; past it, logins from
+    /// there are refused unchecked.
+    pub login_rate: u32,
+    /// Most addresses (and IPv6 /48s) the login throttle tracks at once.
+    pub throttle_table: usize,
 }
 
 impl CoreConfig {
@@ -95,6 +107,8 @@ impl CoreConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_per_address: default_max_per_address(DEFAULT_MAX_CONNECTIONS),
             connection_rate: DEFAULT_CONNECTION_RATE,
+            login_rate: DEFAULT_LOGIN_RATE,
+            throttle_table: DEFAULT_THROTTLE_TABLE,
         }
     }
 }
@@ -125,6 +139,11 @@ pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default failed logins per address per [`THROTTLE_WINDOW`]: generous for
 /// a person who mistypes, slow for anyone guessing names or passwords.
 pub const DEFAULT_LOGIN_ATTEMPTS: u32 = 10;
+
+/// Default login attempts per address per second: with its burst (200 at
+/// once) a script can log in hundreds of local users, while one address
+/// cannot keep the server checking passwords for it alone.
+pub const DEFAULT_LOGIN_RATE: u32 = 20;
 
 /// Default outbox cap: a thousand messages of at most 4 KiB bound what one
 /// absent user can make the server hold to 4 MiB.
@@ -165,6 +184,52 @@ pub enum Effect {
     Close { conn: ConnId },
     /// Call [`Core::timer_fired`] with `timer` at or after `at`.
     Arm { at: Instant, timer: Timer },
+    /// Check a password against an argon2id hash off the loop's thread,
+    /// then call [`Core::verified`] with the answer. Until then, feed no
+    /// line from the connection to the core.
+    Verify(Box<Verification>),
+}
+
+/// A password to check against a hash, and whose login it concludes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub conn: ConnId,
+    /// Tells this login's answer from a late one for an earlier login on
+    /// a connection that had the same id.
+    pub serial: u64,
+    pub secret: Secret,
+    /// The password the client sent.
+    pub attempt: String,
+}
+
+/// Passwords never reach a log line, not even through `{:?}`.
+impl std::fmt::Debug for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Verification {{ conn: {}, serial: {}, .. }}", self.conn, self.serial)
+    }
+}
+
+/// The answer to an [`Effect::Verify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordCheck {
+    /// The password matches the hash.
+    Right,
+    /// It does not.
+    Wrong,
+    /// It was not checked: too many checks are waiting. The client is
+    /// told `DENIED busy` and may try again after a pause.
+    Busy,
+}
+
+/// A login waiting for its password check.
+#[derive(Debug)]
+struct Pending {
+    serial: u64,
+    user: UserId,
+    p2p_port: u16,
+    /// The hash checked: if a reload changes it meanwhile, the answer is
+    /// about a password that no longer applies.
+    secret: Secret,
 }
 
 /// The answer to a connection just accepted ([`Core::admit`]).
@@ -227,6 +292,8 @@ struct Conn {
     serial: u64,
     /// When it was accepted.
     connected: Instant,
+    /// A login whose password is being checked off the loop.
+    verifying: Option<Pending>,
 }
 
 /// Open connections by id. Ids are the event loop's slab keys, small and
@@ -330,7 +397,7 @@ pub struct Core {
     conns: ConnTable,
     /// Logged-in users.
     online: BTreeSet<UserId>,
-    /// Failed logins per address, for throttling.
+    /// Login attempts and failed logins per address, for throttling.
     throttle: LoginThrottle,
     /// Connections open, and the pace of new ones, per address.
     addresses: AddressTable,
@@ -356,6 +423,8 @@ pub struct Core {
     /// Fills a buffer with unpredictable bytes for grant tokens; the OS
     /// generator, or a fixed sequence in tests.
     random: fn(&mut [u8]) -> bool,
+    /// Serial of the latest [`Effect::Verify`].
+    verifications: u64,
 }
 
 /// Journal bytes a record takes besides a message's text, near enough
@@ -433,7 +502,6 @@ impl Core {
             ids,
             conns: ConnTable::default(),
             online: BTreeSet::new(),
-            throttle: LoginThrottle::new(config.login_attempts),
             addresses: AddressTable::new(
                 config.max_per_address,
                 config.connection_rate,
@@ -441,6 +509,11 @@ impl Core {
             ),
             arrivals: Arrivals::default(),
             next_serial: 0,
+            throttle: LoginThrottle::new(
+                config.login_attempts,
+                config.login_rate,
+                config.throttle_table,
+            ),
             refusals: Refusals::new(),
             presence: Presence::default(),
             effects: Vec::new(),
@@ -448,6 +521,7 @@ impl Core {
             records: Vec::new(),
             storage_budget: None,
             random: os_random,
+            verifications: 0,
         }
     }
 
@@ -666,6 +740,7 @@ impl Core {
             login_due,
             serial,
             connected: now,
+            verifying: None,
         };
         self.conns.insert(conn, state);
         self.addresses.opened(ip, now);
@@ -867,49 +942,167 @@ impl Core {
     // -- login ---------------------------------------------------------------
 
     fn login(&mut self, conn: ConnId, name: &str, p2p_port: u16, password: &str, now: Instant) {
-        let Some(ip) = self.conns.get(&conn).map(|c| c.ip) else {
+        let Some(state) = self.conns.get(&conn) else {
             return;
         };
-        if self.throttle.throttled(ip, now) {
+        let ip = state.ip;
+        if state.verifying.is_some() {
+            // The event loop feeds no line while a login is being checked;
+            // should one come anyway, it is not checked alongside.
+            self.send(conn, &ServerMsg::Denied { reason: DenyReason::Busy });
+            return;
+        }
+        if let Err(refusal) = self.throttle.attempt(ip, now) {
             if self.note_refusal(ip, DenyReason::Throttled.as_str(), now) {
-                info!("refused login for {name} from {ip}: too many failed logins from there");
+                let why = match refusal {
+                    Refusal::Failures => "too many failed logins from there",
+                    Refusal::Rate => "too many logins from there",
+                };
+                info!("refused login for {name} from {ip}: {why}");
             }
             self.send(conn, &ServerMsg::Denied { reason: DenyReason::Throttled });
             return;
         }
-        let result = match self.user_id(name) {
-            None => Err(DenyReason::UnknownUser),
-            Some(user) => self.check_password(user, password, now).map(|()| user),
+        let Some(user) = self.user_id(name) else {
+            self.deny_login(conn, name, DenyReason::UnknownUser, now);
+            return;
+        };
+        if self.locked(user, now) {
+            self.deny_login(conn, name, DenyReason::Locked, now);
+            return;
+        }
+        match &self.users[user].password {
+            Some(Secret::Argon2id(_)) => self.ask_verification(conn, user, p2p_port, password),
+            Some(secret) => {
+                let right = secret.verify(password);
+                self.conclude_login(conn, user, p2p_port, right, now);
+            }
+            None => self.deny_login(conn, name, DenyReason::UnknownUser, now),
+        }
+    }
+
+    /// Asks the event loop to check `password` against `user`'s hash, and
+    /// holds the connection's further lines until the answer.
+    fn ask_verification(&mut self, conn: ConnId, user: UserId, p2p_port: u16, password: &str) {
+        let (Some(state), Some(secret)) = (self.conns.get_mut(&conn), &self.users[user].password)
+        else {
+            return;
+        };
+        self.verifications += 1;
+        let serial = self.verifications;
+        state.verifying = Some(Pending { serial, user, p2p_port, secret: secret.clone() });
+        let secret = secret.clone();
+        let job = Verification { conn, serial, secret, attempt: password.to_owned() };
+        self.effects.push(Effect::Verify(Box::new(job)));
+    }
+
+    /// Whether `conn`'s login is being checked: the event loop must feed
+    /// it no line until [`Core::verified`] has concluded it.
+    pub fn awaits_verification(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.verifying.is_some())
+    }
+
+    /// The answer to the [`Effect::Verify`] numbered `serial` for `conn`
+    /// arrived: concludes that login. Returns false (and does nothing) for
+    /// an answer no connection waits for any longer (closed, or its id
+    /// reused); true when the connection may be fed lines again.
+    pub fn verified(
+        &mut self,
+        conn: ConnId,
+        serial: u64,
+        check: PasswordCheck,
+        now: Instant,
+    ) -> bool {
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if state.verifying.as_ref().is_none_or(|p| p.serial != serial) {
+            return false;
+        }
+        let Some(pending) = state.verifying.take() else {
+            return false;
+        };
+        let name = self.users[pending.user].name.clone();
+        // A reload changed the password meanwhile: this answer is about
+        // one that no longer applies, so the client is asked to try again.
+        let current = self.users[pending.user].password.as_ref() == Some(&pending.secret);
+        match check {
+            PasswordCheck::Busy => self.deny_login(conn, &name, DenyReason::Busy, now),
+            _ if !current => self.deny_login(conn, &name, DenyReason::Busy, now),
+            PasswordCheck::Right | PasswordCheck::Wrong => {
+                let right = check == PasswordCheck::Right;
+                self.conclude_login(conn, pending.user, pending.p2p_port, right, now);
+            }
+        }
+        true
+    }
+
+    /// Ends a login whose password was found `right` or not.
+    fn conclude_login(
+        &mut self,
+        conn: ConnId,
+        user: UserId,
+        p2p_port: u16,
+        right: bool,
+        now: Instant,
+    ) {
+        // Checked again: answers that come back after the account was
+        // locked say nothing, so guesses checked side by side gain no more
+        // than three in a row.
+        let result = match self.locked(user, now) {
+            true => Err(DenyReason::Locked),
+            false => self.count_password(user, right, now),
         };
         match result {
-            Ok(user) => self.start_session(conn, user, p2p_port, now),
+            Ok(()) => self.start_session(conn, user, p2p_port, now),
             Err(reason) => {
-                if self.note_refusal(ip, reason.as_str(), now) {
-                    info!("refused login for {name} from {ip}: {}", reason.as_str());
-                }
-                // A locked account checks nothing, so guessing gains nothing.
-                if reason != DenyReason::Locked {
-                    self.throttle.count_failure(ip, now);
-                }
-                self.send(conn, &ServerMsg::Denied { reason });
+                let name = self.users[user].name.clone();
+                self.deny_login(conn, &name, reason, now);
             }
         }
     }
 
-    /// Applies the lockout rules; on success the failure count starts over.
-    fn check_password(
+    /// Answers `DENIED reason` to a login for `name`, logs it, and counts a
+    /// failure against the address when the login checked something.
+    fn deny_login(&mut self, conn: ConnId, name: &str, reason: DenyReason, now: Instant) {
+        let Some(ip) = self.conns.get(&conn).map(|c| c.ip) else {
+            return;
+        };
+        if self.note_refusal(ip, reason.as_str(), now) {
+            info!("refused login for {name} from {ip}: {}", reason.as_str());
+        }
+        // A locked account checks nothing, so guessing gains nothing; a
+        // busy server checked nothing either.
+        if matches!(
+            reason,
+            DenyReason::BadPassword | DenyReason::NowLocked | DenyReason::UnknownUser
+        ) {
+            self.throttle.count_failure(ip, now);
+        }
+        self.send(conn, &ServerMsg::Denied { reason });
+    }
+
+    /// Whether `user` is locked now; forgets a lockout that is over.
+    fn locked(&mut self, user: UserId, now: Instant) -> bool {
+        let account = &mut self.users[user];
+        if account.locked_until.is_some_and(|until| now < until) {
+            return true;
+        }
+        account.locked_until = None;
+        false
+    }
+
+    /// Applies the lockout rules to a password found `right` or not; on
+    /// success the failure count starts over.
+    fn count_password(
         &mut self,
         user: UserId,
-        password: &str,
+        right: bool,
         now: Instant,
     ) -> Result<(), DenyReason> {
         let block_time = self.config.block_time;
         let account = &mut self.users[user];
-        if account.locked_until.is_some_and(|until| now < until) {
-            return Err(DenyReason::Locked);
-        }
-        account.locked_until = None;
-        if account.password.as_ref().is_some_and(|secret| secret.verify(password)) {
+        if right {
             account.failures = 0;
             return Ok(());
         }
@@ -1224,6 +1417,8 @@ mod tests {
         pub now: Instant,
         pub armed: Vec<(Instant, Timer)>,
         pub closed: Vec<ConnId>,
+        /// Password checks asked for and not yet answered.
+        pub checks: Vec<Verification>,
         sent: Vec<(ConnId, String)>,
     }
 
@@ -1253,7 +1448,8 @@ mod tests {
             let mut core = Core::new(accounts, config);
             core.random = counting_random;
             let now = Instant::now();
-            Harness { core, now, armed: Vec::new(), closed: Vec::new(), sent: Vec::new() }
+            let (armed, closed, checks, sent) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            Harness { core, now, armed, closed, checks, sent }
         }
 
         /// Moves the core's effects into the harness's records.
@@ -1267,6 +1463,7 @@ mod tests {
                     }
                     Effect::Close { conn } => self.closed.push(conn),
                     Effect::Arm { at, timer } => self.armed.push((at, timer)),
+                    Effect::Verify(job) => self.checks.push(*job),
                 }
             }
         }
@@ -1296,6 +1493,24 @@ mod tests {
             self.connect(conn);
             self.line(conn, &format!("LOGIN {name} {} {name}_pwd", 5000 + conn));
             self.take();
+        }
+
+        /// Answers the oldest password check asked for, as a verifier
+        /// would: the stand-in hash `$argon2id$<password>` matches only
+        /// `<password>`. Returns whether the core still wanted it.
+        pub fn answer_check(&mut self) -> bool {
+            let job = self.next_check();
+            let Secret::Argon2id(hash) = &job.secret else { panic!("only hashes are checked") };
+            let right = hash.strip_prefix("$argon2id$") == Some(job.attempt.as_str());
+            let check = if right { PasswordCheck::Right } else { PasswordCheck::Wrong };
+            self.core.verified(job.conn, job.serial, check, self.now)
+        }
+
+        /// Takes the oldest password check asked for, unanswered.
+        pub fn next_check(&mut self) -> Verification {
+            self.collect();
+            assert!(!self.checks.is_empty(), "no password check was asked for");
+            self.checks.remove(0)
         }
 
         /// Moves the fake clock and fires every timer that came due.
@@ -1415,6 +1630,144 @@ mod tests {
         h.connect(3);
         h.line(3, "LOGIN A 1 A_pwd");
         assert_eq!(h.to(3), vec!["HELLO 1 35", "WELCOME A"], "the window has passed");
+    }
+
+    #[test]
+    fn right_logins_count_against_the_address_rate_too() {
+        let mut h = Harness::with_config(
+            Harness::accounts(&["A", "B"]),
+            CoreConfig { login_rate: 2, ..CoreConfig::new(TIMEOUT, BLOCK) },
+        );
+        // A burst of ten seconds' worth: 20 logins at once, then refused.
+        for conn in 1..=20 {
+            h.connect(conn);
+            h.line(conn, "LOGIN A 1 A_pwd");
+            assert_eq!(h.to(conn), vec!["HELLO 1 35", "WELCOME A"], "login {conn}");
+        }
+        h.connect(21);
+        h.line(21, "LOGIN A 1 A_pwd");
+        assert_eq!(h.to(21), vec!["HELLO 1 35", "DENIED throttled"]);
+        let other = SocketAddr::from(([127, 0, 0, 2], 4000));
+        h.core.connected(22, other, h.now);
+        h.line(22, "LOGIN B 1 B_pwd");
+        assert_eq!(h.to(22), vec!["HELLO 1 35", "WELCOME B"], "another address is not affected");
+        // Half a second later, one more login's worth is back.
+        h.advance(Duration::from_millis(500));
+        h.line(21, "LOGIN A 1 A_pwd");
+        h.line(21, "LOGOUT");
+        assert_eq!(h.to(21), vec!["WELCOME A", "BYE logout"]);
+    }
+
+    /// A harness whose user H has a (stand-in) argon2id hash of `right`.
+    fn with_hashed_user() -> Harness {
+        with_hashed_user_and(CoreConfig::new(TIMEOUT, BLOCK))
+    }
+
+    fn with_hashed_user_and(config: CoreConfig) -> Harness {
+        let mut accounts = Harness::accounts(&["A", "B"]);
+        let hash = Secret::Argon2id("$argon2id$right".into());
+        accounts.push(Account { name: "H".into(), password: hash });
+        Harness::with_config(accounts, config)
+    }
+
+    #[test]
+    fn a_hashed_password_is_checked_off_the_loop_and_the_answer_concludes_the_login() {
+        let mut h = with_hashed_user();
+        h.login(1, "A");
+        h.connect(2);
+        h.take();
+        h.line(2, "LOGIN H 7 right");
+        assert_eq!(h.take(), vec![], "nothing is answered before the check");
+        assert!(h.core.awaits_verification(2));
+        assert!(!h.core.awaits_verification(1));
+        assert_eq!(h.checks.len(), 1);
+        assert_eq!(h.checks[0].attempt, "right");
+        assert!(!format!("{:?}", h.checks[0]).contains("right"), "never printed");
+        assert!(h.answer_check());
+        assert!(!h.core.awaits_verification(2));
+        assert_eq!(h.take(), vec![(2, "WELCOME H".into()), (1, "PRESENCE H on".into())]);
+        // A wrong one is answered when its check comes back too.
+        h.connect(3);
+        h.line(3, "LOGIN H 7 wrong");
+        assert_eq!(h.to(3), vec!["HELLO 1 35"]);
+        h.answer_check();
+        assert_eq!(h.to(3), vec!["DENIED bad-password"]);
+    }
+
+    #[test]
+    fn guesses_checked_side_by_side_gain_no_more_than_three() {
+        let mut h = with_hashed_user();
+        for conn in 1..=5 {
+            h.connect(conn);
+            h.line(conn, "LOGIN H 1 guess");
+        }
+        h.connect(6);
+        h.line(6, "LOGIN H 1 right");
+        h.take();
+        assert_eq!(h.checks.len(), 6, "all asked for before any answer");
+        for _ in 0..6 {
+            h.answer_check();
+        }
+        let answers: Vec<(ConnId, String)> = h.take();
+        assert_eq!(
+            answers,
+            vec![
+                (1, "DENIED bad-password".into()),
+                (2, "DENIED bad-password".into()),
+                (3, "DENIED now-locked".into()),
+                (4, "DENIED locked".into()),
+                (5, "DENIED locked".into()),
+                (6, "DENIED locked".into()),
+            ],
+            "answers after the lock say nothing, not even the right one"
+        );
+    }
+
+    #[test]
+    fn a_late_answer_for_a_closed_or_reused_connection_is_ignored() {
+        let mut h = with_hashed_user();
+        h.connect(1);
+        h.line(1, "LOGIN H 1 right");
+        h.core.disconnected(1);
+        h.connect(1);
+        h.take();
+        assert!(!h.core.awaits_verification(1), "the new connection waits for nothing");
+        assert!(!h.answer_check(), "the answer is for the old connection");
+        assert_eq!(h.take(), vec![]);
+        assert!(h.core.users[2].session.is_none());
+    }
+
+    #[test]
+    fn a_busy_verifier_answers_denied_busy_and_counts_no_failure() {
+        let config = CoreConfig { login_attempts: 1, ..CoreConfig::new(TIMEOUT, BLOCK) };
+        let mut h = with_hashed_user_and(config);
+        h.connect(1);
+        h.take();
+        for _ in 0..4 {
+            h.line(1, "LOGIN H 1 right");
+            let job = h.next_check();
+            assert!(h.core.verified(1, job.serial, PasswordCheck::Busy, h.now));
+            assert_eq!(h.to(1), vec!["DENIED busy"]);
+        }
+        assert_eq!(h.core.users[2].failures, 0);
+        h.line(1, "LOGIN H 1 right");
+        h.answer_check();
+        assert_eq!(h.to(1), vec!["WELCOME H"], "not throttled: nothing failed");
+    }
+
+    #[test]
+    fn a_password_changed_while_it_was_checked_asks_the_client_to_try_again() {
+        let mut h = with_hashed_user();
+        h.connect(1);
+        h.line(1, "LOGIN H 1 right");
+        h.take();
+        let hash = Secret::Argon2id("$argon2id$new".into());
+        h.core.reload(vec![Account { name: "H".into(), password: hash }]);
+        h.answer_check();
+        assert_eq!(h.to(1), vec!["DENIED busy"]);
+        h.line(1, "LOGIN H 1 new");
+        h.answer_check();
+        assert_eq!(h.to(1), vec!["WELCOME H"]);
     }
 
     #[test]
