@@ -59,6 +59,14 @@ pub struct Config {
     pub login_timeout: Duration,
     /// Most failed logins per address per minute.
     pub login_attempts: u32,
+    /// MESSAGE and BROADCAST commands per user per second (0: no limit).
+    pub send_rate: u32,
+    /// MESSAGE and BROADCAST commands per user at once, after a pause.
+    pub send_burst: u32,
+    /// Most bytes of message text waiting in all outboxes together.
+    pub max_queued_bytes: usize,
+    /// How long a message waits for an offline recipient.
+    pub message_ttl: Duration,
 }
 
 /// Default `--max-connections`: within a common 1024 file descriptor limit.
@@ -83,6 +91,10 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             login_timeout: self::core::DEFAULT_LOGIN_TIMEOUT,
             login_attempts: self::core::DEFAULT_LOGIN_ATTEMPTS,
+            send_rate: self::core::DEFAULT_SEND_RATE,
+            send_burst: self::core::DEFAULT_SEND_BURST,
+            max_queued_bytes: self::core::DEFAULT_MAX_QUEUED_BYTES,
+            message_ttl: self::core::DEFAULT_MESSAGE_TTL,
         }
     }
 }
@@ -189,6 +201,10 @@ fn build(
         durable: config.state_dir.is_some(),
         login_timeout: config.login_timeout,
         login_attempts: config.login_attempts,
+        send_rate: config.send_rate,
+        send_burst: config.send_burst,
+        max_queued_bytes: config.max_queued_bytes,
+        message_ttl: config.message_ttl,
     };
     let mut core = Core::new(accounts, core_config);
     let store = match &config.state_dir {

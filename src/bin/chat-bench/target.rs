@@ -26,8 +26,27 @@ impl Target {
     }
 
     /// Starts `chat-server` with users `names` (password `pw`) and `extra`
-    /// arguments, limits raised so the load is never refused.
+    /// arguments, limits raised so the load is never refused: the load
+    /// floods on purpose, so there is no send rate (`--send-rate 0`, unless
+    /// `extra` sets one) and the queues are as large as the server allows.
     pub fn server(binary: &Path, names: &[String], extra: &[String]) -> io::Result<Target> {
+        let mut lifted: Vec<String> = ["--max-queued", "1000000"].map(String::from).to_vec();
+        lifted.extend(["--max-queued-bytes", "1099511627776"].map(String::from));
+        if !extra.iter().any(|arg| arg.starts_with("--send-rate")) {
+            lifted.extend(["--send-rate", "0"].map(String::from));
+        }
+        lifted.extend(extra.iter().cloned());
+        Target::server_with_defaults(binary, names, &lifted)
+    }
+
+    /// Starts `chat-server` as [`Target::server`] does, but with the
+    /// server's default send rate and queue limits (only the connection
+    /// and login limits raised, so logging in the load is never refused).
+    pub fn server_with_defaults(
+        binary: &Path,
+        names: &[String],
+        extra: &[String],
+    ) -> io::Result<Target> {
         let dir = std::env::temp_dir().join(format!(
             "chat-bench-{}-{}",
             std::process::id(),
@@ -44,7 +63,7 @@ impl Target {
         command
             .args(["--bind", "127.0.0.1", "--log-level", "error", "--credentials"])
             .arg(&credentials)
-            .args(["--max-connections", &connections, "--max-queued", "1000000"])
+            .args(["--max-connections", &connections])
             .args(["--login-attempts", "1000000"])
             .args(extra)
             .arg("0");
