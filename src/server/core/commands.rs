@@ -100,8 +100,13 @@ impl Core {
     /// Takes one of `me`'s send tokens (a MESSAGE or a BROADCAST), or
     /// tells them they are past their send rate.
     fn within_send_rate(&mut self, conn: ConnId, me: UserId, now: Instant) -> bool {
-        let allowed = self.users[me].send_rate.take(&self.rate_limit, now);
+        let bucket = &mut self.users[me].send_rate;
+        let allowed = bucket.take(&self.rate_limit, now);
         if !allowed {
+            let next = bucket.next_token(&self.rate_limit, now);
+            if let Some(state) = self.conns.get_mut(&conn) {
+                state.read_hold = next;
+            }
             self.refuse(conn, Failure::RateLimited);
         }
         allowed
@@ -934,8 +939,13 @@ mod tests {
         // Others are not affected.
         h.line(2, "MESSAGE A hi");
         assert_eq!(h.to(1), vec!["MSG 1 direct B hi"]);
+        // The event loop is asked to read no more from A until then.
+        let half = std::time::Duration::from_millis(500);
+        assert_eq!(h.core.read_hold(1, h.now), Some(h.now + half));
+        assert_eq!(h.core.read_hold(2, h.now), None, "only the refused connection");
         // Half a second gives one token back.
-        h.advance(std::time::Duration::from_millis(500));
+        h.advance(half);
+        assert_eq!(h.core.read_hold(1, h.now), None);
         h.line(1, "MESSAGE B six");
         h.line(1, "MESSAGE B seven");
         assert_eq!(

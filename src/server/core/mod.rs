@@ -208,6 +208,9 @@ struct Conn {
     heartbeat_due: Instant,
     /// When this connection must have logged in.
     login_due: Instant,
+    /// After a `rate-limited` refusal: when its user has a token again.
+    /// Until then the event loop reads no more from it ([`Core::read_hold`]).
+    read_hold: Option<Instant>,
 }
 
 /// Open connections by id. Ids are the event loop's slab keys, small and
@@ -564,8 +567,15 @@ impl Core {
         let due = now + self.config.timeout;
         let login_due = now + self.config.login_timeout;
         let ip = peer.ip();
-        let state =
-            Conn { ip, user: None, p2p_port: 0, last_seen: now, heartbeat_due: due, login_due };
+        let state = Conn {
+            ip,
+            user: None,
+            p2p_port: 0,
+            last_seen: now,
+            heartbeat_due: due,
+            login_due,
+            read_hold: None,
+        };
         self.conns.insert(conn, state);
         self.effects.push(Effect::Arm { at: due, timer: Timer::Heartbeat { conn, due } });
         let login = Timer::Login { conn, due: login_due };
@@ -592,6 +602,19 @@ impl Core {
                 self.refuse(conn, Failure::BadCommand { detail: &detail });
             }
         }
+    }
+
+    /// Until when the event loop should read no more from `conn`: its user
+    /// was just refused for their send rate, and whatever else they have
+    /// sent would most likely be refused too. Waiting for their next token
+    /// lets TCP slow a flooder down, so the server spends its time on
+    /// everyone else rather than on refusing one user's lines; nothing is
+    /// lost, the lines are read and answered then. `None`: read on.
+    pub fn read_hold(&mut self, conn: ConnId, now: Instant) -> Option<Instant> {
+        let state = self.conns.get_mut(&conn)?;
+        let hold = state.read_hold.filter(|&until| until > now);
+        state.read_hold = hold;
+        hold
     }
 
     /// A line longer than the protocol allows arrived and was dropped.

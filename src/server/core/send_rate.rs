@@ -55,6 +55,13 @@ impl SendRate {
         self.full_at = Some(full_at + per_token);
         true
     }
+
+    /// When the next token comes back, if there is none now.
+    pub fn next_token(&self, limit: &RateLimit, now: Instant) -> Option<Instant> {
+        limit.per_token?;
+        let at = self.full_at?.checked_sub(limit.tolerance)?;
+        (at > now).then_some(at)
+    }
 }
 
 #[cfg(test)]
@@ -71,6 +78,7 @@ mod tests {
         let mut bucket = SendRate::default();
         let t0 = Instant::now();
         assert_eq!(taken(&mut bucket, &limit, t0, 20), 5, "the burst");
+        assert_eq!(bucket.next_token(&limit, t0), Some(t0 + Duration::from_millis(100)));
         assert_eq!(taken(&mut bucket, &limit, t0 + Duration::from_millis(99), 5), 0);
         assert_eq!(taken(&mut bucket, &limit, t0 + Duration::from_millis(100), 5), 1);
         // A second later ten tokens came back, but the bucket holds five.
@@ -93,5 +101,6 @@ mod tests {
         let limit = RateLimit::new(0, 1);
         let mut bucket = SendRate::default();
         assert_eq!(taken(&mut bucket, &limit, Instant::now(), 10_000), 10_000);
+        assert_eq!(bucket.next_token(&limit, Instant::now()), None);
     }
 }
