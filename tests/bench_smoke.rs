@@ -19,7 +19,7 @@ fn every_scenario_runs_and_nothing_is_lost_or_repeated() {
     );
     let lines: Vec<&str> = stdout.lines().collect();
     let scenarios =
-        ["direct", "fanout", "latency", "idle", "login", "spawn", "scale", "compaction"];
+        ["direct", "fanout", "latency", "flood", "idle", "login", "spawn", "scale", "compaction"];
     assert_eq!(lines.len(), scenarios.len(), "one JSON object per scenario: {stdout}");
     for (line, scenario) in lines.iter().zip(scenarios) {
         assert!(line.starts_with(&format!("{{\"scenario\":\"{scenario}\"")), "{line}");
