@@ -6,7 +6,9 @@
 
 mod support;
 
-use support::{Raw, Server};
+use std::io::Write;
+
+use support::{rss_kib, Raw, Server};
 
 const RATE_LIMITED: &str = "You are sending too fast: message not sent (rate limit).";
 const WARNING: &str = "(Warning: Users that have blocked you will not be listed)";
@@ -122,4 +124,53 @@ fn a_message_for_a_user_who_stays_away_expires_and_its_sender_is_told() {
     assert_eq!(b.line(), "MSG 2 direct A now you are");
     b.send("ACK 2");
     a.out.expect_next("Message delivered to B.");
+}
+
+#[test]
+fn one_user_filling_many_offline_outboxes_is_stopped_by_the_servers_total() {
+    // The case, scaled down: one user sends 1 000 messages of
+    // 4 000 bytes to each of 20 offline accounts (80 MB), as fast as the
+    // socket goes (no send rate, to test the total alone).
+    const ACCOUNTS: usize = 20;
+    const EACH: usize = 1000;
+    let names: Vec<String> = (0..ACCOUNTS).map(|i| format!("off{i}")).collect();
+    let mut users: Vec<(String, String)> =
+        names.iter().map(|n| (n.clone(), format!("{n}_pwd"))).collect();
+    users.push(("F".into(), "F_pwd".into()));
+    let users: Vec<(&str, &str)> = users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+    let flags = ["--send-rate", "0", "--max-queued-bytes", "4194304"];
+    let server = Server::start_with("total", &users, &flags);
+    let mut f = Raw::login(server.port, "F", "F_pwd");
+    let before = rss_kib(server.pid()).expect("server running");
+    let mut writer = f.writer.try_clone().expect("clone");
+    let text = "x".repeat(4000);
+    let flood = std::thread::spawn(move || {
+        for _ in 0..EACH {
+            for name in &names {
+                writer.write_all(format!("MESSAGE {name} {text}\n").as_bytes()).expect("send");
+            }
+        }
+        writer.write_all(b"ONLINE\n").expect("send");
+    });
+    // Every message gets its answer, read as they come.
+    let (mut queued, mut server_full, mut other) = (0, 0, Vec::new());
+    loop {
+        let line = f.line();
+        match line.as_str() {
+            l if l.starts_with("QUEUED ") => queued += 1,
+            "FAIL server-queue-full" => server_full += 1,
+            "ONLINE" => break,
+            l => other.push(l.to_owned()),
+        }
+    }
+    flood.join().expect("sender thread");
+    let after = rss_kib(server.pid()).expect("server running");
+    assert!(other.iter().all(|l| l.starts_with("FAIL queue-full ")), "{other:?}");
+    assert_eq!(queued + server_full + other.len(), ACCOUNTS * EACH, "each one answered");
+    assert!(queued * 4000 <= 4 << 20, "{queued} accepted: past the total");
+    assert!(server_full > 0);
+    // Memory: without the total this is 80 MB of messages (40 MB with the
+    // per-sender share alone); with it, 4 MiB and change.
+    let grown_mib = after.saturating_sub(before) / 1024;
+    assert!(grown_mib < 24, "the server grew {grown_mib} MiB");
 }
