@@ -209,6 +209,9 @@ impl Load {
         let mut events = Events::with_capacity(1024);
         self.fanout = matches!(shape, Shape::Fanout { .. });
         self.flooder = matches!(shape, Shape::Flood { .. }).then(|| self.conns.len() - 1);
+        if let Some(f) = self.flooder {
+            small_send_buffer(&self.conns[f].stream);
+        }
         self.start = Instant::now();
         let stop_at = self.start + duration;
         let mut next_paced = self.start;
@@ -469,6 +472,29 @@ impl Load {
             self.poll.registry().reregister(&mut conn.stream, Token(i), interest)?;
         }
         Ok(())
+    }
+}
+
+/// Bytes the kernel may hold for the flooder's socket. Its default grows
+/// to megabytes, which the generator would spend the first second pushing
+/// into the kernel (on the core the pairs are timed on) while the server
+/// reads little of it; small, the socket is full at once and stays so.
+const FLOOD_SEND_BUFFER: libc::c_int = 64 * 1024;
+
+/// Gives `stream` a small fixed send buffer (a failure only leaves the
+/// default).
+fn small_send_buffer(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size = FLOOD_SEND_BUFFER;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
