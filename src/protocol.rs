@@ -444,8 +444,15 @@ pub enum Failure<'a> {
     BadEncoding,
     /// A message's text exceeded [`MAX_TEXT`]; it was not accepted.
     TextTooLong,
-    /// The recipient's outbox is full: the message was not accepted.
+    /// The recipient's outbox is full, or holds the sender's full share
+    /// of it: the message was not accepted.
     QueueFull { user: &'a str },
+    /// The server holds its most bytes of undelivered messages
+    /// (`--max-queued-bytes`): the message was not accepted.
+    ServerQueueFull,
+    /// The sender is past its send rate (`--send-rate`, `--send-burst`):
+    /// the message or broadcast was not accepted.
+    RateLimited,
     /// The server cannot store the change (its disk is full, or writing
     /// fails): the message, block or unblock was not carried out.
     Storage,
@@ -471,6 +478,8 @@ impl Failure<'_> {
             Failure::BadEncoding => "bad-encoding",
             Failure::TextTooLong => "text-too-long",
             Failure::QueueFull { .. } => "queue-full",
+            Failure::ServerQueueFull => "server-queue-full",
+            Failure::RateLimited => "rate-limited",
             Failure::Storage => "storage",
             Failure::BadCommand { .. } => "bad-command",
         }
@@ -517,6 +526,8 @@ impl Failure<'_> {
             "bad-encoding" => Failure::BadEncoding,
             "text-too-long" => Failure::TextTooLong,
             "queue-full" => Failure::QueueFull { user: name_field(rest, "username")? },
+            "server-queue-full" => Failure::ServerQueueFull,
+            "rate-limited" => Failure::RateLimited,
             "storage" => Failure::Storage,
             "bad-command" => Failure::BadCommand { detail: text(rest, "detail")? },
             _ => return Err(ParseError::BadField("code")),
@@ -608,6 +619,14 @@ pub enum ServerMsg<'a> {
     AddressChanged {
         user: &'a str,
     },
+    /// `count` messages this client's user sent to `user` expired unread:
+    /// `user` stayed offline for the server's message lifetime,
+    /// `after_secs` seconds (`--message-ttl`).
+    Expired {
+        user: &'a str,
+        count: u64,
+        after_secs: u64,
+    },
     /// A request failed.
     Fail(Failure<'a>),
     /// The server ends this connection, for `reason`.
@@ -671,6 +690,11 @@ impl<'a> ServerMsg<'a> {
             },
             "REVOKED" => ServerMsg::Revoked { user: name_field(rest, "username")? },
             "ADDRESS-CHANGED" => ServerMsg::AddressChanged { user: name_field(rest, "username")? },
+            "EXPIRED" => ServerMsg::Expired {
+                user: name_field(rest, "username")?,
+                count: number_field(rest, "count")?,
+                after_secs: number_field(rest, "seconds")?,
+            },
             "FAIL" => ServerMsg::Fail(Failure::parse(rest)?),
             "BYE" => ServerMsg::Bye { reason: ByeReason::parse(field(rest, "reason")?)? },
             _ => return Err(ParseError::UnknownVerb),
@@ -715,6 +739,9 @@ impl<'a> ServerMsg<'a> {
             ServerMsg::Granted { user, token } => write!(out, "GRANTED {user} {token}"),
             ServerMsg::Revoked { user } => write!(out, "REVOKED {user}"),
             ServerMsg::AddressChanged { user } => write!(out, "ADDRESS-CHANGED {user}"),
+            ServerMsg::Expired { user, count, after_secs } => {
+                write!(out, "EXPIRED {user} {count} {after_secs}")
+            }
             ServerMsg::Fail(failure) => {
                 out.write_str("FAIL ")?;
                 failure.encode(out)
@@ -989,6 +1016,7 @@ mod tests {
         round_trip_server(ServerMsg::Granted { user: "B", token: "abc123" });
         round_trip_server(ServerMsg::Revoked { user: "B" });
         round_trip_server(ServerMsg::AddressChanged { user: "A" });
+        round_trip_server(ServerMsg::Expired { user: "B", count: 3, after_secs: 604_800 });
         for failure in [
             Failure::BlockedBy { user: "A" },
             Failure::PartialBroadcast,
@@ -1004,6 +1032,8 @@ mod tests {
             Failure::BadEncoding,
             Failure::TextTooLong,
             Failure::QueueFull { user: "A" },
+            Failure::ServerQueueFull,
+            Failure::RateLimited,
             Failure::Storage,
             Failure::BadCommand { detail: "missing username" },
         ] {

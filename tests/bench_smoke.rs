@@ -23,6 +23,7 @@ fn every_scenario_runs_and_nothing_is_lost_or_repeated() {
         "fanout",
         "latency",
         "loginflood",
+        "flood",
         "idle",
         "login",
         "spawn",

@@ -119,7 +119,8 @@ fn commands_right_behind_a_hashed_login_wait_for_its_answer() {
 fn a_login_flood_with_a_right_hashed_password_holds_up_no_one_else() {
     let phc = chat::server::credentials::hash_password("flood-pw").unwrap();
     let users = [("H", phc.as_str()), ("A", "A_pwd"), ("B", "B_pwd")];
-    let server = Server::start_with("login-flood", &users, &[]);
+    // A sends as fast as B acknowledges: past the default send rate.
+    let server = Server::start_with("login-flood", &users, &["--send-rate", "0"]);
     let port = server.port;
     let mut a = Raw::login(port, "A", "A_pwd");
     let mut b = Raw::login(port, "B", "B_pwd");

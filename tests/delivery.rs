@@ -99,7 +99,12 @@ fn many_senders_to_a_slow_reader_lose_nothing_and_slow_no_one() {
         .collect();
     let users: Vec<(&str, &str)> = users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
     let cap = MAX_QUEUED.to_string();
-    let server = Server::start_with("slow-reader", &users, &["--max-queued", &cap]);
+    // Each sender sends 300 at once, past the default burst: no send rate
+    // here (it has tests of its own). Each sender's share of R's outbox is
+    // half of it, so S0 and S1 fill it, 100 each, and the counts below
+    // still hold: exactly a full outbox is accepted.
+    let flags = ["--max-queued", &cap, "--send-rate", "0"];
+    let server = Server::start_with("slow-reader", &users, &flags);
     let mut reader = Raw::login(server.port, "R", "R_pwd");
     let mut senders: Vec<Client> = (0..SENDERS).map(|i| server.login(&format!("S{i}"))).collect();
     let mut x = Raw::login(server.port, "X", "X_pwd");
@@ -340,7 +345,9 @@ fn a_start_without_a_user_keeps_that_users_messages_through_compaction() {
 
     // Z is missing from this start's file. Traffic between A and B grows
     // the journal past the size that makes the server compact it.
-    let mut server = Server::start_with("unlisted-2", without_z, &["--state-dir", state_flag]);
+    // 320 large messages as fast as they go: no send rate.
+    let flags = ["--state-dir", state_flag, "--send-rate", "0"];
+    let mut server = Server::start_with("unlisted-2", without_z, &flags);
     let mut a = Raw::login(server.port, "A", "A_pwd");
     let mut b = Raw::login(server.port, "B", "B_pwd");
     let text = "x".repeat(3900);

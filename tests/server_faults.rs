@@ -45,7 +45,9 @@ fn out_of_file_descriptors_neither_exits_nor_spins_and_recovers() {
 
 #[test]
 fn a_client_that_stops_reading_slows_no_one_and_loses_nothing() {
-    let server = Server::start("slow", &["--max-queued", "5000"]);
+    // 3000 messages from one sender at full speed: B's outbox must hold
+    // them all (a sender's share is half of it) and no send rate applies.
+    let server = Server::start("slow", &["--max-queued", "6000", "--send-rate", "0"]);
     let mut a = Raw::login(server.port, "A", "A_pwd");
     // B logs in and then never reads again.
     let _stalled = Raw::login(server.port, "B", "B_pwd");

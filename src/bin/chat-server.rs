@@ -80,6 +80,29 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_LOGIN_ATTEMPTS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     login_attempts: u32,
+    /// MESSAGE and BROADCAST commands one user may send per second,
+    /// steadily; past it (and the burst), they are refused and the sender
+    /// told. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_SEND_RATE,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    send_rate: u32,
+    /// MESSAGE and BROADCAST commands one user may send at once, after a
+    /// pause (the bucket the send rate refills).
+    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_SEND_BURST,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    send_burst: u32,
+    /// Most bytes of message text waiting in all outboxes together; past
+    /// it, new messages are refused and their senders told.
+    #[arg(long, value_name = "BYTES",
+          default_value_t = chat::server::core::DEFAULT_MAX_QUEUED_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(4096..=(1 << 40)))]
+    max_queued_bytes: u64,
+    /// Seconds a message waits for an offline recipient before it expires
+    /// (its sender is told, if online).
+    #[arg(long, value_name = "SECS",
+          default_value_t = chat::server::core::DEFAULT_MESSAGE_TTL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
+    message_ttl: u64,
     /// Most login attempts, failed or not, per client address (IPv6: per
     /// /64) per second, with a burst of ten seconds' worth; past it,
     /// logins from that address are refused without being checked.
@@ -227,6 +250,10 @@ fn main() -> ExitCode {
         login_attempts: args.login_attempts,
         login_rate: args.login_rate,
         throttle_table: args.throttle_table,
+        send_rate: args.send_rate,
+        send_burst: args.send_burst,
+        max_queued_bytes: usize::try_from(args.max_queued_bytes).unwrap_or(usize::MAX),
+        message_ttl: Duration::from_secs(args.message_ttl),
     };
     let code = match chat::server::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -162,6 +162,10 @@ pub fn from_server(msg: &ServerMsg<'_>, me: &str) -> Option<Event> {
             .text("ip", &ip.to_string())
             .number("port", u64::from(*port)),
         ServerMsg::AddressChanged { user } => event("address_changed").text("user", user),
+        ServerMsg::Expired { user, count, after_secs } => event("expired")
+            .text("to", user)
+            .number("count", *count)
+            .number("after_secs", *after_secs),
         ServerMsg::Fail(failure) => {
             let event = event("error").text("code", failure.code());
             match failure.user() {
@@ -242,6 +246,10 @@ mod tests {
         assert_eq!(
             json(ServerMsg::Bye { reason: ByeReason::Shutdown }),
             r#"{"event":"bye","reason":"shutdown","text":"Server is shutting down. Press Enter or CTRL-c to exit.\nClient is terminating. Bye!"}"#
+        );
+        assert_eq!(
+            json(ServerMsg::Expired { user: "C", count: 1, after_secs: 60 }),
+            r#"{"event":"expired","to":"C","count":1,"after_secs":60,"text":"Your message to C expired before C logged in (after 1 minute)."}"#
         );
         assert_eq!(from_server(&ServerMsg::Hello { version: 1, timeout_secs: 3 }, "B"), None);
     }

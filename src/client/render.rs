@@ -36,6 +36,9 @@ pub const RESEND_HOWTO: &str = "To send them through the server instead, enter: 
 pub const NOTHING_TO_RESEND: &str = "There are no unconfirmed private messages to resend.";
 pub const STORAGE: &str =
     "The server is out of storage space, so that was not done. Please try again later.";
+pub const RATE_LIMITED: &str = "You are sending too fast: message not sent (rate limit).";
+pub const SERVER_QUEUE_FULL: &str = "The server is holding too many undelivered messages. \
+     Your message was not accepted; try again later.";
 
 /// Prompts shown in interactive mode only (no newline after them).
 pub const PROMPT_USER: &str = "Username: ";
@@ -176,9 +179,36 @@ fn failure_line(failure: &Failure<'_>) -> String {
             "User {user} has too many undelivered messages. \
              Your message was not accepted; try again later."
         ),
+        Failure::ServerQueueFull => SERVER_QUEUE_FULL.into(),
+        Failure::RateLimited => RATE_LIMITED.into(),
         Failure::Storage => STORAGE.into(),
         Failure::BadCommand { detail } => {
             format!("The server rejected the command: {}.", clean(detail))
+        }
+    }
+}
+
+/// A length of time in plain words: `7 days`, `1 hour`, `90 seconds`
+/// (the largest unit that divides it exactly).
+pub fn duration_words(secs: u64) -> String {
+    let (count, unit) = match secs {
+        0 => (0, "second"),
+        s if s % 86_400 == 0 => (s / 86_400, "day"),
+        s if s % 3_600 == 0 => (s / 3_600, "hour"),
+        s if s % 60 == 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    let plural = if count == 1 { "" } else { "s" };
+    format!("{count} {unit}{plural}")
+}
+
+/// Messages to `user` that expired unread after `after_secs`.
+pub fn expired(user: &str, count: u64, after_secs: u64) -> String {
+    let after = duration_words(after_secs);
+    match count {
+        1 => format!("Your message to {user} expired before {user} logged in (after {after})."),
+        n => {
+            format!("Your {n} messages to {user} expired before {user} logged in (after {after}).")
         }
     }
 }
@@ -240,6 +270,9 @@ pub fn server_lines(msg: &ServerMsg<'_>, me: &str) -> Vec<String> {
         ServerMsg::Granted { .. } | ServerMsg::Revoked { .. } => Vec::new(),
         ServerMsg::AddressChanged { user } => {
             vec![format!("User {user} has changed IP addresses. Ask for the address again.")]
+        }
+        ServerMsg::Expired { user, count, after_secs } => {
+            vec![expired(user, *count, *after_secs)]
         }
         ServerMsg::Fail(failure) => vec![failure_line(failure)],
         ServerMsg::Bye { reason } => bye_lines(*reason),
@@ -357,6 +390,12 @@ mod tests {
                 Failure::Storage,
                 "The server is out of storage space, so that was not done. Please try again later.",
             ),
+            (Failure::RateLimited, "You are sending too fast: message not sent (rate limit)."),
+            (
+                Failure::ServerQueueFull,
+                "The server is holding too many undelivered messages. \
+                 Your message was not accepted; try again later.",
+            ),
             (
                 Failure::BadCommand { detail: "missing username" },
                 "The server rejected the command: missing username.",
@@ -365,6 +404,22 @@ mod tests {
         for (failure, text) in cases {
             assert_eq!(one(ServerMsg::Fail(failure)), text);
         }
+    }
+
+    #[test]
+    fn expiry_texts_name_the_configured_lifetime() {
+        assert_eq!(
+            one(ServerMsg::Expired { user: "B", count: 1, after_secs: 604_800 }),
+            "Your message to B expired before B logged in (after 7 days)."
+        );
+        assert_eq!(
+            one(ServerMsg::Expired { user: "C", count: 3, after_secs: 3_600 }),
+            "Your 3 messages to C expired before C logged in (after 1 hour)."
+        );
+        assert_eq!(duration_words(1), "1 second");
+        assert_eq!(duration_words(90), "90 seconds");
+        assert_eq!(duration_words(120), "2 minutes");
+        assert_eq!(duration_words(86_400), "1 day");
     }
 
     #[test]

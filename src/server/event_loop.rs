@@ -20,6 +20,11 @@
 //! A connection is marked for closing and freed at the end of the pass,
 //! never in the middle of one.
 //!
+//! Reading is bounded per connection and pass, and a connection whose user
+//! was just refused for their send rate is not read again until they have
+//! a token ([`Core::read_hold`]): a flooder is slowed by TCP rather than
+//! costing the server a refusal per line.
+//!
 //! With a [`Store`] (`--state-dir`), the state changes of a pass are
 //! committed (one write, one sync) after the core has run and before any
 //! reply of that pass is written: nothing is confirmed to anyone before it
@@ -162,6 +167,9 @@ struct Connection {
     close_by: Option<Instant>,
     /// The socket is unusable: free it at the end of the pass.
     dead: bool,
+    /// Not read until then: its user is past their send rate (see
+    /// [`Core::read_hold`]).
+    held_until: Option<Instant>,
 }
 
 impl Connection {
@@ -216,6 +224,8 @@ pub struct EventLoop {
     pending_writes: Vec<usize>,
     /// Connections whose read budget ran out with data possibly left.
     unfinished_reads: Vec<usize>,
+    /// Connections not read until their `held_until`, then read again.
+    held_reads: Vec<usize>,
     /// Connections marked closing or dead, freed once nothing is left to write.
     closing: Vec<usize>,
     /// Connections refused at the limit, held until they close or linger
@@ -271,6 +281,7 @@ impl EventLoop {
             shutting_down: false,
             pending_writes: Vec::new(),
             unfinished_reads: Vec::new(),
+            held_reads: Vec::new(),
             closing: Vec::new(),
             refusing: Vec::new(),
             churn: 0,
@@ -343,7 +354,8 @@ impl EventLoop {
         }
         let close_by = self.closing.iter().filter_map(|&k| self.conns.get(k)?.close_by).min();
         let refused_by = self.refusing.iter().map(|(_, until)| *until).min();
-        [self.timers.next_deadline(), self.accept_paused_until, close_by, refused_by]
+        let held_by = self.held_reads.iter().filter_map(|&k| self.conns.get(k)?.held_until).min();
+        [self.timers.next_deadline(), self.accept_paused_until, close_by, refused_by, held_by]
             .into_iter()
             .flatten()
             .min()
@@ -356,6 +368,17 @@ impl EventLoop {
     fn finish_pass(&mut self) {
         let now = Instant::now();
         for key in std::mem::take(&mut self.unfinished_reads) {
+            self.read(key);
+        }
+        let conns = &self.conns;
+        let (due, held): (Vec<usize>, Vec<usize>) = std::mem::take(&mut self.held_reads)
+            .into_iter()
+            .partition(|&k| conns.get(k).and_then(|c| c.held_until).is_none_or(|at| at <= now));
+        self.held_reads = held;
+        for key in due {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.held_until = None;
+            }
             self.read(key);
         }
         if self.accept_paused_until.is_some_and(|until| until <= now) {
@@ -540,6 +563,7 @@ impl EventLoop {
             wants_writable: false,
             close_by: None,
             dead: false,
+            held_until: None,
         });
         self.core.connected(key, peer, now);
     }
@@ -581,8 +605,8 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.closing() || conn.dead {
-            return;
+        if conn.closing() || conn.dead || conn.held_until.is_some() {
+            return; // A held connection is read when its hold ends.
         }
         // Lines held back while a login was being checked come first.
         feed_lines(&mut conn.input, &mut self.core, key, now);
@@ -598,6 +622,12 @@ impl EventLoop {
                 Ok(n) => {
                     total += n;
                     feed_lines(&mut conn.input, &mut self.core, key, now);
+                    if let Some(until) = self.core.read_hold(key, now) {
+                        conn.held_until = Some(until);
+                        self.held_reads.push(key);
+                        conn.input.shrink_if_empty();
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

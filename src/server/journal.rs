@@ -96,8 +96,10 @@ const REWRITE: &str = "journal.new";
 /// journal stays valid when the credentials file changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    /// A message entered `user`'s outbox.
-    Queued { user: String, seq: u64, kind: MsgKind, from: String, text: String },
+    /// A message entered `user`'s outbox, accepted by the server `at` (for
+    /// its lifetime, `--message-ttl`). Written as `M` with the time; the
+    /// older `Q` form without it is still read, as accepted at replay.
+    Queued { user: String, seq: u64, kind: MsgKind, from: String, text: String, at: Instant },
     /// `user` acknowledged every message up to and including `seq`.
     Acked { user: String, seq: u64 },
     /// `user` blocked `target`.
@@ -133,6 +135,17 @@ impl Clock {
         wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
     }
 
+    /// A time that was in the past when written (a message's acceptance):
+    /// kept in the past, however far, so its age survives a restart. A
+    /// time ahead of the clock (the clock was set back) counts as now.
+    fn past_instant_of_unix_ms(self, ms: u64) -> Instant {
+        let wall = UNIX_EPOCH.checked_add(Duration::from_millis(ms)).unwrap_or(self.wall);
+        match self.wall.duration_since(wall) {
+            Ok(ago) => self.instant.checked_sub(ago).unwrap_or(self.instant),
+            Err(_) => self.instant,
+        }
+    }
+
     fn instant_of_unix_ms(self, ms: u64) -> Instant {
         // A damaged far-future time is capped at a year.
         const YEAR: Duration = Duration::from_secs(365 * 86_400);
@@ -152,8 +165,9 @@ impl Record {
     fn encode_payload(&self, clock: Clock, out: &mut Vec<u8>) {
         // Writing to a Vec cannot fail.
         let _ = match self {
-            Record::Queued { user, seq, kind, from, text } => {
-                write!(out, "Q {user} {seq} {} {from} {text}", kind.as_str())
+            Record::Queued { user, seq, kind, from, text, at } => {
+                let at = clock.unix_ms_of(*at);
+                write!(out, "M {user} {seq} {} {from} {at} {text}", kind.as_str())
             }
             Record::Acked { user, seq } => write!(out, "A {user} {seq}"),
             Record::Blocked { user, target } => write!(out, "B {user} {target}"),
@@ -166,12 +180,12 @@ impl Record {
     /// Parses a payload; `None` if it is not one this version writes.
     fn parse_payload(payload: &[u8], clock: Clock) -> Option<Record> {
         let text = std::str::from_utf8(payload).ok()?;
-        let mut fields = text.splitn(6, ' ');
+        let mut fields = text.splitn(if text.starts_with("M ") { 7 } else { 6 }, ' ');
         let mut next = || fields.next().filter(|f| !f.is_empty());
         let tag = next()?;
         let user = next()?.to_owned();
         let record = match tag {
-            "Q" => {
+            "Q" | "M" => {
                 let seq = next()?.parse().ok()?;
                 let kind = match next()? {
                     "direct" => MsgKind::Direct,
@@ -180,8 +194,13 @@ impl Record {
                     _ => return None,
                 };
                 let from = next()?.to_owned();
+                let at = match tag {
+                    "M" => clock.past_instant_of_unix_ms(next()?.parse().ok()?),
+                    // Written before messages had a lifetime: it starts now.
+                    _ => clock.instant,
+                };
                 let text = next()?.to_owned();
-                return Some(Record::Queued { user, seq, kind, from, text });
+                return Some(Record::Queued { user, seq, kind, from, text, at });
             }
             "A" => Record::Acked { user, seq: next()?.parse().ok()? },
             "B" => Record::Blocked { user, target: next()?.to_owned() },
@@ -711,6 +730,35 @@ mod tests {
         dir
     }
 
+    /// One instant for every sample record, so they compare equal after a
+    /// round trip through the journal (which keeps milliseconds).
+    fn sample_time() -> Instant {
+        static AT: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *AT.get_or_init(Instant::now)
+    }
+
+    /// Asserts that records read back are those written: equal, but for
+    /// acceptance times, which the journal keeps to the millisecond.
+    fn assert_same(got: &[Record], want: &[Record]) {
+        assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+        for (got, want) in got.iter().zip(want) {
+            match (got, want) {
+                (Record::Queued { at: a, .. }, Record::Queued { at: b, .. }) => {
+                    let diff = a.max(b).duration_since(*a.min(b));
+                    assert!(diff < Duration::from_millis(5), "{diff:?}");
+                    let same_time = |r: &Record| match r.clone() {
+                        Record::Queued { user, seq, kind, from, text, .. } => {
+                            Record::Queued { user, seq, kind, from, text, at: sample_time() }
+                        }
+                        other => other,
+                    };
+                    assert_eq!(same_time(got), same_time(want));
+                }
+                _ => assert_eq!(got, want),
+            }
+        }
+    }
+
     fn sample() -> Vec<Record> {
         vec![
             Record::Queued {
@@ -719,6 +767,7 @@ mod tests {
                 kind: MsgKind::Offline,
                 from: "B".into(),
                 text: "hi  there, é\r".into(),
+                at: sample_time(),
             },
             Record::Acked { user: "A".into(), seq: 1 },
             Record::Blocked { user: "A".into(), target: "C".into() },
@@ -743,7 +792,7 @@ mod tests {
         assert!(journal.commit(Instant::now()));
         drop(journal);
         let (_, replay) = Journal::open(&dir).unwrap();
-        assert_eq!(replay.records, sample());
+        assert_same(&replay.records, &sample());
         assert_eq!(replay.damage, None);
         fs::remove_dir_all(dir).unwrap();
     }
@@ -763,6 +812,38 @@ mod tests {
     }
 
     #[test]
+    fn acceptance_times_survive_as_wall_clock_and_old_records_start_now() {
+        let clock = Clock::now();
+        let week = Duration::from_secs(7 * 86_400);
+        let at = clock.instant - week;
+        let record = Record::Queued {
+            user: "A".into(),
+            seq: 3,
+            kind: MsgKind::Offline,
+            from: "B".into(),
+            text: "from last week".into(),
+            at,
+        };
+        let mut out = Vec::new();
+        frame(&record, clock, &mut out);
+        assert!(out[HEADER..].starts_with(b"M A 3 offline B "), "the new form");
+        // Read back by a later start: still a week old.
+        let later = Clock { instant: clock.instant + week, wall: clock.wall + week };
+        let (Record::Queued { at: back, text, .. }, _) = parse_one(&out, later).unwrap() else {
+            panic!("not a queued record");
+        };
+        assert_eq!(text, "from last week");
+        let diff = back.max(at) - back.min(at);
+        assert!(diff < Duration::from_millis(2), "{diff:?}");
+        // The form written before messages had a lifetime.
+        let old = Record::parse_payload(b"Q A 4 offline B two  spaces", later);
+        let Some(Record::Queued { at, text, seq: 4, .. }) = old else {
+            panic!("not read: {old:?}");
+        };
+        assert_eq!((at, text.as_str()), (later.instant, "two  spaces"));
+    }
+
+    #[test]
     fn a_torn_tail_is_cut_and_later_appends_follow_good_data() {
         let dir = temp_dir("torn");
         let (mut journal, _) = Journal::open(&dir).unwrap();
@@ -777,7 +858,7 @@ mod tests {
         file.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, b'Q', b' ']).unwrap();
         drop(file);
         let (mut journal, replay) = Journal::open(&dir).unwrap();
-        assert_eq!(replay.records, sample());
+        assert_same(&replay.records, &sample());
         assert_eq!(replay.damage, Some(Damage { offset: good, cut: 10 }));
         journal.append(&Record::Acked { user: "B".into(), seq: 3 });
         assert!(journal.commit(Instant::now()));
@@ -798,7 +879,7 @@ mod tests {
         let second = parse_one(&data, clock).unwrap().1;
         data[second + HEADER + 2] ^= 0x20;
         let (records, bad) = parse_records(&data, clock);
-        assert_eq!(records, sample()[..1]);
+        assert_same(&records, &sample()[..1]);
         assert_eq!(bad, Some(second));
     }
 
@@ -821,6 +902,8 @@ mod tests {
         assert_eq!(Record::parse_payload(b"A B", clock), None);
         assert_eq!(Record::parse_payload(b"A B 1 2", clock), None);
         assert_eq!(Record::parse_payload(b"Q B 1 sideways C hi", clock), None);
+        assert_eq!(Record::parse_payload(b"M B 1 direct C soon hi", clock), None);
+        assert_eq!(Record::parse_payload(b"M B 1 direct C 123", clock), None);
     }
 
     #[test]
@@ -879,7 +962,7 @@ mod tests {
         drop(rewrite);
         drop(journal);
         let (_, replay) = Journal::open(&dir).unwrap();
-        assert_eq!(replay.records, sample()[..1]);
+        assert_same(&replay.records, &sample()[..1]);
         assert!(!dir.join("journal.new").exists());
         fs::remove_dir_all(dir).unwrap();
     }

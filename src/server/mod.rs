@@ -78,6 +78,14 @@ pub struct Config {
     pub login_rate: u32,
     /// Most addresses the login throttle tracks at once.
     pub throttle_table: usize,
+    /// MESSAGE and BROADCAST commands per user per second (0: no limit).
+    pub send_rate: u32,
+    /// MESSAGE and BROADCAST commands per user at once, after a pause.
+    pub send_burst: u32,
+    /// Most bytes of message text waiting in all outboxes together.
+    pub max_queued_bytes: usize,
+    /// How long a message waits for an offline recipient.
+    pub message_ttl: Duration,
 }
 
 pub use self::core::{
@@ -108,6 +116,10 @@ impl Config {
             login_attempts: self::core::DEFAULT_LOGIN_ATTEMPTS,
             login_rate: self::core::DEFAULT_LOGIN_RATE,
             throttle_table: self::core::DEFAULT_THROTTLE_TABLE,
+            send_rate: self::core::DEFAULT_SEND_RATE,
+            send_burst: self::core::DEFAULT_SEND_BURST,
+            max_queued_bytes: self::core::DEFAULT_MAX_QUEUED_BYTES,
+            message_ttl: self::core::DEFAULT_MESSAGE_TTL,
         }
     }
 }
@@ -221,6 +233,10 @@ fn build(
         connection_rate: config.connection_rate,
         login_rate: config.login_rate,
         throttle_table: config.throttle_table,
+        send_rate: config.send_rate,
+        send_burst: config.send_burst,
+        max_queued_bytes: config.max_queued_bytes,
+        message_ttl: config.message_ttl,
     };
     let mut core = Core::new(accounts, core_config);
     let store = match &config.state_dir {

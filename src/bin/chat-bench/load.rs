@@ -34,6 +34,18 @@ pub enum Shape {
     Fanout { window: usize },
     /// Pairs at a fixed total rate, in flight unbounded.
     Paced { per_second: f64 },
+    /// `Paced` pairs, and the last connection broadcasting without pause
+    /// (its socket kept full), counting what the server tells it.
+    Flood { per_second: f64 },
+}
+
+impl Shape {
+    fn paced(self) -> Option<f64> {
+        match self {
+            Shape::Paced { per_second } | Shape::Flood { per_second } => Some(per_second),
+            _ => None,
+        }
+    }
 }
 
 /// Figures from one run.
@@ -53,6 +65,18 @@ pub struct Outcome {
     pub generator_cpu_ns: u64,
     /// Deliveries within the sending window (the CPU times' window).
     pub delivered_in_window: u64,
+    /// Broadcasts the flooder wrote to its socket (flood runs only)...
+    pub flood_sent: u64,
+    /// ...refused with `FAIL rate-limited`...
+    pub flood_rate_limited: u64,
+    /// ...refused with `FAIL server-queue-full`...
+    pub flood_server_full: u64,
+    /// ...copies refused with `FAIL queue-full <user>`...
+    pub flood_copies_refused: u64,
+    /// ...and copies the other connections received.
+    pub flood_copies: u64,
+    /// The server closed the flooder's connection.
+    pub flood_dropped: bool,
 }
 
 impl Outcome {
@@ -100,6 +124,14 @@ fn schedstat_ns(path: &std::path::Path) -> Option<u64> {
 /// Bytes of every message's text, as the issue's `direct` asks.
 const MESSAGE_BYTES: usize = 100;
 
+/// Text that starts a flood broadcast, so receivers tell it from the
+/// pairs' numbered messages.
+const FLOOD_TAG: &str = "flood ";
+
+/// Bytes of broadcasts the flooder keeps waiting to be written: enough
+/// that the socket is never idle, little enough to stop promptly.
+const FLOOD_BACKLOG: usize = 16 * 1024;
+
 struct Conn {
     stream: TcpStream,
     input: LineBuffer,
@@ -124,6 +156,8 @@ pub struct Load {
     start: Instant,
     /// Connection 0 broadcasts (chat: BROADCAST instead of MESSAGE).
     fanout: bool,
+    /// The connection that floods (the last one, in flood runs).
+    flooder: Option<usize>,
 }
 
 impl Load {
@@ -158,7 +192,15 @@ impl Load {
                 ack: None,
             });
         }
-        let mut load = Load { poll, conns, target, names, start: Instant::now(), fanout: false };
+        let mut load = Load {
+            poll,
+            conns,
+            target,
+            names,
+            start: Instant::now(),
+            fanout: false,
+            flooder: None,
+        };
         for i in 0..load.conns.len() {
             load.flush(i)?;
         }
@@ -214,23 +256,28 @@ impl Load {
         self.fanout = matches!(shape, Shape::Fanout { .. });
         let target_before = target_pid.and_then(process_cpu_ns);
         let generator_before = thread_cpu_ns();
+        self.flooder = matches!(shape, Shape::Flood { .. }).then(|| self.conns.len() - 1);
+        if let Some(f) = self.flooder {
+            small_send_buffer(&self.conns[f].stream);
+        }
         self.start = Instant::now();
         let stop_at = self.start + duration;
         let mut next_paced = self.start;
         let mut paced_turn = 0;
         while Instant::now() < stop_at {
-            let timeout = match shape {
-                Shape::Paced { per_second } => {
+            self.flood(&mut outcome)?;
+            let timeout = match shape.paced() {
+                Some(per_second) => {
                     let now = Instant::now();
                     while next_paced <= now && next_paced < stop_at {
-                        let pair = paced_turn % (self.conns.len() / 2);
+                        let pair = paced_turn % self.pairs();
                         paced_turn += 1;
                         self.send_one(2 * pair, &mut outcome)?;
                         next_paced += Duration::from_secs_f64(1.0 / per_second);
                     }
                     Some(next_paced.saturating_duration_since(Instant::now()))
                 }
-                _ => {
+                None => {
                     self.top_up(shape, &mut outcome)?;
                     Some(Duration::from_millis(50))
                 }
@@ -244,12 +291,58 @@ impl Load {
             (Some(before), Some(after)) => Some(after.saturating_sub(before)),
             _ => None,
         };
+        self.stop_flood(&mut outcome);
         let drain_until = Instant::now() + drain;
         while self.expected_total(shape) < outcome.sent && Instant::now() < drain_until {
             self.pass(&mut events, Some(Duration::from_millis(20)), &mut outcome, Some(shape))?;
         }
+        if self.flooder.is_some() {
+            // The server's last answers to the flooder.
+            let settle_until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < settle_until {
+                self.pass(&mut events, Some(Duration::from_millis(20)), &mut outcome, Some(shape))?;
+            }
+        }
         outcome.lost = outcome.sent.saturating_sub(outcome.delivered);
         Ok(outcome)
+    }
+
+    /// Sender/receiver pairs: every connection but the flooder.
+    fn pairs(&self) -> usize {
+        (self.conns.len() - usize::from(self.flooder.is_some())) / 2
+    }
+
+    /// Keeps the flooder's socket busy: broadcasts queued while fewer than
+    /// [`FLOOD_BACKLOG`] bytes wait, then written.
+    fn flood(&mut self, outcome: &mut Outcome) -> io::Result<()> {
+        let Some(f) = self.flooder.filter(|_| !outcome.flood_dropped) else {
+            return Ok(());
+        };
+        let out = &mut self.conns[f].output;
+        while out.len() < FLOOD_BACKLOG {
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "BROADCAST {FLOOD_TAG}{} ", outcome.flood_sent);
+            out.extend(std::iter::repeat_n(b'x', MESSAGE_BYTES / 2));
+            out.push(b'\n');
+            outcome.flood_sent += 1;
+        }
+        if self.flush(f).is_err() {
+            outcome.flood_dropped = true;
+            self.poll.registry().deregister(&mut self.conns[f].stream)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the flood: what was not written yet is not sent (nor counted).
+    fn stop_flood(&mut self, outcome: &mut Outcome) {
+        let Some(f) = self.flooder else {
+            return;
+        };
+        let out = &mut self.conns[f].output;
+        let unsent = out.iter().filter(|&&b| b == b'\n').count() as u64;
+        outcome.flood_sent = outcome.flood_sent.saturating_sub(unsent);
+        // A line cut short stays unfinished: the server never acts on it.
+        out.clear();
     }
 
     /// Deliveries expected in all: one per pair message, or one per
@@ -257,7 +350,7 @@ impl Load {
     fn expected_total(&self, shape: Shape) -> u64 {
         match shape {
             Shape::Fanout { .. } => self.conns.iter().skip(1).map(|c| c.expected).sum(),
-            _ => self.conns.iter().skip(1).step_by(2).map(|c| c.expected).sum(),
+            _ => self.conns[..2 * self.pairs()].iter().skip(1).step_by(2).map(|c| c.expected).sum(),
         }
     }
 
@@ -283,7 +376,7 @@ impl Load {
                 }
                 self.flush(0)?;
             }
-            Shape::Paced { .. } => {}
+            Shape::Paced { .. } | Shape::Flood { .. } => {}
         }
         Ok(())
     }
@@ -344,10 +437,26 @@ impl Load {
 
     fn read(&mut self, i: usize, outcome: &mut Outcome, shape: Option<Shape>) -> io::Result<()> {
         let now_us = self.start.elapsed().as_micros() as u64;
-        let paced = matches!(shape, Some(Shape::Paced { .. }));
+        let paced = shape.and_then(Shape::paced).is_some();
+        let flooder = self.flooder == Some(i);
         loop {
             let conn = &mut self.conns[i];
             match conn.input.read_from(&mut conn.stream) {
+                Ok(0) if flooder => {
+                    // The server dropped the flooder (a server without a
+                    // send rate finds it too slow to read its refusals).
+                    outcome.flood_dropped = true;
+                    self.poll.registry().deregister(&mut conn.stream)?;
+                    return Ok(());
+                }
+                Err(e)
+                    if flooder
+                        && !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
+                {
+                    outcome.flood_dropped = true;
+                    self.poll.registry().deregister(&mut conn.stream)?;
+                    return Ok(());
+                }
                 Ok(0) => return Err(io::Error::new(ErrorKind::UnexpectedEof, "server closed")),
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -358,11 +467,20 @@ impl Load {
             while let Some(line) = input.next_line() {
                 let Line::Complete(bytes) = line else { continue };
                 let Ok(text) = std::str::from_utf8(bytes) else { continue };
+                if flooder {
+                    count_flood_answer(text, outcome);
+                    continue;
+                }
                 let payload = match self.target {
                     Target::Relay => Some(text),
                     Target::Chat => chat_payload(text, ready, ack),
                 };
                 let Some(payload) = payload else { continue };
+                if payload.starts_with(FLOOD_TAG) {
+                    // A flood copy: acknowledged, counted apart.
+                    outcome.flood_copies += 1;
+                    continue;
+                }
                 let mut fields = payload.split(' ');
                 let n: u64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(u64::MAX);
                 let sent_us: u64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(now_us);
@@ -408,6 +526,39 @@ impl Load {
             self.poll.registry().reregister(&mut conn.stream, Token(i), interest)?;
         }
         Ok(())
+    }
+}
+
+/// Bytes the kernel may hold for the flooder's socket. Its default grows
+/// to megabytes, which the generator would spend the first second pushing
+/// into the kernel (on the core the pairs are timed on) while the server
+/// reads little of it; small, the socket is full at once and stays so.
+const FLOOD_SEND_BUFFER: libc::c_int = 64 * 1024;
+
+/// Gives `stream` a small fixed send buffer (a failure only leaves the
+/// default).
+fn small_send_buffer(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size = FLOOD_SEND_BUFFER;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Counts what the server told the flooder.
+fn count_flood_answer(line: &str, outcome: &mut Outcome) {
+    match line.strip_prefix("FAIL ") {
+        Some("rate-limited") => outcome.flood_rate_limited += 1,
+        Some("server-queue-full") => outcome.flood_server_full += 1,
+        Some(fail) if fail.starts_with("queue-full ") => outcome.flood_copies_refused += 1,
+        _ => {}
     }
 }
 

@@ -3,7 +3,8 @@
 //! the real protocol, runs bounded scenarios, and prints a table, or with
 //! `--json` one JSON object per scenario. `direct`, `fanout` and `latency`
 //! also run the same load against a bare relay in the same run, so every
-//! server figure comes with the physical limit beside it.
+//! server figure comes with the physical limit beside it; `flood` runs its
+//! pairs alone and beside a flooder, so its figure comes with its baseline.
 
 mod compaction;
 mod load;
@@ -70,6 +71,17 @@ enum Scenario {
         #[arg(long, default_value_t = 5000.0)]
         rate: f64,
         #[arg(long, default_value_t = 50)]
+        pairs: usize,
+    },
+    /// `latency` pairs alone, then with one more user broadcasting without
+    /// pause, against the server's default send rate and queue limits: the
+    /// pairs' p99 in both, and what the flooder was told.
+    Flood {
+        /// Messages per second over all pairs; each pair's sender must stay
+        /// under the default send rate (100/s).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20)]
         pairs: usize,
     },
     /// Idle logged-in connections: server RSS at rest and per connection.

@@ -131,6 +131,7 @@ pub fn run(scenario: &Scenario, s: &Settings) -> io::Result<Vec<Report>> {
         Scenario::Loginflood { rate, pairs, workers, in_flight } => {
             vec![loginflood(s, *rate, *pairs, *workers, *in_flight)?]
         }
+        Scenario::Flood { rate, pairs } => vec![flood(s, *rate, *pairs)?],
         Scenario::Idle { connections } => vec![idle(s, *connections)?],
         Scenario::Login { logins } => vec![login(s, *logins)?],
         Scenario::Spawn { runs } => vec![spawn(s, *runs)?],
@@ -143,6 +144,7 @@ pub fn run(scenario: &Scenario, s: &Settings) -> io::Result<Vec<Report>> {
             fanout(s, 100, 16)?,
             latency(s, 5000.0, 50)?,
             loginflood(s, 5000.0, 50, 4, 16)?,
+            flood(s, 1000.0, 20)?,
             idle(s, 1000)?,
             login(s, 2000)?,
             spawn(s, 100)?,
@@ -325,6 +327,60 @@ fn loginflood(
         .int("flood_busy", answers.busy)
         .int("flood_throttled", answers.throttled)
         .int("flood_other", answers.other))
+}
+
+/// Runs `shape` over `users` connections against a chat server with its
+/// default send rate and queue limits (unless `--connect` names one).
+fn against_defaults(s: &Settings, users: usize, shape: Shape) -> io::Result<Outcome> {
+    let names = names(users);
+    let server = match s.connect {
+        Some(addr) => Target::existing(addr),
+        None => Target::server_with_defaults(&s.server, &names, &s.server_args)?,
+    };
+    let mut load = Load::connect(server.addr, Speaks::Chat, names, LOGIN_LIMIT)?;
+    load.run(shape, s.duration, DRAIN, server.pid())
+}
+
+/// Most messages a second one user may send by default (`--send-rate`).
+const DEFAULT_SEND_RATE: f64 = 100.0;
+
+fn flood(s: &Settings, rate: f64, pairs: usize) -> io::Result<Report> {
+    let pairs = s.count(pairs, 5).max(1);
+    let rate = if s.smoke { rate.min(200.0) } else { rate };
+    if !(1.0..=1_000_000.0).contains(&rate) {
+        return Err(io::Error::other("--rate must be between 1 and 1000000"));
+    }
+    if rate / pairs as f64 > DEFAULT_SEND_RATE * 0.9 {
+        return Err(io::Error::other(format!(
+            "--rate {rate} over {pairs} pairs is past the default send rate per sender \
+             ({DEFAULT_SEND_RATE}/s): use fewer messages or more pairs"
+        )));
+    }
+    let mut alone = against_defaults(s, 2 * pairs, Shape::Paced { per_second: rate })?;
+    let mut flooded = against_defaults(s, 2 * pairs + 1, Shape::Flood { per_second: rate })?;
+    alone.latencies_us.sort_unstable();
+    flooded.latencies_us.sort_unstable();
+    let p99_alone = percentile(&alone.latencies_us, 99.0);
+    let p99_flood = percentile(&flooded.latencies_us, 99.0);
+    // Accepted broadcasts: copies received over receivers (everyone else).
+    let accepted = flooded.flood_copies / (2 * pairs) as u64;
+    let answered = accepted + flooded.flood_rate_limited + flooded.flood_server_full;
+    Ok(with_outcome(Report::new("flood"), &flooded)
+        .int("pairs", pairs as u64)
+        .num("target_rate", rate)
+        .int("alone_p50_us", percentile(&alone.latencies_us, 50.0))
+        .int("alone_p99_us", p99_alone)
+        .int("flood_p50_us", percentile(&flooded.latencies_us, 50.0))
+        .int("flood_p99_us", p99_flood)
+        .num("p99_ratio", p99_flood as f64 / p99_alone.max(1) as f64)
+        .int("alone_lost", alone.lost)
+        .int("flood_sent", flooded.flood_sent)
+        .int("flood_accepted", accepted)
+        .int("flood_rate_limited", flooded.flood_rate_limited)
+        .int("flood_server_full", flooded.flood_server_full)
+        .int("flood_copies_refused", flooded.flood_copies_refused)
+        .int("flood_unread", flooded.flood_sent.saturating_sub(answered))
+        .text("flooder_dropped", flooded.flood_dropped.to_string()))
 }
 
 fn idle(s: &Settings, connections: usize) -> io::Result<Report> {

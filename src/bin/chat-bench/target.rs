@@ -26,20 +26,38 @@ impl Target {
     }
 
     /// Starts `chat-server` with users `names` (password `pw`) and `extra`
-    /// arguments, limits raised so the load is never refused.
+    /// arguments, limits raised so the load is never refused: the load
+    /// floods on purpose, so there is no send rate (`--send-rate 0`, unless
+    /// `extra` sets one) and the queues are as large as the server allows.
     pub fn server(binary: &Path, names: &[String], extra: &[String]) -> io::Result<Target> {
-        let users: Vec<(String, String)> = names.iter().map(|n| (n.clone(), "pw".into())).collect();
-        Target::server_with_users(binary, &users, extra)
+        Target::start(binary, &with_password(names), &lifted(extra))
     }
 
-    /// Starts `chat-server` with `users` as (name, credentials field: a
-    /// password or an argon2id hash) and `extra` arguments, limits raised
-    /// so the load is never refused.
+    /// Starts `chat-server` as [`Target::server`] does, with `users` as
+    /// (name, credentials field: a password or an argon2id hash).
     pub fn server_with_users(
         binary: &Path,
         users: &[(String, String)],
         extra: &[String],
     ) -> io::Result<Target> {
+        Target::start(binary, users, &lifted(extra))
+    }
+
+    /// Starts `chat-server` as [`Target::server`] does, but with the
+    /// server's default send rate and queue limits (only the connection
+    /// and login limits raised, so logging in the load is never refused).
+    pub fn server_with_defaults(
+        binary: &Path,
+        names: &[String],
+        extra: &[String],
+    ) -> io::Result<Target> {
+        Target::start(binary, &with_password(names), extra)
+    }
+
+    /// Starts `chat-server` for `users`, its connection and login limits
+    /// raised (the whole load comes from 127.0.0.1, as fast as it can),
+    /// with `extra` arguments.
+    fn start(binary: &Path, users: &[(String, String)], extra: &[String]) -> io::Result<Target> {
         let dir = std::env::temp_dir().join(format!(
             "chat-bench-{}-{}",
             std::process::id(),
@@ -56,8 +74,7 @@ impl Target {
         command
             .args(["--bind", "127.0.0.1", "--log-level", "error", "--credentials"])
             .arg(&credentials)
-            .args(["--max-connections", &connections, "--max-queued", "1000000"])
-            // The whole load comes from 127.0.0.1, as fast as it can.
+            .args(["--max-connections", &connections])
             .args(["--max-connections-per-address", &connections])
             .args(["--connection-rate", "1000000"])
             .args(["--login-attempts", "1000000", "--login-rate", "1000000"])
@@ -86,6 +103,23 @@ impl Drop for Target {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Every user with the password `pw`.
+fn with_password(names: &[String]) -> Vec<(String, String)> {
+    names.iter().map(|n| (n.clone(), "pw".into())).collect()
+}
+
+/// `extra` after the queue limits raised and no send rate (unless `extra`
+/// sets one): for loads that flood on purpose.
+fn lifted(extra: &[String]) -> Vec<String> {
+    let mut lifted: Vec<String> = ["--max-queued", "1000000"].map(String::from).to_vec();
+    lifted.extend(["--max-queued-bytes", "1099511627776"].map(String::from));
+    if !extra.iter().any(|arg| arg.starts_with("--send-rate")) {
+        lifted.extend(["--send-rate", "0"].map(String::from));
+    }
+    lifted.extend(extra.iter().cloned());
+    lifted
 }
 
 /// Starts a process, pins it to the last core, and reads its address from

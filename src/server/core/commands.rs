@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::outbox::Full;
 use super::{emit, ConnId, Core, UserId, SNAPSHOT_RECORD_BYTES};
 use crate::protocol::{
     ClientMsg, Failure, MsgKind, QueueReason, ServerMsg, MAX_TEXT, ONLINE_NAMES_PER_FRAME,
@@ -23,8 +24,11 @@ enum Delivery {
     Live,
     /// Saved for an offline user.
     Saved,
-    /// Refused: the recipient's outbox is full.
+    /// Refused: the recipient's outbox is full, or holds the sender's
+    /// full share.
     QueueFull,
+    /// Refused: the server holds its most bytes of messages.
+    ServerFull,
     /// Refused: the journal has no room for it.
     NoStorage,
 }
@@ -61,8 +65,8 @@ impl Core {
                 self.refuse(conn, Failure::AlreadyLoggedIn)
             }
             ClientMsg::Ping => {}
-            ClientMsg::Message { to, text } => self.message(conn, user, to, text),
-            ClientMsg::Broadcast { text } => self.broadcast(conn, user, text),
+            ClientMsg::Message { to, text } => self.message(conn, user, to, text, now),
+            ClientMsg::Broadcast { text } => self.broadcast(conn, user, text, now),
             ClientMsg::Online => self.list_online(conn, user),
             ClientMsg::Block { user: target } => self.block(conn, user, target),
             ClientMsg::Unblock { user: target } => self.unblock(conn, user, target),
@@ -93,38 +97,78 @@ impl Core {
         fits
     }
 
-    /// Puts a message in `to`'s outbox, where it stays until acknowledged,
-    /// and sends it now if `to` is online and its send window has room, or
-    /// says why it cannot (the caller tells the sender).
+    /// Takes one of `me`'s send tokens (a MESSAGE or a BROADCAST), or
+    /// tells them they are past their send rate.
+    fn within_send_rate(&mut self, conn: ConnId, me: UserId, now: Instant) -> bool {
+        let bucket = &mut self.users[me].send_rate;
+        let allowed = bucket.take(&self.rate_limit, now);
+        if !allowed {
+            let next = bucket.next_token(&self.rate_limit, now);
+            if let Some(state) = self.conns.get_mut(&conn) {
+                state.read_hold = next;
+            }
+            self.refuse(conn, Failure::RateLimited);
+        }
+        allowed
+    }
+
+    /// Puts a message accepted at `now` in `to`'s outbox, where it stays
+    /// until acknowledged (or expired), and sends it now if `to` is online
+    /// and its send window has room, or says why it cannot (the caller
+    /// tells the sender).
     fn deliver(
         &mut self,
         to: UserId,
         from: UserId,
         live_kind: MsgKind,
         text: &Arc<str>,
+        now: Instant,
     ) -> Delivery {
-        if self.users[to].outbox.len() >= self.config().max_queued {
-            return Delivery::QueueFull;
+        let caps = self.config().caps();
+        // Checked before journal space is taken for it; pushed below.
+        match self.outboxes.admits(to, from, text.len(), &caps) {
+            Ok(()) => {}
+            Err(Full::Recipient) => return Delivery::QueueFull,
+            Err(Full::Server) => {
+                if !self.server_full_logged {
+                    self.server_full_logged = true;
+                    log::warn!(
+                        "outboxes hold {} bytes of messages (--max-queued-bytes {}): \
+                         refusing new messages (FAIL server-queue-full) until more are delivered",
+                        self.outboxes.text_bytes(),
+                        caps.max_bytes
+                    );
+                }
+                return Delivery::ServerFull;
+            }
+        }
+        if self.server_full_logged && self.outboxes.text_bytes() < caps.max_bytes / 2 {
+            self.server_full_logged = false;
+            log::warn!("outboxes are down to half of --max-queued-bytes; accepting new messages");
         }
         if !self.take_storage(SNAPSHOT_RECORD_BYTES + text.len()) {
             return Delivery::NoStorage;
         }
-        let recipient = &mut self.users[to];
-        let online = recipient.session.is_some();
+        let online = self.users[to].session.is_some();
         let kind = if online { live_kind } else { MsgKind::Offline };
         let notify = online && live_kind == MsgKind::Direct;
-        let seq = recipient.outbox.push(kind, from, Arc::clone(text), notify).seq;
+        let pushed = self.outboxes.push(to, &caps, kind, from, Arc::clone(text), notify, now);
+        let Ok(seq) = pushed else {
+            return Delivery::QueueFull; // Not reached: admitted just above.
+        };
         self.record(to, |core| Record::Queued {
             user: core.name(to).to_owned(),
             seq,
             kind,
             from: core.name(from).to_owned(),
             text: text.to_string(),
+            at: now,
         });
-        self.pump(to);
         if online {
+            self.pump(to);
             Delivery::Live
         } else {
+            self.arm_expiry(to);
             Delivery::Saved
         }
     }
@@ -132,8 +176,8 @@ impl Core {
     /// A direct message: delivered live (the sender hears `DELIVERED` once
     /// it is acknowledged), saved for an offline recipient (`QUEUED`), or
     /// refused.
-    fn message(&mut self, conn: ConnId, me: UserId, to: &str, text: &str) {
-        if !self.text_fits(conn, text) {
+    fn message(&mut self, conn: ConnId, me: UserId, to: &str, text: &str, now: Instant) {
+        if !self.within_send_rate(conn, me, now) || !self.text_fits(conn, text) {
             return;
         }
         let Some(to) = self.other_user(conn, me, to) else {
@@ -146,24 +190,28 @@ impl Core {
         }
         log::debug!("message {} -> {}", self.name(me), self.name(to));
         let name = self.name(to).to_owned();
-        match self.deliver(to, me, MsgKind::Direct, &Arc::from(text)) {
+        match self.deliver(to, me, MsgKind::Direct, &Arc::from(text), now) {
             Delivery::Live => {}
             Delivery::Saved => {
                 self.send(conn, &ServerMsg::Queued { user: &name, reason: QueueReason::Offline })
             }
             Delivery::QueueFull => self.refuse(conn, Failure::QueueFull { user: &name }),
+            Delivery::ServerFull => self.refuse(conn, Failure::ServerQueueFull),
             Delivery::NoStorage => self.refuse(conn, Failure::Storage),
         }
     }
 
     /// A copy to every online user but those who blocked the sender and
-    /// those whose outbox is full (the sender hears `queue-full` for each).
+    /// those whose outbox is full or holds the sender's share (the sender
+    /// hears `queue-full` for each). If the server's total is reached on
+    /// the way, the remaining copies are not made and the sender hears
+    /// `server-queue-full` once.
     /// The sender hears `partial-broadcast` (as in the seed) whenever anyone
     /// has blocked them, online or not: deciding it from online blockers
     /// only would tell a blocked user when the blocker is online. The
     /// sentence stays true, as no offline user receives a broadcast.
-    fn broadcast(&mut self, conn: ConnId, me: UserId, text: &str) {
-        if !self.text_fits(conn, text) {
+    fn broadcast(&mut self, conn: ConnId, me: UserId, text: &str, now: Instant) {
+        if !self.within_send_rate(conn, me, now) || !self.text_fits(conn, text) {
             return;
         }
         let recipients: Vec<UserId> = self.online.iter().copied().filter(|&u| u != me).collect();
@@ -174,11 +222,15 @@ impl Core {
             if self.has_blocked(to, me) {
                 continue;
             }
-            match self.deliver(to, me, MsgKind::Broadcast, &text) {
+            match self.deliver(to, me, MsgKind::Broadcast, &text, now) {
                 Delivery::Live | Delivery::Saved => {}
                 Delivery::QueueFull => {
                     let name = self.name(to).to_owned();
                     self.refuse(conn, Failure::QueueFull { user: &name });
+                }
+                Delivery::ServerFull => {
+                    self.refuse(conn, Failure::ServerQueueFull);
+                    break;
                 }
                 Delivery::NoStorage => no_storage = true,
             }
@@ -319,7 +371,7 @@ impl Core {
     /// Senders waiting for news of a live message hear `DELIVERED`.
     fn acknowledge(&mut self, me: UserId, seq: u64) {
         let mut senders = Vec::new();
-        let last = self.users[me].outbox.acknowledge(seq, |stored| {
+        let last = self.outboxes.acknowledge(me, seq, |stored| {
             if stored.notify {
                 senders.push(stored.from);
             }
@@ -588,7 +640,7 @@ mod tests {
         assert_eq!(h.take(), vec![]);
         h.line(2, "MESSAGE A saved");
         assert_eq!(h.take(), vec![(2, "QUEUED A offline".into())]);
-        assert_eq!(h.core.users[0].outbox.len(), 1);
+        assert_eq!(h.core.outboxes.get(0).len(), 1);
     }
 
     #[test]
@@ -808,9 +860,16 @@ mod tests {
         h.login(1, "A");
         h.login(3, "C");
         h.line(1, "MESSAGE B one");
-        h.line(1, "MESSAGE B two");
+        h.line(3, "MESSAGE B two");
         h.line(1, "MESSAGE B three");
-        assert_eq!(h.to(1), vec!["QUEUED B offline", "QUEUED B offline", "FAIL queue-full B"]);
+        assert_eq!(
+            h.take(),
+            vec![
+                (1, "QUEUED B offline".into()),
+                (3, "QUEUED B offline".into()),
+                (1, "FAIL queue-full B".into())
+            ]
+        );
         h.login(2, "B");
         h.line(3, "BROADCAST hi");
         assert_eq!(
@@ -818,12 +877,133 @@ mod tests {
             vec![(1, "MSG 1 broadcast C hi".into()), (3, "FAIL queue-full B".into())]
         );
         h.line(2, "ACK 2");
+        // With room for 2, each sender's share is 1: A acknowledges C's
+        // first broadcast, so C may send A another.
+        h.line(1, "ACK 1");
         h.line(3, "BROADCAST hi");
         let mut sent = h.take();
         sent.sort();
         assert_eq!(
             sent,
             vec![(1, "MSG 2 broadcast C hi".into()), (2, "MSG 3 broadcast C hi".into())]
+        );
+    }
+
+    #[test]
+    fn one_sender_takes_at_most_half_of_an_outbox_and_others_still_get_through() {
+        let mut h = Harness::with_config(
+            Harness::accounts(&["A", "B", "C", "D"]),
+            CoreConfig { max_queued: 4, ..CoreConfig::new(TIMEOUT, BLOCK) },
+        );
+        h.login(1, "A");
+        h.login(3, "C");
+        h.login(4, "D");
+        for text in ["one", "two", "three"] {
+            h.line(1, &format!("MESSAGE B {text}"));
+        }
+        assert_eq!(
+            h.to(1),
+            vec!["QUEUED B offline", "QUEUED B offline", "FAIL queue-full B"],
+            "A's share is half of B's outbox"
+        );
+        h.line(3, "MESSAGE B four");
+        h.line(3, "MESSAGE B five");
+        h.line(4, "MESSAGE B six");
+        assert_eq!(
+            h.take(),
+            vec![
+                (3, "QUEUED B offline".into()),
+                (3, "QUEUED B offline".into()),
+                (4, "FAIL queue-full B".into())
+            ],
+            "C got the other half; now the outbox is full for everyone"
+        );
+        h.login(2, "B");
+        h.line(2, "ACK 2");
+        // The flooding broadcaster is held to its share of B's outbox too.
+        h.line(3, "BROADCAST hi");
+        h.line(4, "BROADCAST hey");
+        let mut sent = h.take();
+        sent.sort();
+        assert_eq!(
+            sent,
+            vec![
+                (1, "MSG 1 broadcast C hi".into()),
+                (1, "MSG 2 broadcast D hey".into()),
+                (2, "MSG 5 broadcast D hey".into()),
+                (3, "FAIL queue-full B".into()),
+                (3, "MSG 1 broadcast D hey".into()),
+                (4, "MSG 1 broadcast C hi".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn the_servers_total_of_queued_bytes_refuses_new_messages_and_acks_make_room() {
+        let mut h = Harness::with_config(
+            Harness::accounts(&["A", "B", "C", "D"]),
+            CoreConfig { max_queued_bytes: 250, ..CoreConfig::new(TIMEOUT, BLOCK) },
+        );
+        let text = "x".repeat(100);
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(1, &format!("MESSAGE C {text}"));
+        h.line(1, &format!("MESSAGE D {text}"));
+        h.line(2, &format!("MESSAGE D {text}"));
+        assert_eq!(
+            h.take(),
+            vec![
+                (1, "QUEUED C offline".into()),
+                (1, "QUEUED D offline".into()),
+                (2, "FAIL server-queue-full".into())
+            ]
+        );
+        h.line(2, &format!("BROADCAST {text}"));
+        assert_eq!(h.take(), vec![(2, "FAIL server-queue-full".into())]);
+        h.login(3, "C");
+        h.line(3, "ACK 1");
+        h.line(2, &format!("MESSAGE D {text}"));
+        assert_eq!(h.take(), vec![(2, "QUEUED D offline".into())], "room again");
+    }
+
+    #[test]
+    fn past_the_send_rate_messages_and_broadcasts_are_refused_and_the_sender_told() {
+        let mut h = Harness::with_config(
+            Harness::accounts(&["A", "B", "C"]),
+            CoreConfig { send_rate: 2, send_burst: 3, ..CoreConfig::new(TIMEOUT, BLOCK) },
+        );
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(1, "MESSAGE B one");
+        h.line(1, "BROADCAST two");
+        h.line(1, "MESSAGE C three");
+        h.line(1, "MESSAGE B four");
+        h.line(1, "BROADCAST five");
+        assert_eq!(
+            h.take(),
+            vec![
+                (2, "MSG 1 direct A one".into()),
+                (2, "MSG 2 broadcast A two".into()),
+                (1, "QUEUED C offline".into()),
+                (1, "FAIL rate-limited".into()),
+                (1, "FAIL rate-limited".into())
+            ]
+        );
+        // Others are not affected.
+        h.line(2, "MESSAGE A hi");
+        assert_eq!(h.to(1), vec!["MSG 1 direct B hi"]);
+        // The event loop is asked to read no more from A until then.
+        let half = std::time::Duration::from_millis(500);
+        assert_eq!(h.core.read_hold(1, h.now), Some(h.now + half));
+        assert_eq!(h.core.read_hold(2, h.now), None, "only the refused connection");
+        // Half a second gives one token back.
+        h.advance(half);
+        assert_eq!(h.core.read_hold(1, h.now), None);
+        h.line(1, "MESSAGE B six");
+        h.line(1, "MESSAGE B seven");
+        assert_eq!(
+            h.take(),
+            vec![(2, "MSG 3 direct A six".into()), (1, "FAIL rate-limited".into())]
         );
     }
 

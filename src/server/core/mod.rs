@@ -1,5 +1,6 @@
 //! The chat server's state machine: accounts, admission of connections,
-//! sessions, presence, block lists, outboxes, consent and lockouts.
+//! sessions, presence, block lists, outboxes (with their caps, send rates
+//! and lifetimes), consent and lockouts.
 //!
 //! It does no I/O and reads no clock. The event loop feeds it events (a
 //! connection opened, a line arrived, a connection closed, a timer fired)
@@ -31,11 +32,13 @@ mod admission;
 mod commands;
 mod outbox;
 mod presence;
+mod send_rate;
 mod throttle;
 
 use admission::{AddressTable, Arrivals, Over};
-use outbox::Outbox;
+use outbox::{Caps, Outboxes};
 use presence::{Decision, Presence};
+use send_rate::{RateLimit, SendRate};
 pub(crate) use throttle::throttle_key;
 use throttle::{LoginThrottle, Refusal};
 pub use throttle::{BURST_SECONDS, DEFAULT_THROTTLE_TABLE, THROTTLE_WINDOW};
@@ -91,6 +94,16 @@ pub struct CoreConfig {
     pub login_rate: u32,
     /// Most addresses (and IPv6 /48s) the login throttle tracks at once.
     pub throttle_table: usize,
+    /// MESSAGE and BROADCAST commands a user may send per second, steadily
+    /// (0: no limit)...
+    pub send_rate: u32,
+    /// ...and at once, after a pause.
+    pub send_burst: u32,
+    /// Most bytes of message text in all outboxes together; past it, new
+    /// messages are refused.
+    pub max_queued_bytes: usize,
+    /// How long a message waits for an offline recipient before it expires.
+    pub message_ttl: Duration,
 }
 
 impl CoreConfig {
@@ -109,7 +122,15 @@ impl CoreConfig {
             connection_rate: DEFAULT_CONNECTION_RATE,
             login_rate: DEFAULT_LOGIN_RATE,
             throttle_table: DEFAULT_THROTTLE_TABLE,
+            send_rate: DEFAULT_SEND_RATE,
+            send_burst: DEFAULT_SEND_BURST,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            message_ttl: DEFAULT_MESSAGE_TTL,
         }
+    }
+
+    fn caps(&self) -> Caps {
+        Caps { max_queued: self.max_queued, max_bytes: self.max_queued_bytes }
     }
 }
 
@@ -152,6 +173,20 @@ pub const DEFAULT_MAX_QUEUED: usize = 1000;
 /// Default bytes in flight per session (half the default output cap).
 pub const DEFAULT_WINDOW_BYTES: usize = 128 * 1024;
 
+/// Default steady send rate per user, per second: far above what a person
+/// types, ample for scripts, and a hundredth of what the server delivers.
+pub const DEFAULT_SEND_RATE: u32 = 100;
+
+/// Default burst per user: a script may send this many at once.
+pub const DEFAULT_SEND_BURST: u32 = 200;
+
+/// Default bytes of message text held for all users together: sized for a
+/// small host (the server's whole footprint stays well under 256 MiB).
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
+
+/// Default lifetime of a message waiting for an offline recipient.
+pub const DEFAULT_MESSAGE_TTL: Duration = Duration::from_secs(7 * 86_400);
+
 /// A deadline the event loop keeps in its timer wheel for the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
@@ -169,6 +204,9 @@ pub enum Timer {
     /// A user's presence changes were held back to coalesce them; the
     /// state they are in now may be due for a notice.
     Presence(UserId),
+    /// The oldest message waiting for `user` may have expired. `due` tells
+    /// the live timer from a stale one (each user has at most one live).
+    Expiry { user: UserId, due: Instant },
 }
 
 /// What the event loop must do on the core's behalf.
@@ -265,8 +303,10 @@ struct User {
     blocked: HashSet<UserId>,
     /// How many users have blocked this one (listed or not, online or not).
     blocked_by: u32,
-    /// Messages not yet acknowledged, and which are in flight.
-    outbox: Outbox,
+    /// The user's MESSAGE and BROADCAST tokens.
+    send_rate: SendRate,
+    /// Due time of the user's live expiry timer, if one is armed.
+    expiry_due: Option<Instant>,
     failures: u8,
     locked_until: Option<Instant>,
     /// Users waiting for this user's consent.
@@ -294,6 +334,9 @@ struct Conn {
     connected: Instant,
     /// A login whose password is being checked off the loop.
     verifying: Option<Pending>,
+    /// After a `rate-limited` refusal: when its user has a token again.
+    /// Until then the event loop reads no more from it ([`Core::read_hold`]).
+    read_hold: Option<Instant>,
 }
 
 /// Open connections by id. Ids are the event loop's slab keys, small and
@@ -395,6 +438,14 @@ pub struct Core {
     /// [`Core::user_id`] finds only listed ones.
     ids: HashMap<String, UserId>,
     conns: ConnTable,
+    /// Every user's messages not yet acknowledged (by user id, in step
+    /// with `users`), and their total size.
+    outboxes: Outboxes,
+    /// The send rate every user is held to.
+    rate_limit: RateLimit,
+    /// New messages were refused for `--max-queued-bytes`, and the log
+    /// said so (it says so once, and again when there is room).
+    server_full_logged: bool,
     /// Logged-in users.
     online: BTreeSet<UserId>,
     /// Login attempts and failed logins per address, for throttling.
@@ -481,7 +532,8 @@ impl User {
             session: None,
             blocked: HashSet::new(),
             blocked_by: 0,
-            outbox: Outbox::default(),
+            send_rate: SendRate::default(),
+            expiry_due: None,
             failures: 0,
             locked_until: None,
             asked_by: HashSet::new(),
@@ -495,9 +547,13 @@ impl Core {
     pub fn new(mut accounts: Vec<Account>, config: CoreConfig) -> Self {
         accounts.sort_by(|a, b| a.name.cmp(&b.name));
         let ids = accounts.iter().enumerate().map(|(id, a)| (a.name.clone(), id)).collect();
-        let users = accounts.into_iter().map(|a| User::new(a.name, Some(a.password))).collect();
+        let users: Vec<User> =
+            accounts.into_iter().map(|a| User::new(a.name, Some(a.password))).collect();
         Core {
             config,
+            outboxes: Outboxes::new(users.len()),
+            rate_limit: RateLimit::new(config.send_rate, config.send_burst),
+            server_full_logged: false,
             users,
             ids,
             conns: ConnTable::default(),
@@ -602,6 +658,7 @@ impl Core {
         }
         let id = self.users.len();
         self.users.push(User::new(name.to_owned(), None));
+        self.outboxes.add_user();
         self.ids.insert(name.to_owned(), id);
         (id, true)
     }
@@ -741,6 +798,7 @@ impl Core {
             serial,
             connected: now,
             verifying: None,
+            read_hold: None,
         };
         self.conns.insert(conn, state);
         self.addresses.opened(ip, now);
@@ -771,6 +829,19 @@ impl Core {
                 self.refuse(conn, Failure::BadCommand { detail: &detail });
             }
         }
+    }
+
+    /// Until when the event loop should read no more from `conn`: its user
+    /// was just refused for their send rate, and whatever else they have
+    /// sent would most likely be refused too. Waiting for their next token
+    /// lets TCP slow a flooder down, so the server spends its time on
+    /// everyone else rather than on refusing one user's lines; nothing is
+    /// lost, the lines are read and answered then. `None`: read on.
+    pub fn read_hold(&mut self, conn: ConnId, now: Instant) -> Option<Instant> {
+        let state = self.conns.get_mut(&conn)?;
+        let hold = state.read_hold.filter(|&until| until > now);
+        state.read_hold = hold;
+        hold
     }
 
     /// A line longer than the protocol allows arrived and was dropped.
@@ -866,6 +937,8 @@ impl Core {
         self.users[user].session = None;
         self.online.remove(&user);
         self.tell_senders_unreachable(user);
+        // Offline, the user's messages can expire again.
+        self.arm_expiry(user);
         for target in std::mem::take(&mut self.users[user].asking) {
             self.users[target].asked_by.remove(&user);
         }
@@ -878,7 +951,7 @@ impl Core {
     /// stay in the outbox for the next login, and their senders hear so.
     fn tell_senders_unreachable(&mut self, user: UserId) {
         let mut senders = Vec::new();
-        self.users[user].outbox.session_ended(|sender| senders.push(sender));
+        self.outboxes.session_ended(user, |sender| senders.push(sender));
         let name = self.users[user].name.clone();
         for sender in senders {
             let msg = ServerMsg::Queued { user: &name, reason: QueueReason::Unreachable };
@@ -1156,8 +1229,8 @@ impl Core {
             return;
         };
         let window_bytes = self.config.window_bytes;
-        let positions = self.users[user].outbox.send_window(SEND_WINDOW, window_bytes);
-        for stored in self.users[user].outbox.at(positions) {
+        let positions = self.outboxes.send_window(user, SEND_WINDOW, window_bytes);
+        for stored in self.outboxes.get(user).at(positions) {
             let from = &self.users[stored.from].name;
             let msg =
                 ServerMsg::Msg { seq: stored.seq, kind: stored.kind, from, text: &stored.text };
@@ -1192,6 +1265,10 @@ impl Core {
         for record in &records {
             self.restore_one(record, now, &mut unlisted);
         }
+        // Everyone is offline at start-up: their messages' lifetimes run.
+        for user in 0..self.users.len() {
+            self.arm_expiry(user);
+        }
         unlisted
     }
 
@@ -1205,13 +1282,13 @@ impl Core {
             id
         };
         match record {
-            Record::Queued { user, seq, kind, from, text } => {
+            Record::Queued { user, seq, kind, from, text, at } => {
                 let (user, from) = (id(self, user), id(self, from));
-                self.users[user].outbox.restore(*seq, *kind, from, text.as_str().into());
+                self.outboxes.restore(user, *seq, *kind, from, text.as_str().into(), *at);
             }
             Record::Acked { user, seq } => {
                 let user = id(self, user);
-                self.users[user].outbox.restore_acknowledged(*seq);
+                self.outboxes.restore_acknowledged(user, *seq);
             }
             Record::Blocked { user, target } | Record::Unblocked { user, target } => {
                 let (user, target) = (id(self, user), id(self, target));
@@ -1226,7 +1303,7 @@ impl Core {
             }
             Record::NextSeq { user, next } => {
                 let user = id(self, user);
-                self.users[user].outbox.raise_next_seq(*next);
+                self.outboxes.raise_next_seq(user, *next);
             }
         }
     }
@@ -1247,10 +1324,11 @@ impl Core {
         let mut bytes = 0;
         while let Some(account) = self.users.get(cursor.user) {
             let user = &account.name;
+            let outbox = self.outboxes.get(cursor.user);
             let after = match cursor.after {
                 Some(after) => after,
                 None => {
-                    let next = account.outbox.next_seq();
+                    let next = outbox.next_seq();
                     if next > 1 {
                         out.push(Record::NextSeq { user: user.clone(), next });
                     }
@@ -1266,7 +1344,7 @@ impl Core {
                 }
             };
             cursor.after = Some(after);
-            for stored in account.outbox.after(after) {
+            for stored in outbox.after(after) {
                 if bytes >= max_bytes {
                     return Some(cursor);
                 }
@@ -1276,6 +1354,7 @@ impl Core {
                     kind: stored.kind,
                     from: self.users[stored.from].name.clone(),
                     text: stored.text.to_string(),
+                    at: stored.accepted,
                 });
                 bytes += SNAPSHOT_RECORD_BYTES + stored.text.len();
                 cursor.after = Some(stored.seq);
@@ -1293,9 +1372,11 @@ impl Core {
     pub fn snapshot_size_estimate(&self) -> u64 {
         self.users
             .iter()
-            .map(|account| {
-                let messages = account.outbox.text_bytes();
-                let records = 2 + account.blocked.len() + account.outbox.len();
+            .enumerate()
+            .map(|(id, account)| {
+                let outbox = self.outboxes.get(id);
+                let messages = outbox.text_bytes();
+                let records = 2 + account.blocked.len() + outbox.len();
                 (messages + SNAPSHOT_RECORD_BYTES * records) as u64
             })
             .sum()
@@ -1326,6 +1407,7 @@ impl Core {
                 self.conns.get(&conn).is_some_and(|c| c.user.is_none() && c.login_due == due)
             }
             Timer::Lockout(user) => self.users[user].locked_until.is_some(),
+            Timer::Expiry { user, due } => self.users[user].expiry_due == Some(due),
             Timer::RefusalSummary | Timer::Presence(_) => true,
         }
     }
@@ -1370,7 +1452,65 @@ impl Core {
                     self.effects.push(Effect::Arm { at, timer: Timer::RefusalSummary });
                 }
             }
+            Timer::Expiry { user, due } => self.expire(user, due, now),
         }
+    }
+
+    /// Arms `user`'s expiry timer for their oldest message, unless one is
+    /// armed already (it is then due no later: messages only get younger
+    /// towards the back) or they are online (their messages are being
+    /// delivered and do not expire).
+    fn arm_expiry(&mut self, user: UserId) {
+        let account = &mut self.users[user];
+        if account.session.is_some() || account.expiry_due.is_some() {
+            return;
+        }
+        let Some(oldest) = self.outboxes.get(user).oldest() else {
+            return;
+        };
+        // A lifetime past the clock's range never ends.
+        let Some(due) = oldest.checked_add(self.config.message_ttl) else {
+            return;
+        };
+        account.expiry_due = Some(due);
+        self.effects.push(Effect::Arm { at: due, timer: Timer::Expiry { user, due } });
+    }
+
+    /// `user`'s expiry timer fired: if they are still offline, every
+    /// message at the front of their outbox that has waited its lifetime
+    /// goes, journalled as acknowledged so replay agrees, logged once, and
+    /// each sender who is online is told how many of theirs expired. Then
+    /// the timer is armed for the next oldest.
+    fn expire(&mut self, user: UserId, due: Instant, now: Instant) {
+        if self.users[user].expiry_due != Some(due) {
+            return; // Stale: a later timer is the live one.
+        }
+        self.users[user].expiry_due = None;
+        if self.users[user].session.is_some() {
+            return; // Re-armed when the user goes offline.
+        }
+        let ttl = self.config.message_ttl;
+        let mut senders: Vec<(UserId, u64)> = Vec::new();
+        let last = self.outboxes.expire(user, ttl, now, |stored| {
+            match senders.iter_mut().find(|(from, _)| *from == stored.from) {
+                Some((_, count)) => *count += 1,
+                None => senders.push((stored.from, 1)),
+            }
+        });
+        if let Some(seq) = last {
+            self.record(user, |core| Record::Acked { user: core.name(user).to_owned(), seq });
+            let total: u64 = senders.iter().map(|(_, count)| count).sum();
+            info!(
+                "{total} messages for {} expired unread after {} s offline",
+                self.name(user),
+                ttl.as_secs()
+            );
+            let (name, after_secs) = (self.users[user].name.clone(), ttl.as_secs());
+            for (sender, count) in senders {
+                self.send_to_user(sender, &ServerMsg::Expired { user: &name, count, after_secs });
+            }
+        }
+        self.arm_expiry(user);
     }
 
     /// Ends a silent connection, or re-arms for the latest activity. The
@@ -2087,6 +2227,107 @@ mod tests {
         assert!(!h.core.timer_wanted(login), "logged in: the deadline is moot");
         h.core.disconnected(1);
         assert!(armed.iter().all(|t| !h.core.timer_wanted(t)));
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn with_ttl() -> Harness {
+        // A heartbeat timeout longer than the test, so no one times out.
+        let quiet = Duration::from_secs(3600);
+        let config =
+            CoreConfig { durable: true, message_ttl: TTL, ..CoreConfig::new(quiet, BLOCK) };
+        Harness::with_config(Harness::accounts(&["A", "B", "C", "D"]), config)
+    }
+
+    /// The acknowledgements journalled since the last call, by user name.
+    fn acked(h: &mut Harness) -> Vec<Record> {
+        let mut acked: Vec<Record> = h
+            .core
+            .records()
+            .map(|(_, r)| r)
+            .filter(|r| matches!(r, Record::Acked { .. }))
+            .collect();
+        acked.sort_by_key(|r| format!("{r:?}"));
+        acked
+    }
+
+    #[test]
+    fn messages_for_an_offline_user_expire_oldest_first_and_online_senders_are_told() {
+        let mut h = with_ttl();
+        h.login(1, "A");
+        h.login(3, "C");
+        h.line(1, "MESSAGE B one");
+        h.advance(TTL / 2);
+        h.line(1, "MESSAGE B two");
+        h.line(3, "MESSAGE B three");
+        h.line(1, "MESSAGE D other");
+        h.line(1, "LOGOUT");
+        h.take();
+        h.core.records().for_each(drop);
+        h.advance(TTL / 2 - Duration::from_secs(1));
+        assert_eq!(h.take(), vec![], "not yet");
+        h.advance(Duration::from_secs(1));
+        // A is offline now: nobody to tell, but the message is gone.
+        assert_eq!(h.take(), vec![]);
+        assert_eq!(acked(&mut h), vec![Record::Acked { user: "B".into(), seq: 1 }]);
+        h.login(5, "A");
+        h.advance(TTL / 2);
+        let mut told = h.take();
+        told.sort();
+        assert_eq!(
+            told,
+            vec![
+                (3, "EXPIRED B 1 60".into()),
+                (5, "EXPIRED B 1 60".into()),
+                (5, "EXPIRED D 1 60".into())
+            ]
+        );
+        assert_eq!(
+            acked(&mut h),
+            vec![
+                Record::Acked { user: "B".into(), seq: 3 },
+                Record::Acked { user: "D".into(), seq: 1 }
+            ]
+        );
+        h.connect(6);
+        h.take();
+        h.line(6, "LOGIN B 1 B_pwd");
+        assert_eq!(h.to(6), vec!["WELCOME B"], "nothing left to deliver");
+        assert_eq!(h.core.outboxes.text_bytes(), 0);
+    }
+
+    #[test]
+    fn an_online_user_keeps_their_messages_and_their_lifetime_resumes_when_they_leave() {
+        let mut h = with_ttl();
+        h.login(1, "A");
+        h.line(1, "MESSAGE B waiting");
+        h.advance(TTL / 2);
+        h.connect(2);
+        h.line(2, "LOGIN B 1 B_pwd");
+        assert!(h.to(2).contains(&"MSG 1 offline A waiting".to_string()));
+        // B never acknowledges; while B is online nothing expires.
+        h.advance(TTL * 3);
+        h.line(2, "PING");
+        h.line(1, "PING");
+        assert_eq!(h.take(), vec![]);
+        h.core.disconnected(2);
+        h.advance(Duration::ZERO);
+        assert_eq!(h.to(1), vec!["EXPIRED B 1 60"]);
+    }
+
+    #[test]
+    fn after_a_restart_messages_expire_by_when_they_were_accepted() {
+        let mut h = with_ttl();
+        h.login(1, "A");
+        h.line(1, "MESSAGE B from before the restart");
+        let records: Vec<Record> = h.core.records().map(|(_, r)| r).collect();
+        let mut fresh = with_ttl();
+        fresh.now = h.now + TTL - Duration::from_secs(5);
+        fresh.core.restore(records, fresh.now);
+        fresh.advance(Duration::from_secs(4));
+        assert!(acked(&mut fresh).is_empty());
+        fresh.advance(Duration::from_secs(1));
+        assert_eq!(acked(&mut fresh), vec![Record::Acked { user: "B".into(), seq: 1 }]);
     }
 
     #[test]

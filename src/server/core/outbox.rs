@@ -1,9 +1,9 @@
-//! One user's outbox: every message accepted for them and not yet
-//! acknowledged, oldest first, and which of them are in flight to the
-//! current session.
+//! The outboxes: each user's messages accepted and not yet acknowledged,
+//! oldest first, which of them are in flight to the current session, and
+//! the bytes they hold in all.
 //!
-//! [`Outbox`] owns these invariants, which callers cannot break because
-//! the fields are private:
+//! [`Outbox`] owns one user's invariants, which callers cannot break
+//! because its fields and mutating methods are private to this module:
 //!
 //! - Sequence numbers only grow: each message gets the next number, and
 //!   replay or a snapshot can only raise it.
@@ -11,15 +11,25 @@
 //! - The first `in_flight` entries, and only they, have been sent to the
 //!   current session; `in_flight_bytes` is their size. Only they can be
 //!   acknowledged: an acknowledgement never discards a message unseen.
-//! - A message leaves only by acknowledgement (or replay of one), never by
-//!   a session ending: it is then sent again at the next login.
+//! - A message leaves only by acknowledgement, by expiry while its
+//!   recipient is offline, or by replay of either, never by a session
+//!   ending: it is then sent again at the next login.
+//! - `text_bytes` is the size of the entries' texts and `from` counts
+//!   them per sender.
 //!
-//! It knows nothing of users' names, the journal or frames: the core
-//! records and announces what the outbox reports.
+//! [`Outboxes`] holds every user's outbox and is the only way to change
+//! one, so the total of text bytes it keeps is always the sum over them;
+//! and it is the one place new messages are admitted, against the caps
+//! ([`Caps`]): the recipient's outbox size, the sender's share of it, and
+//! the server's total.
+//!
+//! It knows nothing of users' names, the journal, timers or frames: the
+//! core records and announces what the outboxes report.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::UserId;
 use crate::protocol::MsgKind;
@@ -37,12 +47,20 @@ pub struct Stored {
     /// is told `DELIVERED` on acknowledgement, or `QUEUED unreachable` if
     /// the recipient's session ends first.
     pub notify: bool,
+    /// When the server accepted it (or, for a message from a journal that
+    /// did not record it, when the journal was read).
+    pub accepted: Instant,
 }
 
 impl Stored {
     /// Bytes its `MSG` frame takes, near enough for flow control.
     pub fn wire_len(&self) -> usize {
         self.text.len() + 48
+    }
+
+    /// Whether it has waited `ttl` or longer at `now`.
+    fn expired(&self, ttl: Duration, now: Instant) -> bool {
+        self.accepted.checked_add(ttl).is_some_and(|due| due <= now)
     }
 }
 
@@ -56,11 +74,22 @@ pub struct Outbox {
     in_flight_bytes: usize,
     /// The number the next message gets.
     next_seq: u64,
+    /// Bytes of the entries' texts.
+    text_bytes: usize,
+    /// How many entries each sender has here (no zero counts kept).
+    from: BTreeMap<UserId, usize>,
 }
 
 impl Default for Outbox {
     fn default() -> Self {
-        Outbox { entries: VecDeque::new(), in_flight: 0, in_flight_bytes: 0, next_seq: 1 }
+        Outbox {
+            entries: VecDeque::new(),
+            in_flight: 0,
+            in_flight_bytes: 0,
+            next_seq: 1,
+            text_bytes: 0,
+            from: BTreeMap::new(),
+        }
     }
 }
 
@@ -81,11 +110,64 @@ impl Outbox {
         self.in_flight
     }
 
-    /// Queues a message accepted now; returns it (with its number).
-    pub fn push(&mut self, kind: MsgKind, from: UserId, text: Arc<str>, notify: bool) -> &Stored {
+    /// Messages from `sender` waiting here.
+    pub fn count_from(&self, sender: UserId) -> usize {
+        self.from.get(&sender).copied().unwrap_or(0)
+    }
+
+    /// When the oldest message waiting was accepted.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.entries.front().map(|stored| stored.accepted)
+    }
+
+    /// Bytes of text waiting.
+    pub fn text_bytes(&self) -> usize {
+        self.text_bytes
+    }
+
+    /// The messages at `positions` (from [`Outboxes::send_window`]).
+    pub fn at(&self, positions: Range<usize>) -> impl Iterator<Item = &Stored> {
+        self.entries.range(positions)
+    }
+
+    /// The messages numbered after `seq`, oldest first (for snapshots).
+    pub fn after(&self, seq: u64) -> impl Iterator<Item = &Stored> {
+        let start = self.entries.partition_point(|stored| stored.seq <= seq);
+        self.entries.range(start..)
+    }
+
+    /// Adds an entry at the back, keeping the counts.
+    fn append(&mut self, stored: Stored) {
+        self.text_bytes += stored.text.len();
+        *self.from.entry(stored.from).or_insert(0) += 1;
+        self.entries.push_back(stored);
+    }
+
+    /// Removes the front entry, keeping the counts.
+    fn pop_front(&mut self) -> Option<Stored> {
+        let stored = self.entries.pop_front()?;
+        self.text_bytes = self.text_bytes.saturating_sub(stored.text.len());
+        if let Some(count) = self.from.get_mut(&stored.from) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.from.remove(&stored.from);
+            }
+        }
+        Some(stored)
+    }
+
+    /// Queues a message accepted at `now`; returns it (with its number).
+    fn push(
+        &mut self,
+        kind: MsgKind,
+        from: UserId,
+        text: Arc<str>,
+        notify: bool,
+        now: Instant,
+    ) -> &Stored {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.entries.push_back(Stored { seq, kind, from, text, notify });
+        self.append(Stored { seq, kind, from, text, notify, accepted: now });
         &self.entries[self.entries.len() - 1]
     }
 
@@ -93,7 +175,7 @@ impl Outbox {
     /// window has room (`max_count` messages, `max_bytes` bytes; one is
     /// always allowed when none is in flight, whatever its size). Returns
     /// their positions, for [`Outbox::at`], to be sent now.
-    pub fn send_window(&mut self, max_count: usize, max_bytes: usize) -> Range<usize> {
+    fn send_window(&mut self, max_count: usize, max_bytes: usize) -> Range<usize> {
         let start = self.in_flight;
         while let Some(stored) = self.entries.get(self.in_flight) {
             let len = stored.wire_len();
@@ -108,18 +190,13 @@ impl Outbox {
         start..self.in_flight
     }
 
-    /// The messages at `positions` (from [`Outbox::send_window`]).
-    pub fn at(&self, positions: Range<usize>) -> impl Iterator<Item = &Stored> {
-        self.entries.range(positions)
-    }
-
     /// The recipient acknowledged everything up to `seq`: removes the
     /// messages in flight it covers (and no others), handing each to
     /// `removed`. Returns the last number removed, if any.
-    pub fn acknowledge(&mut self, seq: u64, mut removed: impl FnMut(Stored)) -> Option<u64> {
+    fn acknowledge(&mut self, seq: u64, mut removed: impl FnMut(Stored)) -> Option<u64> {
         let mut last = None;
         while self.in_flight > 0 && self.entries.front().is_some_and(|s| s.seq <= seq) {
-            let Some(stored) = self.entries.pop_front() else { break };
+            let Some(stored) = self.pop_front() else { break };
             self.in_flight -= 1;
             self.in_flight_bytes = self.in_flight_bytes.saturating_sub(stored.wire_len());
             last = Some(stored.seq);
@@ -134,7 +211,7 @@ impl Outbox {
     /// The session ended: nothing is in flight any more (it is all sent
     /// again at the next login). Hands `waiting` the sender of every
     /// message whose sender still expected news, once each message.
-    pub fn session_ended(&mut self, mut waiting: impl FnMut(UserId)) {
+    fn session_ended(&mut self, mut waiting: impl FnMut(UserId)) {
         self.in_flight = 0;
         self.in_flight_bytes = 0;
         for stored in self.entries.iter_mut().filter(|s| s.notify) {
@@ -143,38 +220,204 @@ impl Outbox {
         }
     }
 
+    /// Removes the messages at the front that have waited `ttl` or longer
+    /// at `now`, handing each to `removed`; returns the last number
+    /// removed. Only while nothing is in flight (the recipient is offline):
+    /// a message being delivered does not expire.
+    fn expire(
+        &mut self,
+        ttl: Duration,
+        now: Instant,
+        mut removed: impl FnMut(Stored),
+    ) -> Option<u64> {
+        if self.in_flight > 0 {
+            return None;
+        }
+        let mut last = None;
+        while self.entries.front().is_some_and(|s| s.expired(ttl, now)) {
+            let Some(stored) = self.pop_front() else { break };
+            last = Some(stored.seq);
+            removed(stored);
+        }
+        last
+    }
+
     /// Replay: a message from the journal. Kept unless it is already here
     /// (a snapshot and the records after it may both hold it).
-    pub fn restore(&mut self, seq: u64, kind: MsgKind, from: UserId, text: Arc<str>) {
+    fn restore(&mut self, seq: u64, kind: MsgKind, from: UserId, text: Arc<str>, at: Instant) {
         self.next_seq = self.next_seq.max(seq + 1);
         if self.entries.back().is_none_or(|last| last.seq < seq) {
-            self.entries.push_back(Stored { seq, kind, from, text, notify: false });
+            self.append(Stored { seq, kind, from, text, notify: false, accepted: at });
         }
     }
 
-    /// Replay: everything up to `seq` was acknowledged.
-    pub fn restore_acknowledged(&mut self, seq: u64) {
+    /// Replay: everything up to `seq` was acknowledged (or expired).
+    fn restore_acknowledged(&mut self, seq: u64) {
         while self.entries.front().is_some_and(|s| s.seq <= seq) {
-            self.entries.pop_front();
+            self.pop_front();
         }
         self.in_flight = 0;
         self.in_flight_bytes = 0;
     }
 
     /// Replay: the next number is at least `next`.
-    pub fn raise_next_seq(&mut self, next: u64) {
+    fn raise_next_seq(&mut self, next: u64) {
         self.next_seq = self.next_seq.max(next);
     }
+}
 
-    /// The messages numbered after `seq`, oldest first (for snapshots).
-    pub fn after(&self, seq: u64) -> impl Iterator<Item = &Stored> {
-        let start = self.entries.partition_point(|stored| stored.seq <= seq);
-        self.entries.range(start..)
+/// The limits a new message must fit.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// Most messages in one outbox.
+    pub max_queued: usize,
+    /// Most bytes of text in all outboxes together.
+    pub max_bytes: usize,
+}
+
+impl Caps {
+    /// Most messages one sender may have in one outbox: half of it, so one
+    /// sender can never take all of it (at least one).
+    pub fn share(&self) -> usize {
+        (self.max_queued / 2).max(1)
+    }
+}
+
+/// Why a message was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The recipient's outbox is full, or holds the sender's full share.
+    Recipient,
+    /// The server holds its most bytes in all outboxes.
+    Server,
+}
+
+/// Every user's outbox, by user id, and the bytes of text they hold.
+#[derive(Debug, Default)]
+pub struct Outboxes {
+    boxes: Vec<Outbox>,
+    /// Bytes of text in all outboxes: the sum of their `text_bytes`.
+    text_bytes: usize,
+}
+
+impl Outboxes {
+    /// Empty outboxes for users `0..users`.
+    pub fn new(users: usize) -> Self {
+        Outboxes { boxes: (0..users).map(|_| Outbox::default()).collect(), text_bytes: 0 }
     }
 
-    /// Bytes of text waiting.
+    /// An empty outbox for the next user id.
+    pub fn add_user(&mut self) {
+        self.boxes.push(Outbox::default());
+    }
+
+    /// `user`'s outbox, to read.
+    pub fn get(&self, user: UserId) -> &Outbox {
+        &self.boxes[user]
+    }
+
+    /// Bytes of text in all outboxes.
     pub fn text_bytes(&self) -> usize {
-        self.entries.iter().map(|s| s.text.len()).sum()
+        self.text_bytes
+    }
+
+    /// Runs `change` on `user`'s outbox and brings the total in step.
+    fn change<R>(&mut self, user: UserId, change: impl FnOnce(&mut Outbox) -> R) -> R {
+        let outbox = &mut self.boxes[user];
+        let before = outbox.text_bytes;
+        let result = change(outbox);
+        let after = outbox.text_bytes;
+        self.text_bytes = (self.text_bytes + after).saturating_sub(before);
+        result
+    }
+
+    /// Whether a message of `len` bytes from `from` fits `to`'s outbox.
+    pub fn admits(&self, to: UserId, from: UserId, len: usize, caps: &Caps) -> Result<(), Full> {
+        let outbox = &self.boxes[to];
+        if outbox.len() >= caps.max_queued || outbox.count_from(from) >= caps.share() {
+            return Err(Full::Recipient);
+        }
+        if self.text_bytes.saturating_add(len) > caps.max_bytes {
+            return Err(Full::Server);
+        }
+        Ok(())
+    }
+
+    /// Queues a message for `to` accepted at `now`, if it fits the caps;
+    /// returns its number.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        to: UserId,
+        caps: &Caps,
+        kind: MsgKind,
+        from: UserId,
+        text: Arc<str>,
+        notify: bool,
+        now: Instant,
+    ) -> Result<u64, Full> {
+        self.admits(to, from, text.len(), caps)?;
+        Ok(self.change(to, |outbox| outbox.push(kind, from, text, notify, now).seq))
+    }
+
+    /// See [`Outbox::send_window`].
+    pub fn send_window(
+        &mut self,
+        user: UserId,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Range<usize> {
+        self.boxes[user].send_window(max_count, max_bytes)
+    }
+
+    /// See [`Outbox::acknowledge`].
+    pub fn acknowledge(
+        &mut self,
+        user: UserId,
+        seq: u64,
+        removed: impl FnMut(Stored),
+    ) -> Option<u64> {
+        self.change(user, |outbox| outbox.acknowledge(seq, removed))
+    }
+
+    /// See [`Outbox::session_ended`].
+    pub fn session_ended(&mut self, user: UserId, waiting: impl FnMut(UserId)) {
+        self.boxes[user].session_ended(waiting);
+    }
+
+    /// See [`Outbox::expire`].
+    pub fn expire(
+        &mut self,
+        user: UserId,
+        ttl: Duration,
+        now: Instant,
+        removed: impl FnMut(Stored),
+    ) -> Option<u64> {
+        self.change(user, |outbox| outbox.expire(ttl, now, removed))
+    }
+
+    /// See [`Outbox::restore`]. Replay is not held to the caps: a message
+    /// once accepted is never dropped, even if the caps were lowered.
+    pub fn restore(
+        &mut self,
+        user: UserId,
+        seq: u64,
+        kind: MsgKind,
+        from: UserId,
+        text: Arc<str>,
+        at: Instant,
+    ) {
+        self.change(user, |outbox| outbox.restore(seq, kind, from, text, at));
+    }
+
+    /// See [`Outbox::restore_acknowledged`].
+    pub fn restore_acknowledged(&mut self, user: UserId, seq: u64) {
+        self.change(user, |outbox| outbox.restore_acknowledged(seq));
+    }
+
+    /// See [`Outbox::raise_next_seq`].
+    pub fn raise_next_seq(&mut self, user: UserId, next: u64) {
+        self.boxes[user].raise_next_seq(next);
     }
 }
 
@@ -196,7 +439,7 @@ mod tests {
     fn only_what_was_sent_can_be_acknowledged() {
         let mut outbox = Outbox::default();
         for n in 0..5 {
-            outbox.push(MsgKind::Direct, 0, text(n), false);
+            outbox.push(MsgKind::Direct, 0, text(n), false, Instant::now());
         }
         assert_eq!(sent(&mut outbox, 2, usize::MAX), vec![1, 2]);
         let mut gone = Vec::new();
@@ -209,8 +452,8 @@ mod tests {
     #[test]
     fn a_session_ending_keeps_everything_and_tells_each_waiting_sender_once() {
         let mut outbox = Outbox::default();
-        outbox.push(MsgKind::Direct, 7, text(1), true);
-        outbox.push(MsgKind::Broadcast, 8, text(2), false);
+        outbox.push(MsgKind::Direct, 7, text(1), true, Instant::now());
+        outbox.push(MsgKind::Broadcast, 8, text(2), false, Instant::now());
         assert_eq!(sent(&mut outbox, 64, usize::MAX), vec![1, 2]);
         let mut told = Vec::new();
         outbox.session_ended(|from| told.push(from));
@@ -223,8 +466,8 @@ mod tests {
     #[test]
     fn the_byte_window_allows_one_large_message_when_none_is_in_flight() {
         let mut outbox = Outbox::default();
-        outbox.push(MsgKind::Direct, 0, Arc::from("x".repeat(1000)), false);
-        outbox.push(MsgKind::Direct, 0, text(2), false);
+        outbox.push(MsgKind::Direct, 0, Arc::from("x".repeat(1000)), false, Instant::now());
+        outbox.push(MsgKind::Direct, 0, text(2), false, Instant::now());
         assert_eq!(sent(&mut outbox, 64, 100), vec![1]);
         outbox.acknowledge(1, drop);
         assert_eq!(sent(&mut outbox, 64, 100), vec![2]);
@@ -233,23 +476,95 @@ mod tests {
     #[test]
     fn replay_skips_repeats_and_numbers_never_go_back() {
         let mut outbox = Outbox::default();
-        outbox.restore(5, MsgKind::Offline, 0, text(5));
-        outbox.restore(5, MsgKind::Offline, 0, text(5));
-        outbox.restore(6, MsgKind::Offline, 0, text(6));
+        outbox.restore(5, MsgKind::Offline, 0, text(5), Instant::now());
+        outbox.restore(5, MsgKind::Offline, 0, text(5), Instant::now());
+        outbox.restore(6, MsgKind::Offline, 0, text(6), Instant::now());
         outbox.restore_acknowledged(5);
         outbox.raise_next_seq(3);
         assert_eq!(outbox.len(), 1);
-        assert_eq!(outbox.push(MsgKind::Direct, 0, text(7), false).seq, 7);
+        assert_eq!(outbox.push(MsgKind::Direct, 0, text(7), false, Instant::now()).seq, 7);
         assert_eq!(outbox.after(6).map(|s| s.seq).collect::<Vec<_>>(), vec![7]);
+    }
+
+    const CAPS: Caps = Caps { max_queued: 6, max_bytes: 1000 };
+
+    #[test]
+    fn one_sender_gets_at_most_half_of_an_outbox() {
+        let mut boxes = Outboxes::new(4);
+        let now = Instant::now();
+        let push = |boxes: &mut Outboxes, from| {
+            boxes.push(0, &CAPS, MsgKind::Offline, from, text(0), false, now)
+        };
+        for _ in 0..3 {
+            assert!(push(&mut boxes, 1).is_ok());
+        }
+        assert_eq!(push(&mut boxes, 1), Err(Full::Recipient), "sender 1 has its share");
+        assert!(push(&mut boxes, 2).is_ok(), "the others still have room");
+        assert!(push(&mut boxes, 3).is_ok());
+        assert!(push(&mut boxes, 2).is_ok());
+        assert_eq!(push(&mut boxes, 3), Err(Full::Recipient), "the outbox is full");
+        assert_eq!(boxes.get(0).count_from(1), 3);
+        assert_eq!(Caps { max_queued: 1, max_bytes: 1 }.share(), 1, "at least one");
+    }
+
+    #[test]
+    fn the_total_of_bytes_caps_every_outbox_and_drains_with_them() {
+        let mut boxes = Outboxes::new(3);
+        let now = Instant::now();
+        let caps = Caps { max_queued: 100, max_bytes: 250 };
+        let big: Arc<str> = Arc::from("x".repeat(100));
+        for to in [0, 1] {
+            assert!(boxes
+                .push(to, &caps, MsgKind::Direct, 2, Arc::clone(&big), false, now)
+                .is_ok());
+        }
+        assert_eq!(boxes.text_bytes(), 200);
+        let third = boxes.push(0, &caps, MsgKind::Direct, 1, Arc::clone(&big), false, now);
+        assert_eq!(third, Err(Full::Server), "250 bytes in all, whoever the recipient");
+        assert_eq!(boxes.admits(1, 0, 50, &caps), Ok(()), "a smaller one still fits");
+        boxes.send_window(0, 64, usize::MAX);
+        assert_eq!(boxes.acknowledge(0, 1, drop), Some(1));
+        assert_eq!(boxes.text_bytes(), 100);
+        assert!(boxes.push(0, &caps, MsgKind::Direct, 1, big, false, now).is_ok());
+    }
+
+    #[test]
+    fn messages_expire_oldest_first_and_only_while_none_is_in_flight() {
+        let mut boxes = Outboxes::new(1);
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let caps = Caps { max_queued: 100, max_bytes: 1000 };
+        for (n, at) in [0, 0, 5].into_iter().enumerate() {
+            let at = t0 + Duration::from_secs(at);
+            boxes.push(0, &caps, MsgKind::Offline, n, text(n as u64), false, at).unwrap();
+        }
+        let mut gone = Vec::new();
+        assert_eq!(boxes.expire(0, ttl, t0 + Duration::from_secs(9), |s| gone.push(s.seq)), None);
+        boxes.send_window(0, 64, usize::MAX);
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(boxes.expire(0, ttl, later, drop), None, "in flight: being delivered");
+        boxes.session_ended(0, drop);
+        assert_eq!(boxes.expire(0, ttl, t0 + ttl, |s| gone.push(s.seq)), Some(2));
+        assert_eq!(gone, vec![1, 2]);
+        assert_eq!(boxes.get(0).oldest(), Some(t0 + Duration::from_secs(5)));
+        assert_eq!((boxes.get(0).len(), boxes.text_bytes()), (1, 2));
+        assert_eq!(boxes.get(0).count_from(0), 0);
     }
 
     /// What can happen to an outbox.
     #[derive(Debug, Clone)]
     enum Op {
         Push,
-        Send { count: usize, bytes: usize },
-        Ack { back: u64 },
+        Send {
+            count: usize,
+            bytes: usize,
+        },
+        Ack {
+            back: u64,
+        },
         SessionEnd,
+        /// Expire everything waiting (a lifetime of zero).
+        Expire,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -258,18 +573,21 @@ mod tests {
             2 => (1..8usize, 1..400usize).prop_map(|(count, bytes)| Op::Send { count, bytes }),
             2 => (0..4u64).prop_map(|back| Op::Ack { back }),
             1 => Just(Op::SessionEnd),
+            1 => Just(Op::Expire),
         ]
     }
 
     proptest! {
-        /// Across any sequence of pushes, sends, acknowledgements and
-        /// session ends: nothing is lost or duplicated, order is kept,
-        /// the window's caps hold, and the in-flight count matches.
+        /// Across any sequence of pushes, sends, acknowledgements, session
+        /// ends and expiries: nothing is lost or duplicated, order is kept,
+        /// the window's caps hold, and the counts (in flight, bytes, per
+        /// sender) match the entries.
         #[test]
         fn nothing_lost_nothing_duplicated_order_kept_caps_respected(
             ops in proptest::collection::vec(op(), 0..200)
         ) {
-            let mut outbox = Outbox::default();
+            let mut boxes = Outboxes::new(1);
+            let caps = Caps { max_queued: usize::MAX, max_bytes: usize::MAX };
             let mut pushed = Vec::new();
             let mut acked = Vec::new();
             let mut shown_this_session: Vec<u64> = Vec::new();
@@ -277,16 +595,19 @@ mod tests {
                 match op {
                     Op::Push => {
                         let n = pushed.len() as u64;
-                        let seq = outbox.push(MsgKind::Direct, 0, text(n), n.is_multiple_of(2)).seq;
+                        let notify = n.is_multiple_of(2);
+                        let now = Instant::now();
+                        let seq = boxes.push(0, &caps, MsgKind::Direct, (n % 3) as UserId, text(n), notify, now);
+                        let seq = seq.unwrap();
                         prop_assert!(pushed.last().is_none_or(|&last| seq > last));
                         pushed.push(seq);
                     }
                     Op::Send { count, bytes } => {
-                        let before = outbox.in_flight();
-                        let positions = outbox.send_window(count, bytes);
+                        let before = boxes.get(0).in_flight();
+                        let positions = boxes.send_window(0, count, bytes);
                         let batch: Vec<(u64, usize)> =
-                            outbox.at(positions).map(|s| (s.seq, s.wire_len())).collect();
-                        prop_assert!(outbox.in_flight() <= count.max(before));
+                            boxes.get(0).at(positions).map(|s| (s.seq, s.wire_len())).collect();
+                        prop_assert!(boxes.get(0).in_flight() <= count.max(before));
                         let batch_bytes: usize = batch.iter().map(|b| b.1).sum();
                         prop_assert!(before > 0 || batch.len() <= 1 || batch_bytes <= bytes);
                         shown_this_session.extend(batch.iter().map(|b| b.0));
@@ -294,16 +615,28 @@ mod tests {
                     Op::Ack { back } => {
                         let Some(&last) = shown_this_session.last() else { continue };
                         let upto = last.saturating_sub(back);
-                        outbox.acknowledge(upto, |s| acked.push(s.seq));
+                        boxes.acknowledge(0, upto, |s| acked.push(s.seq));
                     }
                     Op::SessionEnd => {
-                        outbox.session_ended(drop);
+                        boxes.session_ended(0, drop);
                         shown_this_session.clear();
                     }
+                    Op::Expire => {
+                        let in_flight = boxes.get(0).in_flight();
+                        boxes.expire(0, Duration::ZERO, Instant::now(), |s| acked.push(s.seq));
+                        prop_assert!(in_flight > 0 || boxes.get(0).len() == 0);
+                    }
                 }
+                let outbox = boxes.get(0);
                 prop_assert!(outbox.in_flight() <= outbox.len());
+                // The counts match the entries.
+                let texts: usize = outbox.after(0).map(|s| s.text.len()).sum();
+                prop_assert_eq!(boxes.text_bytes(), texts);
+                let senders: usize = (0..3).map(|from| outbox.count_from(from)).sum();
+                prop_assert_eq!(senders, outbox.len());
             }
-            // Whatever is left, plus what was acknowledged, is exactly what
+            let outbox = boxes.get(0);
+            // Whatever is left, plus what was acknowledged or expired, is exactly what
             // was pushed, in order, once each.
             let left: Vec<u64> = outbox.after(0).map(|s| s.seq).collect();
             let mut all = acked.clone();
