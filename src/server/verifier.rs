@@ -7,7 +7,9 @@
 //! thread wakes the loop's poll for each. The verifier does not decide
 //! what an answer means (the core does), checks plain passwords not at all
 //! (the core compares those at once), and keeps nothing once a check is
-//! answered: no cache of any kind, which would weaken the hash.
+//! answered: no cache of any kind, which would weaken the hash. The thread
+//! runs in the idle scheduling class, so it only ever uses processor time
+//! the event loop leaves.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +24,23 @@ use super::core::{ConnId, PasswordCheck, Verification};
 /// Most checks waiting besides the one being made: at about 30 ms each, a
 /// full queue is answered within a second.
 pub const QUEUE: usize = 32;
+
+/// Puts the calling thread in the idle scheduling class: it runs only when
+/// nothing else of the process (the event loop) wants the processor, so a
+/// check never delays a pass, even on one core. Where that is not allowed,
+/// the lowest nice value does nearly as well; failing both, checks run at
+/// normal priority (still off the loop, only less politely).
+fn yield_to_the_loop() {
+    // SAFETY: both calls only change the calling thread's scheduling, with
+    // a valid, zeroed sched_param.
+    unsafe {
+        let param: libc::sched_param = std::mem::zeroed();
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        }
+    }
+}
 
 /// A check's answer, for [`crate::server::core::Core::verified`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +69,7 @@ impl Verifier {
         let stopping = Arc::clone(&stop);
         let thread =
             std::thread::Builder::new().name("password-verifier".into()).spawn(move || {
+                yield_to_the_loop();
                 for job in queue {
                     if stopping.load(Ordering::Relaxed) {
                         return;
