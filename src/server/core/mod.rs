@@ -1124,7 +1124,7 @@ impl Core {
         // than three in a row.
         let result = match self.locked(user, now) {
             true => Err(DenyReason::Locked),
-            false => self.count_password(user, right, now),
+            false => self.count_password(conn, user, right, now),
         };
         match result {
             Ok(()) => self.start_session(conn, user, p2p_port, now),
@@ -1169,11 +1169,13 @@ impl Core {
     /// success the failure count starts over.
     fn count_password(
         &mut self,
+        conn: ConnId,
         user: UserId,
         right: bool,
         now: Instant,
     ) -> Result<(), DenyReason> {
         let block_time = self.config.block_time;
+        let from = self.conns.get(&conn).map(|c| c.ip);
         let account = &mut self.users[user];
         if right {
             account.failures = 0;
@@ -1186,8 +1188,9 @@ impl Core {
         account.failures = 0;
         let until = now + block_time;
         account.locked_until = Some(until);
+        let from = from.map_or_else(String::new, |ip| format!(", the last from {ip}"));
         warn!(
-            "account {} locked for {}s after {MAX_FAILURES} failed logins",
+            "account {} locked for {}s after {MAX_FAILURES} failed logins{from}",
             account.name,
             block_time.as_secs()
         );

@@ -38,6 +38,10 @@ pub const BURST_SECONDS: u32 = 10;
 /// What failed logins and attempts are counted by: an IPv4 address, or
 /// an IPv6 /64 (one host usually owns a whole /64).
 pub fn throttle_key(ip: IpAddr) -> IpAddr {
+    // An IPv4 client of a server listening on `::` arrives as an
+    // IPv4-mapped IPv6 address: count it as the IPv4 address it is, not as
+    // part of the one /64 every such client would share.
+    let ip = ip.to_canonical();
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {
@@ -273,6 +277,14 @@ mod tests {
     /// An address in /64 number `net` of the /48 numbered `site`.
     fn v6(site: u16, net: u16, host: u16) -> IpAddr {
         format!("2001:db8:{site:x}:{net:x}::{host:x}").parse().unwrap()
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_counts_as_its_ipv4_address() {
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let other: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        assert_eq!(throttle_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_ne!(throttle_key(mapped), throttle_key(other));
     }
 
     #[test]
