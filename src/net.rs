@@ -95,8 +95,9 @@ pub enum ReadStatus {
     MoreWaiting,
     /// The handler held the lines (see [`Flow::Hold`]).
     Held,
-    /// The peer closed the connection, or it failed: after handing over
-    /// every line that arrived, including an unterminated last one.
+    /// The peer closed the connection, or it failed, after every complete
+    /// line that arrived was handed over. (An unterminated last line is
+    /// not a frame: the protocol's framing rule.)
     Closed,
 }
 
@@ -236,9 +237,6 @@ impl Connection {
                 Err(_) => true,
             };
             if closed {
-                if let Some(line) = self.input.take_last() {
-                    on_line(line);
-                }
                 return ReadStatus::Closed;
             }
             if total >= budget {
@@ -480,7 +478,8 @@ mod tests {
     }
 
     #[test]
-    fn the_end_hands_over_the_last_unterminated_line() -> io::Result<()> {
+    fn the_end_is_reported_after_every_line_and_an_unterminated_one_is_not_a_frame(
+    ) -> io::Result<()> {
         let (mut poll, mut connection, mut peer) = pair(4096, 1024)?;
         peer.write_all(b"first\nlast words")?;
         drop(peer);
@@ -488,7 +487,7 @@ mod tests {
         // What the loop does when the event says the peer closed its side.
         connection.peer_closed();
         let (lines, status) = collect(&mut connection, 1 << 16);
-        assert_eq!(lines, vec!["first", "last words"]);
+        assert_eq!(lines, vec!["first"]);
         assert_eq!(status, ReadStatus::Closed);
         Ok(())
     }

@@ -50,8 +50,8 @@ use super::logging;
 use super::store::Store;
 use super::timer_wheel::TimerWheel;
 use super::verifier::Verifier;
-use crate::outbuf::OutBuf;
-use crate::protocol::{ByeReason, Line, LineBuffer, ServerMsg, VERSION};
+use crate::net::{Connection, Flow, ReadStatus};
+use crate::protocol::{ByeReason, Line, ServerMsg, VERSION};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -155,14 +155,10 @@ const REFUSE_LINGER: Duration = Duration::from_secs(5);
 pub const MAX_REFUSING: usize = 64;
 
 /// One client connection's I/O state.
-struct Connection {
-    stream: TcpStream,
-    input: LineBuffer,
-    /// Capped at `--max-output`: the memory it holds is bounded too.
-    output: OutBuf,
-    /// WRITABLE interest is registered (only while output is left over).
-    wants_writable: bool,
-    /// Close once `output` is flushed, or at this time at the latest; set
+struct Client {
+    /// The socket and its buffers; output capped at `--max-output`.
+    link: Connection,
+    /// Close once its output is flushed, or at this time at the latest; set
     /// by the core or on end of input.
     close_by: Option<Instant>,
     /// The socket is unusable: free it at the end of the pass.
@@ -172,15 +168,12 @@ struct Connection {
     held_until: Option<Instant>,
 }
 
-impl Connection {
-    fn pending_output(&self) -> usize {
-        self.output.pending()
-    }
-
+impl Client {
     /// Whether the connection can be freed now: unusable, or closing with
     /// nothing left to write or its grace run out.
     fn finished(&self, now: Instant) -> bool {
-        self.dead || self.close_by.is_some_and(|by| self.output.is_empty() || now >= by)
+        self.dead
+            || self.close_by.is_some_and(|by| self.link.pending_output() == 0 || now >= by)
     }
 
     fn closing(&self) -> bool {
@@ -205,7 +198,7 @@ pub struct EventLoop {
     signals: Option<Signals>,
     /// With `Control::Embedded`.
     stopper: Option<Stopper>,
-    conns: Slab<Connection>,
+    conns: Slab<Client>,
     core: Core,
     store: Option<Store>,
     limits: Limits,
@@ -331,6 +324,11 @@ impl EventLoop {
                     Token(key) => {
                         if event.is_writable() {
                             self.pending_writes.push(key);
+                        }
+                        if event.is_read_closed() {
+                            if let Some(client) = self.conns.get_mut(key) {
+                                client.link.peer_closed();
+                            }
                         }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read(key);
@@ -537,7 +535,7 @@ impl EventLoop {
     /// Does what the core answers for a new connection: refuses it, or
     /// keeps it (a connection the core closed to make room goes through
     /// the usual close path with its effects).
-    fn add_connection(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr, now: Instant) {
+    fn add_connection(&mut self, stream: TcpStream, peer: std::net::SocketAddr, now: Instant) {
         match self.core.admit(peer.ip(), now) {
             Admit::Refuse(reason) => {
                 self.refuse(stream, reason);
@@ -546,25 +544,14 @@ impl EventLoop {
             Admit::Accept | Admit::Evict(_) => {}
         }
         self.churn += CONNECTION_CHURN;
-        // Lines are small and interactive: send them at once.
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!("set_nodelay for {peer}: {e}");
-        }
+        let mut link = Connection::accepted(stream, self.limits.max_line, self.limits.max_output);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
+        if let Err(e) = link.register(self.poll.registry(), Token(key)) {
             warn!("cannot register connection from {peer}: {e}");
             return;
         }
-        entry.insert(Connection {
-            stream,
-            input: LineBuffer::with_limit(self.limits.max_line),
-            output: OutBuf::new(self.limits.max_output),
-            wants_writable: false,
-            close_by: None,
-            dead: false,
-            held_until: None,
-        });
+        entry.insert(Client { link, close_by: None, dead: false, held_until: None });
         self.core.connected(key, peer, now);
     }
 
@@ -602,50 +589,51 @@ impl EventLoop {
     /// to the core.
     fn read(&mut self, key: usize) {
         let now = Instant::now();
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(client) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.closing() || conn.dead || conn.held_until.is_some() {
+        if client.closing() || client.dead || client.held_until.is_some() {
             return; // A held connection is read when its hold ends.
         }
-        // Lines held back while a login was being checked come first.
-        feed_lines(&mut conn.input, &mut self.core, key, now);
-        let mut total = 0;
-        let mut ended = false;
-        // Not read while a login is checked: the socket buffers the rest.
-        while total < READ_BUDGET && !self.core.awaits_verification(key) {
-            match conn.input.read_from(&mut conn.stream) {
-                Ok(0) => {
-                    ended = true;
-                    break;
-                }
-                Ok(n) => {
-                    total += n;
-                    feed_lines(&mut conn.input, &mut self.core, key, now);
-                    if let Some(until) = self.core.read_hold(key, now) {
-                        conn.held_until = Some(until);
-                        self.held_reads.push(key);
-                        conn.input.shrink_if_empty();
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("read from connection {key}: {e}");
-                    ended = true;
-                    break;
-                }
+        let core = &mut self.core;
+        // A line that starts a password check, or meets the sender's rate
+        // limit, holds the rest: the socket buffers them meanwhile.
+        let mut handle = |line: Line<'_>| {
+            match line {
+                Line::Complete(bytes) => core.received(key, bytes, now),
+                Line::TooLong => core.line_too_long(key, now),
             }
+            if core.awaits_verification(key) || core.read_hold(key, now).is_some() {
+                Flow::Hold
+            } else {
+                Flow::Continue
+            }
+        };
+        let mut status = ReadStatus::Drained;
+        if client.link.is_holding() {
+            // Lines held back earlier come first.
+            status = client.link.resume_lines(&mut handle);
         }
-        conn.input.shrink_if_empty();
-        if ended {
-            if conn.mark_closing(now) {
-                self.closing.push(key);
+        if status == ReadStatus::Drained {
+            status = client.link.read_lines(READ_BUDGET, &mut handle);
+        }
+        match status {
+            ReadStatus::Drained => {}
+            ReadStatus::MoreWaiting => self.unfinished_reads.push(key),
+            ReadStatus::Held => {
+                // A password check resumes the connection when answered;
+                // a send-rate hold when the sender has a token again.
+                if let Some(until) = self.core.read_hold(key, now) {
+                    client.held_until = Some(until);
+                    self.held_reads.push(key);
+                }
             }
-            self.core.disconnected(key);
-        } else if total >= READ_BUDGET {
-            self.unfinished_reads.push(key);
+            ReadStatus::Closed => {
+                if client.mark_closing(now) {
+                    self.closing.push(key);
+                }
+                self.core.disconnected(key);
+            }
         }
     }
 
@@ -659,21 +647,21 @@ impl EventLoop {
             match effect {
                 Effect::Send { conn: key, start, end } => {
                     let line = effects.bytes(start, end);
-                    let Some(conn) = self.conns.get_mut(key) else {
+                    let Some(client) = self.conns.get_mut(key) else {
                         continue;
                     };
                     // Nothing follows a goodbye (the core forgets a connection
                     // it says BYE to; this loop forgets a too-slow one).
-                    if conn.dead || conn.closing() {
+                    if client.dead || client.closing() {
                         continue;
                     }
-                    let was_empty = conn.output.is_empty();
-                    if conn.output.push(line).is_err() {
+                    let was_empty = client.link.pending_output() == 0;
+                    if client.link.queue(line).is_err() {
                         // Its messages wait in the outbox for its next login.
                         // It is told why, should it read again in its grace.
                         info!("connection {key} reads too slowly; dropping it");
-                        conn.output.push_final(TOO_SLOW);
-                        if conn.mark_closing(now) {
+                        client.link.queue_final(TOO_SLOW);
+                        if client.mark_closing(now) {
                             self.closing.push(key);
                         }
                         too_slow.push(key);
@@ -711,33 +699,19 @@ impl EventLoop {
         }
     }
 
-    /// Writes the output queued this pass; registers WRITABLE only for
-    /// connections that still have some left.
+    /// Writes the output queued this pass (WRITABLE is asked for only for
+    /// what is left over: [`Connection::flush`]).
     fn flush_all(&mut self) {
         for key in std::mem::take(&mut self.pending_writes) {
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(client) = self.conns.get_mut(key) else {
                 continue;
             };
-            if conn.dead {
+            if client.dead {
                 continue;
             }
-            flush(key, conn);
-            let wants = conn.pending_output() > 0 && !conn.dead;
-            if wants != conn.wants_writable {
-                let interest = if wants {
-                    Interest::READABLE | Interest::WRITABLE
-                } else {
-                    Interest::READABLE
-                };
-                if let Err(e) =
-                    self.poll.registry().reregister(&mut conn.stream, Token(key), interest)
-                {
-                    debug!("reregister connection {key}: {e}");
-                    conn.dead = true;
-                }
-                conn.wants_writable = wants;
-            }
-            if conn.dead {
+            if let Err(e) = client.link.flush(self.poll.registry(), Token(key)) {
+                debug!("write to connection {key}: {e}");
+                client.dead = true;
                 self.closing.push(key);
             }
         }
@@ -759,9 +733,9 @@ impl EventLoop {
                 }
                 continue;
             }
-            let mut conn = self.conns.remove(key);
+            let mut client = self.conns.remove(key);
             self.churn += CONNECTION_CHURN;
-            if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
+            if let Err(e) = client.link.deregister(self.poll.registry()) {
                 debug!("deregister connection {key}: {e}");
             }
             // A core that still knows the connection (dead socket) is told.
@@ -810,27 +784,5 @@ fn release_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-/// Hands every complete line in `input` to the core, stopping while the
-/// connection's login is being checked.
-fn feed_lines(input: &mut LineBuffer, core: &mut Core, key: usize, now: Instant) {
-    while !core.awaits_verification(key) {
-        let Some(line) = input.next_line() else {
-            return;
-        };
-        match line {
-            Line::Complete(bytes) => core.received(key, bytes, now),
-            Line::TooLong => core.line_too_long(key, now),
-        }
-    }
-}
-
-/// Writes as much pending output as the socket takes.
-fn flush(key: usize, conn: &mut Connection) {
-    if let Err(e) = conn.output.write_to(&mut conn.stream) {
-        debug!("write to connection {key}: {e}");
-        conn.dead = true;
     }
 }
