@@ -284,6 +284,17 @@ impl Connection {
         self.output.push_final(bytes);
     }
 
+    /// The output queued and not yet written.
+    pub fn unsent(&self) -> &[u8] {
+        self.output.unsent()
+    }
+
+    /// Drops the output not yet written (a line cut short stays
+    /// unfinished: the peer never acts on it).
+    pub fn discard_output(&mut self) {
+        self.output.clear();
+    }
+
     /// Bytes queued and not yet written.
     pub fn pending_output(&self) -> usize {
         self.output.pending()

@@ -44,6 +44,11 @@ impl OutBuf {
         self.pending() == 0
     }
 
+    /// The bytes queued and not yet written.
+    pub fn unsent(&self) -> &[u8] {
+        &self.buf[self.written..]
+    }
+
     /// Bytes of memory held (for tests and accounting).
     pub fn capacity(&self) -> usize {
         self.buf.capacity()

@@ -11,9 +11,9 @@ use std::io::{self, ErrorKind, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use chat::protocol::{Line, LineBuffer};
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use chat::net::{Connection, Flow, ReadStatus};
+use chat::protocol::{Line, MAX_LINE};
+use mio::{Events, Poll, Token};
 
 /// What the connections talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,11 +132,12 @@ const FLOOD_TAG: &str = "flood ";
 /// that the socket is never idle, little enough to stop promptly.
 const FLOOD_BACKLOG: usize = 16 * 1024;
 
+/// Output one generator connection may queue: far more than any window
+/// of messages, so queuing never fails in practice.
+const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+
 struct Conn {
-    stream: TcpStream,
-    input: LineBuffer,
-    output: Vec<u8>,
-    writable: bool,
+    link: Connection,
     /// Logged in (chat) or connected (relay).
     ready: bool,
     /// Next message number this connection sends (senders).
@@ -158,6 +159,8 @@ pub struct Load {
     fanout: bool,
     /// The connection that floods (the last one, in flood runs).
     flooder: Option<usize>,
+    /// Where a message is put together before it is queued.
+    scratch: Vec<u8>,
 }
 
 impl Load {
@@ -172,20 +175,14 @@ impl Load {
         let poll = Poll::new()?;
         let mut conns = Vec::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
-            let std_stream = std::net::TcpStream::connect(addr)?;
-            std_stream.set_nodelay(true)?;
-            std_stream.set_nonblocking(true)?;
-            let mut stream = TcpStream::from_std(std_stream);
-            poll.registry().register(&mut stream, Token(i), Interest::READABLE)?;
-            let mut output = Vec::new();
+            let mut link = Connection::connect(addr, MAX_LINE, MAX_OUTPUT)?;
             if target == Target::Chat {
-                output.extend_from_slice(format!("HELLO 1\nLOGIN {name} 0 pw\n").as_bytes());
+                let login = format!("HELLO 1\nLOGIN {name} 0 pw\n");
+                link.queue(login.as_bytes()).map_err(|_| ErrorKind::OutOfMemory)?;
             }
+            link.register(poll.registry(), Token(i))?;
             conns.push(Conn {
-                stream,
-                input: LineBuffer::default(),
-                output,
-                writable: false,
+                link,
                 ready: target == Target::Relay,
                 next: 0,
                 expected: 0,
@@ -200,10 +197,8 @@ impl Load {
             start: Instant::now(),
             fanout: false,
             flooder: None,
+            scratch: Vec::new(),
         };
-        for i in 0..load.conns.len() {
-            load.flush(i)?;
-        }
         let deadline = Instant::now() + limit;
         let mut events = Events::with_capacity(1024);
         while load.conns.iter().any(|c| !c.ready) {
@@ -258,7 +253,8 @@ impl Load {
         let generator_before = thread_cpu_ns();
         self.flooder = matches!(shape, Shape::Flood { .. }).then(|| self.conns.len() - 1);
         if let Some(f) = self.flooder {
-            small_send_buffer(&self.conns[f].stream);
+            // A failure only leaves the default size.
+            let _ = self.conns[f].link.limit_send_buffer(FLOOD_SEND_BUFFER);
         }
         self.start = Instant::now();
         let stop_at = self.start + duration;
@@ -318,17 +314,20 @@ impl Load {
         let Some(f) = self.flooder.filter(|_| !outcome.flood_dropped) else {
             return Ok(());
         };
-        let out = &mut self.conns[f].output;
-        while out.len() < FLOOD_BACKLOG {
+        let link = &mut self.conns[f].link;
+        while link.pending_output() < FLOOD_BACKLOG {
+            let out = &mut self.scratch;
+            out.clear();
             // Writing to a Vec cannot fail.
             let _ = write!(out, "BROADCAST {FLOOD_TAG}{} ", outcome.flood_sent);
             out.extend(std::iter::repeat_n(b'x', MESSAGE_BYTES / 2));
             out.push(b'\n');
+            link.queue(out).map_err(|_| ErrorKind::OutOfMemory)?;
             outcome.flood_sent += 1;
         }
         if self.flush(f).is_err() {
             outcome.flood_dropped = true;
-            self.poll.registry().deregister(&mut self.conns[f].stream)?;
+            self.conns[f].link.deregister(self.poll.registry())?;
         }
         Ok(())
     }
@@ -338,11 +337,10 @@ impl Load {
         let Some(f) = self.flooder else {
             return;
         };
-        let out = &mut self.conns[f].output;
-        let unsent = out.iter().filter(|&&b| b == b'\n').count() as u64;
+        let link = &mut self.conns[f].link;
+        let unsent = link.unsent().iter().filter(|&&b| b == b'\n').count() as u64;
         outcome.flood_sent = outcome.flood_sent.saturating_sub(unsent);
-        // A line cut short stays unfinished: the server never acts on it.
-        out.clear();
+        link.discard_output();
     }
 
     /// Deliveries expected in all: one per pair message, or one per
@@ -362,7 +360,7 @@ impl Load {
                     let (s, r) = (2 * pair, 2 * pair + 1);
                     let queued = self.conns[s].next;
                     while self.conns[s].next - self.conns[r].expected < window as u64 {
-                        self.queue_one(s, outcome);
+                        self.queue_one(s, outcome)?;
                     }
                     if self.conns[s].next != queued {
                         self.flush(s)?;
@@ -372,7 +370,7 @@ impl Load {
             Shape::Fanout { window } => {
                 let slowest = self.conns.iter().skip(1).map(|c| c.expected).min().unwrap_or(0);
                 while self.conns[0].next - slowest < window as u64 {
-                    self.queue_one(0, outcome);
+                    self.queue_one(0, outcome)?;
                 }
                 self.flush(0)?;
             }
@@ -383,19 +381,20 @@ impl Load {
 
     /// Queues and writes the next message of connection `s`.
     fn send_one(&mut self, s: usize, outcome: &mut Outcome) -> io::Result<()> {
-        self.queue_one(s, outcome);
+        self.queue_one(s, outcome)?;
         self.flush(s)
     }
 
     /// Queues the next message of connection `s` (to its partner, or to
     /// everyone for connection 0 in a fanout): its number, its send time,
     /// and padding to [`MESSAGE_BYTES`] of text. No allocation.
-    fn queue_one(&mut self, s: usize, outcome: &mut Outcome) {
+    fn queue_one(&mut self, s: usize, outcome: &mut Outcome) -> io::Result<()> {
         let micros = self.start.elapsed().as_micros() as u64;
         let conn = &mut self.conns[s];
         let n = conn.next;
         conn.next += 1;
-        let out = &mut conn.output;
+        let out = &mut self.scratch;
+        out.clear();
         // Writing to a Vec cannot fail.
         let _ = match self.target {
             Target::Relay => Ok(()),
@@ -407,7 +406,9 @@ impl Load {
         let pad = MESSAGE_BYTES.saturating_sub(out.len() - text_start);
         out.extend(std::iter::repeat_n(b'x', pad));
         out.push(b'\n');
+        conn.link.queue(out).map_err(|_| ErrorKind::OutOfMemory)?;
         outcome.sent += 1;
+        Ok(())
     }
 
     /// One poll and everything that follows.
@@ -422,13 +423,18 @@ impl Load {
             Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
             other => other?,
         }
-        let ready: Vec<(usize, bool, bool)> =
-            events.iter().map(|e| (e.token().0, e.is_readable(), e.is_writable())).collect();
-        for (i, readable, writable) in ready {
+        let ready: Vec<(usize, bool, bool, bool)> = events
+            .iter()
+            .map(|e| (e.token().0, e.is_readable(), e.is_writable(), e.is_read_closed()))
+            .collect();
+        for (i, readable, writable, closed) in ready {
             if writable {
                 self.flush(i)?;
             }
-            if readable {
+            if closed {
+                self.conns[i].link.peer_closed();
+            }
+            if readable || closed {
                 self.read(i, outcome, shape)?;
             }
         }
@@ -439,93 +445,65 @@ impl Load {
         let now_us = self.start.elapsed().as_micros() as u64;
         let paced = shape.and_then(Shape::paced).is_some();
         let flooder = self.flooder == Some(i);
-        loop {
-            let conn = &mut self.conns[i];
-            match conn.input.read_from(&mut conn.stream) {
-                Ok(0) if flooder => {
-                    // The server dropped the flooder (a server without a
-                    // send rate finds it too slow to read its refusals).
-                    outcome.flood_dropped = true;
-                    self.poll.registry().deregister(&mut conn.stream)?;
-                    return Ok(());
-                }
-                Err(e)
-                    if flooder
-                        && !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
-                {
-                    outcome.flood_dropped = true;
-                    self.poll.registry().deregister(&mut conn.stream)?;
-                    return Ok(());
-                }
-                Ok(0) => return Err(io::Error::new(ErrorKind::UnexpectedEof, "server closed")),
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+        let target = self.target;
+        let Conn { link, ready, expected, ack, .. } = &mut self.conns[i];
+        // The generator reads all there is: it has no one to be fair to.
+        let status = link.read_lines(usize::MAX, |line| {
+            let Line::Complete(bytes) = line else { return Flow::Continue };
+            let Ok(text) = std::str::from_utf8(bytes) else { return Flow::Continue };
+            if flooder {
+                count_flood_answer(text, outcome);
+                return Flow::Continue;
             }
-            let Conn { input, ready, expected, ack, .. } = conn;
-            while let Some(line) = input.next_line() {
-                let Line::Complete(bytes) = line else { continue };
-                let Ok(text) = std::str::from_utf8(bytes) else { continue };
-                if flooder {
-                    count_flood_answer(text, outcome);
-                    continue;
-                }
-                let payload = match self.target {
-                    Target::Relay => Some(text),
-                    Target::Chat => chat_payload(text, ready, ack),
-                };
-                let Some(payload) = payload else { continue };
-                if payload.starts_with(FLOOD_TAG) {
-                    // A flood copy: acknowledged, counted apart.
-                    outcome.flood_copies += 1;
-                    continue;
-                }
-                let mut fields = payload.split(' ');
-                let n: u64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(u64::MAX);
-                let sent_us: u64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(now_us);
-                if n < *expected {
-                    outcome.duplicated += 1;
-                    continue;
-                }
-                *expected = n + 1;
-                outcome.delivered += 1;
-                if paced {
-                    outcome.latencies_us.push(now_us.saturating_sub(sent_us));
-                }
+            let payload = match target {
+                Target::Relay => Some(text),
+                Target::Chat => chat_payload(text, ready, ack),
+            };
+            let Some(payload) = payload else { return Flow::Continue };
+            if payload.starts_with(FLOOD_TAG) {
+                // A flood copy: acknowledged, counted apart.
+                outcome.flood_copies += 1;
+                return Flow::Continue;
             }
+            let mut fields = payload.split(' ');
+            let n: u64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(u64::MAX);
+            let sent_us: u64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(now_us);
+            if n < *expected {
+                outcome.duplicated += 1;
+                return Flow::Continue;
+            }
+            *expected = n + 1;
+            outcome.delivered += 1;
+            if paced {
+                outcome.latencies_us.push(now_us.saturating_sub(sent_us));
+            }
+            Flow::Continue
+        });
+        if status == ReadStatus::Closed {
+            if flooder {
+                // The server dropped the flooder (a server without a send
+                // rate finds it too slow to read its refusals).
+                outcome.flood_dropped = true;
+                return link.deregister(self.poll.registry());
+            }
+            return Err(io::Error::new(ErrorKind::UnexpectedEof, "server closed"));
         }
-        let conn = &mut self.conns[i];
-        conn.input.shrink_if_empty();
-        if let Some(seq) = conn.ack.take() {
-            conn.output.extend_from_slice(format!("ACK {seq}\n").as_bytes());
+        if let Some(seq) = ack.take() {
+            link.queue(format!("ACK {seq}\n").as_bytes()).map_err(|_| ErrorKind::OutOfMemory)?;
             self.flush(i)?;
         }
         Ok(())
     }
 
-    /// Writes what the socket takes; asks for WRITABLE only for the rest.
+    /// Completes a connect, or writes what the socket takes (asking for
+    /// WRITABLE only for the rest).
     fn flush(&mut self, i: usize) -> io::Result<()> {
-        let conn = &mut self.conns[i];
-        while !conn.output.is_empty() {
-            match conn.stream.write(&conn.output) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    conn.output.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        let link = &mut self.conns[i].link;
+        if link.is_connecting() {
+            link.finish_connect(self.poll.registry(), Token(i))?;
+            return Ok(());
         }
-        let wants = !conn.output.is_empty();
-        if wants != conn.writable {
-            conn.writable = wants;
-            let interest =
-                if wants { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-            self.poll.registry().reregister(&mut conn.stream, Token(i), interest)?;
-        }
-        Ok(())
+        link.flush(self.poll.registry(), Token(i))
     }
 }
 
@@ -533,24 +511,7 @@ impl Load {
 /// to megabytes, which the generator would spend the first second pushing
 /// into the kernel (on the core the pairs are timed on) while the server
 /// reads little of it; small, the socket is full at once and stays so.
-const FLOOD_SEND_BUFFER: libc::c_int = 64 * 1024;
-
-/// Gives `stream` a small fixed send buffer (a failure only leaves the
-/// default).
-fn small_send_buffer(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let size = FLOOD_SEND_BUFFER;
-    // SAFETY: setsockopt reads one c_int from a live local.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
+const FLOOD_SEND_BUFFER: usize = 64 * 1024;
 
 /// Counts what the server told the flooder.
 fn count_flood_answer(line: &str, outcome: &mut Outcome) {
