@@ -40,6 +40,15 @@ use mio::{Interest, Registry, Token};
 use crate::outbuf::{Full, OutBuf};
 use crate::protocol::{Line, LineBuffer, READ_CHUNK};
 
+thread_local! {
+    /// The read buffer connections on this thread share: a connection that
+    /// holds no partial line reads into it, and keeps only what is left
+    /// unfinished (see [`LineBuffer::read_lending`]). One buffer of a chunk
+    /// or two per thread, instead of one allocated, zeroed and freed per
+    /// connection per read.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// The transport under a connection: today plain TCP.
 #[derive(Debug)]
 pub enum Stream {
@@ -213,14 +222,27 @@ impl Connection {
     pub fn read_lines(
         &mut self,
         budget: usize,
-        mut on_line: impl FnMut(Line<'_>) -> Flow,
+        on_line: impl FnMut(Line<'_>) -> Flow,
     ) -> ReadStatus {
         if self.holding || self.connecting {
             return if self.holding { ReadStatus::Held } else { ReadStatus::Drained };
         }
+        let mut spare = SPARE.take();
+        let status = self.read_into_spare(budget, &mut spare, on_line);
+        self.input.give_back(&mut spare);
+        SPARE.set(spare);
+        status
+    }
+
+    fn read_into_spare(
+        &mut self,
+        budget: usize,
+        spare: &mut Vec<u8>,
+        mut on_line: impl FnMut(Line<'_>) -> Flow,
+    ) -> ReadStatus {
         let mut total = 0;
         loop {
-            let closed = match self.input.read_from(&mut self.stream) {
+            let closed = match self.input.read_lending(&mut self.stream, spare) {
                 Ok(0) => true,
                 Ok(n) => {
                     total += n;

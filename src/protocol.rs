@@ -73,8 +73,7 @@ fn field<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseErr
     if s.is_empty() {
         return Err(ParseError::MissingField(name));
     }
-    let end = s.find(' ').unwrap_or(s.len());
-    let (head, tail) = s.split_at(end);
+    let (head, tail) = split_at_space(s);
     *rest = tail;
     Ok(head)
 }
@@ -145,8 +144,17 @@ fn verb(line: &str) -> Result<(&str, &str), ParseError> {
     if line.trim().is_empty() {
         return Err(ParseError::Empty);
     }
-    let end = line.find(' ').unwrap_or(line.len());
-    Ok(line.split_at(end))
+    Ok(split_at_space(line))
+}
+
+/// Splits `s` before its first space (or at its end).
+fn split_at_space(s: &str) -> (&str, &str) {
+    // A plain byte scan: this runs for every field of every line, fields
+    // before the text are a few bytes long (where a memchr call costs more
+    // than it saves), and a space is one byte that never occurs inside a
+    // multi-byte character, so the split is on a character boundary.
+    let end = s.bytes().position(|b| b == b' ').unwrap_or(s.len());
+    s.split_at(end)
 }
 
 // ---------------------------------------------------------------------------
@@ -498,14 +506,15 @@ impl Failure<'_> {
         }
     }
 
-    fn encode(&self, out: &mut String) -> fmt::Result {
-        out.write_str(self.code())?;
-        match self {
-            Failure::BadCommand { detail } => write!(out, " {detail}"),
-            _ => match self.user() {
-                Some(user) => write!(out, " {user}"),
-                None => Ok(()),
-            },
+    fn encode(&self, out: &mut String) {
+        out.push_str(self.code());
+        let detail = match self {
+            Failure::BadCommand { detail } => Some(*detail),
+            _ => self.user(),
+        };
+        if let Some(detail) = detail {
+            out.push(' ');
+            out.push_str(detail);
         }
     }
 
@@ -563,6 +572,10 @@ pub enum ServerMsg<'a> {
     /// client sent while `user` was online.
     Delivered {
         user: &'a str,
+        /// How many: 1, or more (`DELIVERED <user> <count>`, at most
+        /// [`MAX_DELIVERED_COUNT`]) when acknowledgements that came close
+        /// together covered several.
+        count: u64,
     },
     /// A direct message to `user` was saved in their outbox, to be
     /// delivered at their next login.
@@ -653,7 +666,17 @@ impl<'a> ServerMsg<'a> {
                 from: name_field(rest, "username")?,
                 text: text(rest, "message")?,
             },
-            "DELIVERED" => ServerMsg::Delivered { user: name_field(rest, "username")? },
+            "DELIVERED" => {
+                let user = name_field(rest, "username")?;
+                let count = match rest.trim_matches(' ') {
+                    "" => 1,
+                    _ => number_field(rest, "count")?,
+                };
+                if count == 0 || count > MAX_DELIVERED_COUNT {
+                    return Err(ParseError::BadField("count"));
+                }
+                ServerMsg::Delivered { user, count }
+            }
             "QUEUED" => ServerMsg::Queued {
                 user: name_field(rest, "username")?,
                 reason: QueueReason::parse(field(rest, "reason")?)?,
@@ -705,50 +728,101 @@ impl<'a> ServerMsg<'a> {
 
     /// Appends this frame, newline included, to `out`.
     pub fn encode(&self, out: &mut String) {
-        // Writing to a String cannot fail.
-        let _ = self.encode_fields(out);
-        out.push('\n');
-    }
-
-    fn encode_fields(&self, out: &mut String) -> fmt::Result {
+        // Plain appends rather than `write!`: this runs for every message
+        // delivered, and `core::fmt` costs more than the copy itself.
+        let word = |out: &mut String, verb: &str, field: &str| {
+            out.push_str(verb);
+            out.push(' ');
+            out.push_str(field);
+        };
         match self {
             ServerMsg::Hello { version, timeout_secs } => {
-                write!(out, "HELLO {version} {timeout_secs}")
+                out.push_str("HELLO ");
+                push_number(out, u64::from(*version));
+                out.push(' ');
+                push_number(out, *timeout_secs);
             }
-            ServerMsg::Welcome { user } => write!(out, "WELCOME {user}"),
-            ServerMsg::Denied { reason } => write!(out, "DENIED {}", reason.as_str()),
+            ServerMsg::Welcome { user } => word(out, "WELCOME", user),
+            ServerMsg::Denied { reason } => word(out, "DENIED", reason.as_str()),
             ServerMsg::Msg { seq, kind, from, text } => {
-                write!(out, "MSG {seq} {} {from} {text}", kind.as_str())
+                out.push_str("MSG ");
+                push_number(out, *seq);
+                out.push(' ');
+                out.push_str(kind.as_str());
+                out.push(' ');
+                out.push_str(from);
+                out.push(' ');
+                out.push_str(text);
             }
-            ServerMsg::Delivered { user } => write!(out, "DELIVERED {user}"),
-            ServerMsg::Queued { user, reason } => write!(out, "QUEUED {user} {}", reason.as_str()),
+            ServerMsg::Delivered { user, count } => {
+                word(out, "DELIVERED", user);
+                if *count != 1 {
+                    out.push(' ');
+                    push_number(out, *count);
+                }
+            }
+            ServerMsg::Queued { user, reason } => {
+                word(out, "QUEUED", user);
+                out.push(' ');
+                out.push_str(reason.as_str());
+            }
             ServerMsg::Presence { user, online } => {
-                write!(out, "PRESENCE {user} {}", if *online { "on" } else { "off" })
+                word(out, "PRESENCE", user);
+                out.push_str(if *online { " on" } else { " off" });
             }
             ServerMsg::Online { users, more } => {
-                out.write_str(if *more { "ONLINE-MORE" } else { "ONLINE" })?;
-                users.iter().try_for_each(|user| write!(out, " {user}"))
+                out.push_str(if *more { "ONLINE-MORE" } else { "ONLINE" });
+                for user in users {
+                    out.push(' ');
+                    out.push_str(user);
+                }
             }
-            ServerMsg::Blocked { user } => write!(out, "BLOCKED {user}"),
-            ServerMsg::Unblocked { user } => write!(out, "UNBLOCKED {user}"),
-            ServerMsg::ConsentAsked { user } => write!(out, "CONSENT-ASKED {user}"),
-            ServerMsg::ConsentRequest { user } => write!(out, "CONSENT-REQUEST {user}"),
+            ServerMsg::Blocked { user } => word(out, "BLOCKED", user),
+            ServerMsg::Unblocked { user } => word(out, "UNBLOCKED", user),
+            ServerMsg::ConsentAsked { user } => word(out, "CONSENT-ASKED", user),
+            ServerMsg::ConsentRequest { user } => word(out, "CONSENT-REQUEST", user),
             ServerMsg::Address { user, ip, port, token } => {
-                write!(out, "ADDRESS {user} {ip} {port} {token}")
+                // Writing to a String cannot fail.
+                let _ = write!(out, "ADDRESS {user} {ip} {port} {token}");
             }
-            ServerMsg::Granted { user, token } => write!(out, "GRANTED {user} {token}"),
-            ServerMsg::Revoked { user } => write!(out, "REVOKED {user}"),
-            ServerMsg::AddressChanged { user } => write!(out, "ADDRESS-CHANGED {user}"),
+            ServerMsg::Granted { user, token } => {
+                word(out, "GRANTED", user);
+                out.push(' ');
+                out.push_str(token);
+            }
+            ServerMsg::Revoked { user } => word(out, "REVOKED", user),
+            ServerMsg::AddressChanged { user } => word(out, "ADDRESS-CHANGED", user),
             ServerMsg::Expired { user, count, after_secs } => {
-                write!(out, "EXPIRED {user} {count} {after_secs}")
+                word(out, "EXPIRED", user);
+                out.push(' ');
+                push_number(out, *count);
+                out.push(' ');
+                push_number(out, *after_secs);
             }
             ServerMsg::Fail(failure) => {
-                out.write_str("FAIL ")?;
-                failure.encode(out)
+                out.push_str("FAIL ");
+                failure.encode(out);
             }
-            ServerMsg::Bye { reason } => write!(out, "BYE {}", reason.as_str()),
+            ServerMsg::Bye { reason } => word(out, "BYE", reason.as_str()),
+        }
+        out.push('\n');
+    }
+}
+
+/// Appends `n` in decimal, without `core::fmt`.
+pub fn push_number(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
 }
 
 // ---------------------------------------------------------------------------
@@ -804,6 +878,10 @@ impl<'a> PeerMsg<'a> {
     }
 }
 
+/// Most messages one `DELIVERED` frame confirms: larger counts are sent
+/// as several frames, so a client need never believe more.
+pub const MAX_DELIVERED_COUNT: u64 = 4096;
+
 /// Most bytes one [`LineBuffer::read_from`] reads: a few dozen lines of a
 /// busy connection in one system call, and a bound on what a connection
 /// holds beyond its partial line.
@@ -825,6 +903,8 @@ pub struct LineBuffer {
     limit: u16,
     /// True while skipping the rest of an over-long line.
     discarding: bool,
+    /// `buf` is the caller's spare buffer ([`LineBuffer::read_lending`]).
+    lent: bool,
 }
 
 impl Default for LineBuffer {
@@ -846,7 +926,7 @@ impl LineBuffer {
     /// A buffer for lines of at most `limit` bytes (capped at [`MAX_LINE`]).
     pub fn with_limit(limit: usize) -> Self {
         let limit = limit.clamp(2, MAX_LINE) as u16;
-        LineBuffer { buf: Vec::new(), start: 0, end: 0, limit, discarding: false }
+        LineBuffer { buf: Vec::new(), start: 0, end: 0, limit, discarding: false, lent: false }
     }
 
     /// Makes one `read` call on `reader` into the buffer, of at most
@@ -866,6 +946,37 @@ impl LineBuffer {
         result
     }
 
+    /// Like [`LineBuffer::read_from`], but a buffer that holds nothing
+    /// reads into `spare` instead of a buffer of its own: a buffer the
+    /// caller keeps between reads (one per thread, say), already grown and
+    /// initialised. Busy connections then neither allocate nor zero a
+    /// buffer for every read, and idle ones hold none. Take the lines, then
+    /// call [`LineBuffer::give_back`] before `spare` is used again.
+    pub fn read_lending(
+        &mut self,
+        reader: &mut impl Read,
+        spare: &mut Vec<u8>,
+    ) -> io::Result<usize> {
+        if !self.lent && self.pending() == 0 && self.buf.capacity() == 0 {
+            std::mem::swap(&mut self.buf, spare);
+            (self.start, self.end, self.lent) = (0, 0, true);
+        }
+        self.read_from(reader)
+    }
+
+    /// Returns the buffer lent by [`LineBuffer::read_lending`] to `spare`,
+    /// keeping only the bytes not yet taken (a partial line, or lines held
+    /// back) in a buffer of their own.
+    pub fn give_back(&mut self, spare: &mut Vec<u8>) {
+        if !self.lent {
+            return;
+        }
+        let rest = self.buf[self.start..self.end].to_vec();
+        std::mem::swap(&mut self.buf, spare);
+        (self.start, self.end, self.lent) = (0, rest.len(), false);
+        self.buf = rest;
+    }
+
     /// Appends bytes (for callers that already hold them).
     pub fn extend(&mut self, bytes: &[u8]) {
         self.compact();
@@ -882,7 +993,7 @@ impl LineBuffer {
     /// Releases the buffer's memory when it holds nothing (idle connections
     /// then cost no buffer at all).
     pub fn shrink_if_empty(&mut self) {
-        if self.pending() == 0 {
+        if self.pending() == 0 && !self.lent {
             self.buf = Vec::new();
             self.start = 0;
             self.end = 0;
@@ -976,6 +1087,30 @@ mod tests {
     }
 
     #[test]
+    fn delivered_counts_one_unless_it_says_more() {
+        let mut out = String::new();
+        ServerMsg::Delivered { user: "B", count: 1 }.encode(&mut out);
+        ServerMsg::Delivered { user: "B", count: 3 }.encode(&mut out);
+        assert_eq!(out, "DELIVERED B\nDELIVERED B 3\n");
+        assert_eq!(
+            ServerMsg::parse("DELIVERED B"),
+            Ok(ServerMsg::Delivered { user: "B", count: 1 })
+        );
+        assert_eq!(ServerMsg::parse("DELIVERED B 0"), Err(ParseError::BadField("count")));
+        assert_eq!(ServerMsg::parse("DELIVERED B x"), Err(ParseError::BadField("count")));
+        assert_eq!(ServerMsg::parse("DELIVERED B 2 2"), Err(ParseError::TrailingData));
+    }
+
+    #[test]
+    fn numbers_are_written_without_fmt_as_fmt_would() {
+        for n in [0, 1, 9, 10, 99, 100, 12345, u64::from(u32::MAX), u64::MAX] {
+            let mut out = String::new();
+            push_number(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+    }
+
+    #[test]
     fn server_frames_round_trip() {
         round_trip_server(ServerMsg::Hello { version: 1, timeout_secs: 35 });
         round_trip_server(ServerMsg::Welcome { user: "A" });
@@ -992,7 +1127,8 @@ mod tests {
         for kind in [MsgKind::Direct, MsgKind::Offline, MsgKind::Broadcast] {
             round_trip_server(ServerMsg::Msg { seq: 7, kind, from: "A", text: "it's me" });
         }
-        round_trip_server(ServerMsg::Delivered { user: "B" });
+        round_trip_server(ServerMsg::Delivered { user: "B", count: 1 });
+        round_trip_server(ServerMsg::Delivered { user: "B", count: 64 });
         for reason in [QueueReason::Offline, QueueReason::Unreachable] {
             round_trip_server(ServerMsg::Queued { user: "B", reason });
         }
@@ -1135,6 +1271,33 @@ mod tests {
             });
         }
         out
+    }
+
+    #[test]
+    fn a_lent_buffer_comes_back_and_only_a_partial_line_stays() {
+        let mut spare = Vec::new();
+        let mut buf = LineBuffer::default();
+        buf.read_lending(&mut &b"ONE\nTWO\nthr"[..], &mut spare).unwrap();
+        assert_eq!(buf.next_line(), Some(Line::Complete(&b"ONE"[..])));
+        assert_eq!(buf.next_line(), Some(Line::Complete(&b"TWO"[..])));
+        assert_eq!(buf.next_line(), None);
+        buf.give_back(&mut spare);
+        assert!(spare.len() >= READ_CHUNK, "the grown buffer is the caller's again");
+        assert_eq!((buf.pending(), buf.buf.capacity()), (3, 3), "only the partial line");
+        // Holding a partial line, it reads into its own buffer.
+        let spare_at = spare.as_ptr();
+        buf.read_lending(&mut &b"ee\n"[..], &mut spare).unwrap();
+        assert_eq!(buf.next_line(), Some(Line::Complete(&b"three"[..])));
+        buf.give_back(&mut spare);
+        assert_eq!(spare.as_ptr(), spare_at, "the spare was not touched");
+        buf.shrink_if_empty();
+        assert_eq!(buf.buf.capacity(), 0);
+        // Empty again: it borrows again, and gives back an empty line set.
+        buf.read_lending(&mut &b"FOUR\n"[..], &mut spare).unwrap();
+        assert_eq!(buf.next_line(), Some(Line::Complete(&b"FOUR"[..])));
+        buf.give_back(&mut spare);
+        assert_eq!((buf.pending(), buf.buf.capacity()), (0, 0));
+        assert_eq!(spare.as_ptr(), spare_at, "the same buffer, not a new one");
     }
 
     #[test]

@@ -71,7 +71,13 @@ fn a_flood_of_connections_that_never_log_in_does_not_keep_users_out() {
     a.send("MESSAGE B hello through the flood");
     assert_eq!(b.until("MSG 1 direct A hello through the flood"), Vec::<String>::new());
     b.send("ACK 1\nMESSAGE A heard you");
-    assert_eq!(a.until("MSG 1 direct B heard you"), vec!["PRESENCE B on", "DELIVERED B"]);
+    let before = a.until("MSG 1 direct B heard you");
+    // The confirmation is gathered for a few milliseconds: it may come
+    // before B's answer or after it.
+    if !before.iter().any(|l| l == "DELIVERED B") {
+        assert_eq!(a.until("DELIVERED B"), Vec::<String>::new());
+    }
+    assert_eq!(before[0], "PRESENCE B on");
     let held = flood.join().expect("flood thread");
 
     // Every flood connection was told it made room or found none, except

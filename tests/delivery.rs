@@ -364,7 +364,7 @@ fn a_start_without_a_user_keeps_that_users_messages_through_compaction() {
             last = line.split(' ').nth(1).expect("seq").to_owned();
         }
         b.send(&format!("ACK {last}"));
-        a.until("DELIVERED B");
+        a.until("DELIVERED B 32");
         largest = largest.max(std::fs::metadata(&journal).expect("journal").len());
     }
     // A barrier: everything above has been handled and committed.

@@ -117,8 +117,7 @@ fn a_message_arriving_mid_line_redraws_the_prompt_and_the_typed_text() {
     screen.expect("> message B hel");
     // Typing goes on where it was.
     type_keys("lo\n");
-    b.out.expect_next("Message delivered to A.");
-    b.out.expect_next("A: hello");
+    b.out.expect_next_unordered(&["Message delivered to A.", "A: hello"]);
     screen.expect("Message delivered to B.");
 
     type_keys("logout\n");

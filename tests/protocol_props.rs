@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use chat::protocol::{
     ByeReason, ClientMsg, DenyReason, Failure, MsgKind, PeerMsg, QueueReason, ServerMsg,
+    MAX_DELIVERED_COUNT,
 };
 use proptest::prelude::*;
 
@@ -65,7 +66,8 @@ proptest! {
     ) {
         server_round_trip(ServerMsg::Welcome { user: &user })?;
         server_round_trip(ServerMsg::Msg { seq, kind, from: &user, text: &body })?;
-        server_round_trip(ServerMsg::Delivered { user: &user })?;
+        server_round_trip(ServerMsg::Delivered { user: &user, count: 1 })?;
+        server_round_trip(ServerMsg::Delivered { user: &user, count: seq % MAX_DELIVERED_COUNT + 1 })?;
         server_round_trip(ServerMsg::Queued { user: &user, reason: QueueReason::Unreachable })?;
         server_round_trip(ServerMsg::Presence { user: &user, online: seq % 2 == 0 })?;
         server_round_trip(ServerMsg::Online { users: vec![&user, &other], more: seq % 2 == 1 })?;

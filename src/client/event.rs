@@ -143,7 +143,7 @@ pub fn from_server(msg: &ServerMsg<'_>, me: &str) -> Option<Event> {
             .text("kind", kind.as_str())
             .number("seq", *seq)
             .text("message", text),
-        ServerMsg::Delivered { user } => event("delivered").text("to", user),
+        ServerMsg::Delivered { user, .. } => event("delivered").text("to", user),
         ServerMsg::Queued { user, reason } => {
             event("queued").text("to", user).text("reason", reason.as_str())
         }

@@ -753,7 +753,16 @@ impl Client {
         }
         // A busy server's answer is shown by on_denied: retrying, or not.
         let busy = matches!(msg, ServerMsg::Denied { reason: DenyReason::Busy });
-        if let Some(event) = event::from_server(msg, &self.user).filter(|_| !busy) {
+        if let ServerMsg::Delivered { user, count } = msg {
+            // One line per message, as scripts count them (the parser
+            // refused a count past the protocol's limit).
+            let one = ServerMsg::Delivered { user, count: 1 };
+            for _ in 0..*count {
+                if let Some(event) = event::from_server(&one, &self.user) {
+                    self.out.event(&event)?;
+                }
+            }
+        } else if let Some(event) = event::from_server(msg, &self.user).filter(|_| !busy) {
             self.out.event(&event)?;
         }
         match msg {

@@ -238,7 +238,7 @@ pub fn server_lines(msg: &ServerMsg<'_>, me: &str) -> Vec<String> {
         ServerMsg::Welcome { .. } => vec![WELCOME.into()],
         ServerMsg::Denied { reason } => vec![deny_line(*reason).into()],
         ServerMsg::Msg { from, text, .. } => vec![chat_line(from, text)],
-        ServerMsg::Delivered { user } => vec![format!("Message delivered to {user}.")],
+        ServerMsg::Delivered { user, .. } => vec![format!("Message delivered to {user}.")],
         ServerMsg::Queued { user, reason: QueueReason::Offline } => vec![format!(
             "User {user} is offline. The message will be delivered when {user} logs in."
         )],

@@ -172,8 +172,7 @@ impl Client {
     /// Whether the connection can be freed now: unusable, or closing with
     /// nothing left to write or its grace run out.
     fn finished(&self, now: Instant) -> bool {
-        self.dead
-            || self.close_by.is_some_and(|by| self.link.pending_output() == 0 || now >= by)
+        self.dead || self.close_by.is_some_and(|by| self.link.pending_output() == 0 || now >= by)
     }
 
     fn closing(&self) -> bool {
@@ -331,7 +330,7 @@ impl EventLoop {
                             }
                         }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read(key);
+                            self.read(key, now);
                         }
                     }
                 }
@@ -353,11 +352,19 @@ impl EventLoop {
         let close_by = self.closing.iter().filter_map(|&k| self.conns.get(k)?.close_by).min();
         let refused_by = self.refusing.iter().map(|(_, until)| *until).min();
         let held_by = self.held_reads.iter().filter_map(|&k| self.conns.get(k)?.held_until).min();
-        [self.timers.next_deadline(), self.accept_paused_until, close_by, refused_by, held_by]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| at.saturating_duration_since(now))
+        let core_by = self.core.deadline();
+        [
+            self.timers.next_deadline(),
+            self.accept_paused_until,
+            close_by,
+            refused_by,
+            held_by,
+            core_by,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(now))
     }
 
     /// Work done after every poll: leftover reads, timers, effects, the
@@ -366,7 +373,7 @@ impl EventLoop {
     fn finish_pass(&mut self) {
         let now = Instant::now();
         for key in std::mem::take(&mut self.unfinished_reads) {
-            self.read(key);
+            self.read(key, now);
         }
         let conns = &self.conns;
         let (due, held): (Vec<usize>, Vec<usize>) = std::mem::take(&mut self.held_reads)
@@ -377,7 +384,7 @@ impl EventLoop {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.held_until = None;
             }
-            self.read(key);
+            self.read(key, now);
         }
         if self.accept_paused_until.is_some_and(|until| until <= now) {
             self.accept_paused_until = None;
@@ -387,6 +394,7 @@ impl EventLoop {
             self.accept();
         }
         self.linger_refused(now);
+        self.core.tick(now);
         let mut fired = Vec::new();
         self.timers.expire(now, &mut fired);
         for timer in fired {
@@ -439,7 +447,7 @@ impl EventLoop {
         while let Some(answer) = self.verifier.answer() {
             let now = Instant::now();
             if self.core.verified(answer.conn, answer.serial, answer.check, now) {
-                self.read(answer.conn);
+                self.read(answer.conn, now);
             }
         }
     }
@@ -587,8 +595,7 @@ impl EventLoop {
 
     /// Reads what the socket has (within the budget) and feeds whole lines
     /// to the core.
-    fn read(&mut self, key: usize) {
-        let now = Instant::now();
+    fn read(&mut self, key: usize, now: Instant) {
         let Some(client) = self.conns.get_mut(key) else {
             return;
         };
@@ -694,7 +701,7 @@ impl EventLoop {
         }
         for (key, serial) in busy {
             if self.core.verified(key, serial, PasswordCheck::Busy, now) {
-                self.read(key);
+                self.read(key, now);
             }
         }
     }
@@ -702,7 +709,9 @@ impl EventLoop {
     /// Writes the output queued this pass (WRITABLE is asked for only for
     /// what is left over: [`Connection::flush`]).
     fn flush_all(&mut self) {
-        for key in std::mem::take(&mut self.pending_writes) {
+        // The list's room is kept for the next pass.
+        let mut pending = std::mem::take(&mut self.pending_writes);
+        for key in pending.drain(..) {
             let Some(client) = self.conns.get_mut(key) else {
                 continue;
             };
@@ -715,6 +724,7 @@ impl EventLoop {
                 self.closing.push(key);
             }
         }
+        self.pending_writes = pending;
     }
 
     /// Frees connections that are dead, or closing with nothing left to

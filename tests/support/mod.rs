@@ -84,6 +84,17 @@ impl Output {
         );
     }
 
+    /// Asserts that the next lines are `want`, in any order: for lines
+    /// that answer different things and may cross (a delivery
+    /// confirmation, gathered for a few milliseconds, and a reply).
+    pub fn expect_next_unordered(&mut self, want: &[&str]) {
+        let mut got: Vec<String> = (0..want.len()).filter_map(|_| self.next_line()).collect();
+        got.sort();
+        let mut want: Vec<&str> = want.to_vec();
+        want.sort();
+        assert_eq!(got, want, "{}: unexpected lines; saw {:#?}", self.what, self.seen);
+    }
+
     /// Waits for `want`, returning the lines before it.
     pub fn expect(&mut self, want: &str) -> Vec<String> {
         let mut skipped = Vec::new();

@@ -8,7 +8,6 @@
 //!
 //! Handlers only update state and queue replies; they never touch sockets.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::outbox::Full;
@@ -73,13 +72,24 @@ impl Core {
             ClientMsg::GetAddress { user: target } => self.get_address(conn, user, target),
             ClientMsg::Consent { user: target } => self.consent(conn, user, target),
             ClientMsg::Logout => self.logout(conn, user, now),
-            ClientMsg::Ack { seq } => self.acknowledge(user, seq),
+            ClientMsg::Ack { seq } => self.acknowledge(user, seq, now),
         }
     }
 
     /// Resolves `name` to another existing user, or answers the failure.
     fn other_user(&mut self, conn: ConnId, me: UserId, name: &str) -> Option<UserId> {
-        match self.user_id(name) {
+        // Most lines name the same user as the one before (a conversation,
+        // a script sending many messages): compare with that one before
+        // hashing the name.
+        let recent = self.conns.get(&conn).and_then(|c| c.recent_user);
+        if let Some(id) = recent.filter(|&id| id != me && self.listed_as(id, name)) {
+            return Some(id);
+        }
+        let found = self.user_id(name);
+        if let (Some(id), Some(state)) = (found, self.conns.get_mut(&conn)) {
+            state.recent_user = Some(id);
+        }
+        match found {
             None => self.refuse(conn, Failure::UnknownUser { user: name }),
             Some(target) if target == me => self.refuse(conn, Failure::NotYourself),
             Some(target) => return Some(target),
@@ -121,7 +131,7 @@ impl Core {
         to: UserId,
         from: UserId,
         live_kind: MsgKind,
-        text: &Arc<str>,
+        text: &str,
         now: Instant,
     ) -> Delivery {
         let caps = self.config().caps();
@@ -152,7 +162,7 @@ impl Core {
         let online = self.users[to].session.is_some();
         let kind = if online { live_kind } else { MsgKind::Offline };
         let notify = online && live_kind == MsgKind::Direct;
-        let pushed = self.outboxes.push(to, &caps, kind, from, Arc::clone(text), notify, now);
+        let pushed = self.outboxes.push(to, &caps, kind, from, text, notify, now);
         let Ok(seq) = pushed else {
             return Delivery::QueueFull; // Not reached: admitted just above.
         };
@@ -161,7 +171,7 @@ impl Core {
             seq,
             kind,
             from: core.name(from).to_owned(),
-            text: text.to_string(),
+            text: text.to_owned(),
             at: now,
         });
         if online {
@@ -189,8 +199,12 @@ impl Core {
             return;
         }
         log::debug!("message {} -> {}", self.name(me), self.name(to));
+        let delivery = self.deliver(to, me, MsgKind::Direct, text, now);
+        if matches!(delivery, Delivery::Live) {
+            return; // The common case: nothing to say until acknowledged.
+        }
         let name = self.name(to).to_owned();
-        match self.deliver(to, me, MsgKind::Direct, &Arc::from(text), now) {
+        match delivery {
             Delivery::Live => {}
             Delivery::Saved => {
                 self.send(conn, &ServerMsg::Queued { user: &name, reason: QueueReason::Offline })
@@ -215,14 +229,12 @@ impl Core {
             return;
         }
         let recipients: Vec<UserId> = self.online.iter().copied().filter(|&u| u != me).collect();
-        // One copy of the text, shared by every recipient's outbox.
-        let text: Arc<str> = Arc::from(text);
         let mut no_storage = false;
         for to in recipients {
             if self.has_blocked(to, me) {
                 continue;
             }
-            match self.deliver(to, me, MsgKind::Broadcast, &text, now) {
+            match self.deliver(to, me, MsgKind::Broadcast, text, now) {
                 Delivery::Live | Delivery::Saved => {}
                 Delivery::QueueFull => {
                     let name = self.name(to).to_owned();
@@ -367,25 +379,31 @@ impl Core {
 
     /// Drops every sent outbox entry up to and including `seq`, then
     /// refills the send window. Entries not yet sent cannot be acknowledged:
-    /// a confused or hostile ACK must not discard them unseen.
-    /// Senders waiting for news of a live message hear `DELIVERED`.
-    fn acknowledge(&mut self, me: UserId, seq: u64) {
-        let mut senders = Vec::new();
+    /// a confused or hostile ACK must not discard them unseen. Senders
+    /// waiting for news of a live message hear `DELIVERED`, gathered for a
+    /// moment with the next acknowledgements (see [`super::confirm`]).
+    fn acknowledge(&mut self, me: UserId, seq: u64, now: Instant) {
+        // Senders to tell, with how many of their messages this covers.
+        let mut senders = std::mem::take(&mut self.delivered_scratch);
         let last = self.outboxes.acknowledge(me, seq, |stored| {
-            if stored.notify {
-                senders.push(stored.from);
+            if !stored.notify {
+                return;
+            }
+            match senders.iter_mut().find(|(sender, _)| *sender == stored.from) {
+                Some((_, count)) => *count += 1,
+                None => senders.push((stored.from, 1)),
             }
         });
         if let Some(seq) = last {
             self.record(me, |core| Record::Acked { user: core.name(me).to_owned(), seq });
         }
-        let name = &self.users[me].name;
-        for sender in senders {
+        for &(sender, count) in &senders {
             if let Some(conn) = self.users[sender].session {
-                let msg = ServerMsg::Delivered { user: name };
-                emit(&mut self.out, &mut self.effects, conn, &msg);
+                self.confirmations.add(conn, me, count, now);
             }
         }
+        senders.clear();
+        self.delivered_scratch = senders;
         self.pump(me);
     }
 }
@@ -394,7 +412,7 @@ impl Core {
 mod tests {
     use super::super::presence::COALESCE;
     use super::super::tests::{Harness, BLOCK, TIMEOUT};
-    use super::super::{CoreConfig, SEND_WINDOW};
+    use super::super::{CoreConfig, CONFIRM_DELAY, SEND_WINDOW};
     use std::time::Duration;
 
     #[test]
@@ -828,8 +846,50 @@ mod tests {
         h.line(1, "MESSAGE B one");
         h.line(1, "MESSAGE B two");
         assert_eq!(h.to(1), Vec::<String>::new(), "nothing until acknowledged");
+        h.line(2, "ACK 1");
+        h.advance(CONFIRM_DELAY / 2);
         h.line(2, "ACK 2");
-        assert_eq!(h.to(1), vec!["DELIVERED B", "DELIVERED B"]);
+        assert_eq!(h.to(1), Vec::<String>::new(), "gathered for a moment");
+        h.advance(CONFIRM_DELAY / 2);
+        assert_eq!(h.to(1), vec!["DELIVERED B 2"], "one frame for both");
+        h.line(1, "MESSAGE B three");
+        h.line(2, "ACK 3");
+        h.advance(CONFIRM_DELAY);
+        assert_eq!(h.to(1), vec!["DELIVERED B"]);
+    }
+
+    #[test]
+    fn confirmations_come_before_a_goodbye() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.line(1, "MESSAGE B one");
+        h.line(2, "ACK 1");
+        h.line(1, "LOGOUT");
+        assert_eq!(h.to(1), vec!["DELIVERED B", "BYE logout"]);
+        h.login(3, "A");
+        h.advance(CONFIRM_DELAY);
+        assert_eq!(h.take(), vec![], "said once, to the session that sent it");
+    }
+
+    #[test]
+    fn one_acknowledgement_tells_each_sender_its_own_count() {
+        let mut h = Harness::with_users(&["A", "B", "C"]);
+        h.login(1, "A");
+        h.login(2, "B");
+        h.login(3, "C");
+        h.line(1, "MESSAGE B one");
+        h.line(3, "MESSAGE B two");
+        h.line(1, "MESSAGE B three");
+        h.line(3, "BROADCAST everyone");
+        h.take();
+        h.line(2, "ACK 4");
+        h.advance(CONFIRM_DELAY);
+        // C's broadcast is not confirmed: broadcasts never are.
+        let confirmations = vec![(1, "DELIVERED B 2".into()), (3, "DELIVERED B".into())];
+        let mut told = h.take();
+        told.sort();
+        assert_eq!(told, confirmations);
     }
 
     #[test]
@@ -842,7 +902,9 @@ mod tests {
         h.line(2, "ACK 1");
         h.take();
         h.core.disconnected(2);
-        assert_eq!(h.take(), vec![(1, "QUEUED B unreachable".into())]);
+        // The first was delivered: that is said first, without waiting.
+        let told = vec![(1, "DELIVERED B".into()), (1, "QUEUED B unreachable".into())];
+        assert_eq!(h.take(), told);
         h.connect(3);
         h.take();
         h.line(3, "LOGIN B 1 B_pwd");
@@ -1026,6 +1088,7 @@ mod tests {
         );
         // Acknowledgements only shrink the state: they always go through.
         h.line(2, "ACK 1");
+        h.advance(CONFIRM_DELAY);
         assert_eq!(h.to(1), vec!["DELIVERED B"]);
         let records: Vec<_> = h.core.records().map(|(_, r)| r).collect();
         assert!(

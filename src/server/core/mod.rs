@@ -19,7 +19,12 @@
 //! The chat commands themselves live in `commands.rs`; this file holds the
 //! state, the login and session life cycle, and the timers.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+// FxHash, not SipHash: every key here is a user id or a name from the
+// credentials file or the journal, never chosen by a client, so no one can
+// pick colliding keys; and these lookups run for every message.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -30,12 +35,15 @@ use crate::server::journal::Record;
 use crate::server::logging::refusals::{Refusals, Verdict};
 mod admission;
 mod commands;
+mod confirm;
 mod outbox;
 mod presence;
 mod send_rate;
 mod throttle;
 
 use admission::{AddressTable, Arrivals, Over};
+use confirm::Confirmations;
+pub use confirm::CONFIRM_DELAY;
 use outbox::{Caps, Outboxes};
 use presence::{Decision, Presence};
 use send_rate::{RateLimit, SendRate};
@@ -43,7 +51,9 @@ pub(crate) use throttle::throttle_key;
 use throttle::{LoginThrottle, Refusal};
 pub use throttle::{BURST_SECONDS, DEFAULT_THROTTLE_TABLE, THROTTLE_WINDOW};
 
-use crate::protocol::{ByeReason, ClientMsg, DenyReason, Failure, QueueReason, ServerMsg, VERSION};
+use crate::protocol::{
+    ByeReason, ClientMsg, DenyReason, Failure, QueueReason, ServerMsg, MAX_DELIVERED_COUNT, VERSION,
+};
 
 /// The event loop's name for a connection (its slab key).
 pub type ConnId = usize;
@@ -212,10 +222,11 @@ pub enum Timer {
 /// What the event loop must do on the core's behalf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Queue an encoded line (newline included) for the connection: bytes
+    /// Queue encoded lines (newlines included) for the connection: bytes
     /// `start..end` of the pass's output, [`Effects::bytes`]. Lines are
     /// encoded into one buffer rather than a string each, so steady
-    /// traffic allocates nothing per message.
+    /// traffic allocates nothing per message, and lines for the same
+    /// connection in a row share one effect.
     Send { conn: ConnId, start: usize, end: usize },
     /// Close the connection once what is queued for it has been written.
     /// The core has already forgotten it.
@@ -337,6 +348,9 @@ struct Conn {
     /// After a `rate-limited` refusal: when its user has a token again.
     /// Until then the event loop reads no more from it ([`Core::read_hold`]).
     read_hold: Option<Instant>,
+    /// The user its last command named, found by name (a cache: checked
+    /// against the name each time, see `other_user`).
+    recent_user: Option<UserId>,
 }
 
 /// Open connections by id. Ids are the event loop's slab keys, small and
@@ -476,6 +490,10 @@ pub struct Core {
     random: fn(&mut [u8]) -> bool,
     /// Serial of the latest [`Effect::Verify`].
     verifications: u64,
+    /// Kept between acknowledgements so that one does not allocate.
+    delivered_scratch: Vec<(UserId, u64)>,
+    /// `DELIVERED` frames gathered for a moment before they are sent.
+    confirmations: Confirmations,
 }
 
 /// Journal bytes a record takes besides a message's text, near enough
@@ -521,7 +539,16 @@ fn os_random(buf: &mut [u8]) -> bool {
 fn emit(out: &mut String, effects: &mut Vec<Effect>, conn: ConnId, msg: &ServerMsg<'_>) {
     let start = out.len();
     msg.encode(out);
-    effects.push(Effect::Send { conn, start, end: out.len() });
+    let end = out.len();
+    // Lines for one connection back to back (a window of messages) make
+    // one effect: the loop then queues them with one copy.
+    if let Some(Effect::Send { conn: last, end: last_end, .. }) = effects.last_mut() {
+        if *last == conn && *last_end == start {
+            *last_end = end;
+            return;
+        }
+    }
+    effects.push(Effect::Send { conn, start, end });
 }
 
 impl User {
@@ -530,15 +557,15 @@ impl User {
             name,
             password,
             session: None,
-            blocked: HashSet::new(),
+            blocked: HashSet::default(),
             blocked_by: 0,
             send_rate: SendRate::default(),
             expiry_due: None,
             failures: 0,
             locked_until: None,
-            asked_by: HashSet::new(),
-            asking: HashSet::new(),
-            address_holders: HashSet::new(),
+            asked_by: HashSet::default(),
+            asking: HashSet::default(),
+            address_holders: HashSet::default(),
         }
     }
 }
@@ -578,6 +605,8 @@ impl Core {
             storage_budget: None,
             random: os_random,
             verifications: 0,
+            delivered_scratch: Vec::new(),
+            confirmations: Confirmations::default(),
         }
     }
 
@@ -650,6 +679,12 @@ impl Core {
         self.ids.get(name).copied().filter(|&id| self.users[id].password.is_some())
     }
 
+    /// Whether `id` is the account `name` and the credentials file lists
+    /// it: what [`Core::user_id`] would say, without hashing.
+    fn listed_as(&self, id: UserId, name: &str) -> bool {
+        self.users.get(id).is_some_and(|u| u.password.is_some() && u.name == name)
+    }
+
     /// The id of `name`, listed or not, creating an unlisted account for a
     /// name never seen (journal replay); true when it was created.
     fn id_or_unlisted(&mut self, name: &str) -> (UserId, bool) {
@@ -709,9 +744,49 @@ impl Core {
         }
     }
 
+    /// Sends the delivery confirmations gathered for `conn` now.
+    fn confirm_now(&mut self, conn: ConnId) {
+        if self.confirmations.has(conn) {
+            let pending = self.confirmations.take(conn);
+            self.send_confirmations(conn, &pending);
+        }
+    }
+
+    /// `DELIVERED` frames for `conn`: one per recipient, split only where
+    /// a count would pass what one frame may say.
+    fn send_confirmations(&mut self, conn: ConnId, pending: &[(UserId, u64)]) {
+        for &(recipient, mut count) in pending {
+            let user = &self.users[recipient].name;
+            while count > 0 {
+                let part = count.min(MAX_DELIVERED_COUNT);
+                let msg = ServerMsg::Delivered { user, count: part };
+                emit(&mut self.out, &mut self.effects, conn, &msg);
+                count -= part;
+            }
+        }
+    }
+
+    /// When [`Core::tick`] must next be called (for delivery confirmations
+    /// gathered to be sent together), if there is anything to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.confirmations.due()
+    }
+
+    /// Does what is due at `now` that is finer than the timer wheel's
+    /// seconds: sends the gathered delivery confirmations.
+    pub fn tick(&mut self, now: Instant) {
+        if self.confirmations.due().is_some_and(|due| due <= now) {
+            for (conn, pending) in self.confirmations.take_all() {
+                self.send_confirmations(conn, &pending);
+            }
+        }
+    }
+
     /// Sends `BYE reason`, forgets the connection, and asks the loop to
     /// close it after flushing.
     fn bye(&mut self, conn: ConnId, reason: ByeReason) {
+        // What was delivered is said before goodbye.
+        self.confirm_now(conn);
         self.send(conn, &ServerMsg::Bye { reason });
         self.effects.push(Effect::Close { conn });
         self.forget(conn);
@@ -799,6 +874,7 @@ impl Core {
             connected: now,
             verifying: None,
             read_hold: None,
+            recent_user: None,
         };
         self.conns.insert(conn, state);
         self.addresses.opened(ip, now);
@@ -927,6 +1003,8 @@ impl Core {
         let Some(state) = self.conns.remove(&conn) else {
             return;
         };
+        // A connection gone without a goodbye cannot be told any more.
+        self.confirmations.take(conn);
         self.addresses.closed(state.ip);
         let Some(user) = state.user else {
             return;
@@ -954,6 +1032,11 @@ impl Core {
         self.outboxes.session_ended(user, |sender| senders.push(sender));
         let name = self.users[user].name.clone();
         for sender in senders {
+            // Confirmations of earlier messages first: the sender's client
+            // matches both to its messages in the order they were sent.
+            if let Some(conn) = self.users[sender].session {
+                self.confirm_now(conn);
+            }
             let msg = ServerMsg::Queued { user: &name, reason: QueueReason::Unreachable };
             self.send_to_user(sender, &msg);
         }
@@ -1233,10 +1316,11 @@ impl Core {
         };
         let window_bytes = self.config.window_bytes;
         let positions = self.outboxes.send_window(user, SEND_WINDOW, window_bytes);
-        for stored in self.outboxes.get(user).at(positions) {
+        let outbox = self.outboxes.get(user);
+        for stored in outbox.at(positions) {
             let from = &self.users[stored.from].name;
-            let msg =
-                ServerMsg::Msg { seq: stored.seq, kind: stored.kind, from, text: &stored.text };
+            let text = outbox.text(stored);
+            let msg = ServerMsg::Msg { seq: stored.seq, kind: stored.kind, from, text };
             emit(&mut self.out, &mut self.effects, conn, &msg);
         }
     }
@@ -1287,7 +1371,7 @@ impl Core {
         match record {
             Record::Queued { user, seq, kind, from, text, at } => {
                 let (user, from) = (id(self, user), id(self, from));
-                self.outboxes.restore(user, *seq, *kind, from, text.as_str().into(), *at);
+                self.outboxes.restore(user, *seq, *kind, from, text, *at);
             }
             Record::Acked { user, seq } => {
                 let user = id(self, user);
@@ -1356,10 +1440,10 @@ impl Core {
                     seq: stored.seq,
                     kind: stored.kind,
                     from: self.users[stored.from].name.clone(),
-                    text: stored.text.to_string(),
+                    text: outbox.text(stored).to_owned(),
                     at: stored.accepted,
                 });
-                bytes += SNAPSHOT_RECORD_BYTES + stored.text.len();
+                bytes += SNAPSHOT_RECORD_BYTES + stored.text_len();
                 cursor.after = Some(stored.seq);
             }
             cursor = SnapshotCursor { user: cursor.user + 1, after: None };
@@ -1418,6 +1502,7 @@ impl Core {
     /// Gives back memory a burst left in the core's tables.
     pub fn shrink(&mut self, now: Instant) {
         self.conns.shrink();
+        self.outboxes.release();
         self.presence.tidy(now);
     }
 
@@ -1601,8 +1686,11 @@ mod tests {
             while let Some(effect) = effects.next() {
                 match effect {
                     Effect::Send { conn, start, end } => {
-                        let line = String::from_utf8_lossy(effects.bytes(start, end));
-                        self.sent.push((conn, line.trim_end().to_owned()))
+                        let lines = String::from_utf8_lossy(effects.bytes(start, end));
+                        assert!(lines.ends_with('\n'), "whole lines only: {lines:?}");
+                        for line in lines.lines() {
+                            self.sent.push((conn, line.to_owned()));
+                        }
                     }
                     Effect::Close { conn } => self.closed.push(conn),
                     Effect::Arm { at, timer } => self.armed.push((at, timer)),
@@ -1662,6 +1750,8 @@ mod tests {
             self.now += by;
             loop {
                 let now = self.now;
+                self.core.tick(now);
+                self.collect();
                 let (due, later) = self.armed.drain(..).partition(|(at, _)| *at <= now);
                 self.armed = later;
                 if due.is_empty() {
@@ -1944,6 +2034,21 @@ mod tests {
         h.connect(5);
         h.line(5, "LOGIN D 1 D_pwd");
         assert_eq!(h.to(5), vec!["HELLO 1 35", "WELCOME D", "MSG 1 offline C kept for later"]);
+    }
+
+    #[test]
+    fn a_user_named_before_is_not_found_once_the_file_no_longer_lists_them() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.line(1, "MESSAGE B one");
+        h.line(1, "MESSAGE B two");
+        assert_eq!(h.to(1), vec!["QUEUED B offline", "QUEUED B offline"]);
+        h.core.reload(Harness::accounts(&["A", "C"]));
+        h.line(1, "MESSAGE B three");
+        h.line(1, "MESSAGE C four");
+        h.line(1, "MESSAGE A self");
+        let answers = vec!["FAIL unknown-user B", "QUEUED C offline", "FAIL not-yourself"];
+        assert_eq!(h.to(1), answers);
     }
 
     #[test]
