@@ -633,6 +633,10 @@ pub enum ServerMsg<'a> {
     Bye {
         reason: ByeReason,
     },
+    /// The answer to `PING`, in order with the answers to the frames
+    /// before it: the client learns that the server is alive, and that
+    /// every frame it sent before the `PING` has been answered.
+    Pong,
 }
 
 impl<'a> ServerMsg<'a> {
@@ -697,6 +701,7 @@ impl<'a> ServerMsg<'a> {
             },
             "FAIL" => ServerMsg::Fail(Failure::parse(rest)?),
             "BYE" => ServerMsg::Bye { reason: ByeReason::parse(field(rest, "reason")?)? },
+            "PONG" => ServerMsg::Pong,
             _ => return Err(ParseError::UnknownVerb),
         };
         finish(rest)?;
@@ -747,6 +752,7 @@ impl<'a> ServerMsg<'a> {
                 failure.encode(out)
             }
             ServerMsg::Bye { reason } => write!(out, "BYE {}", reason.as_str()),
+            ServerMsg::Pong => out.write_str("PONG"),
         }
     }
 }
@@ -979,6 +985,7 @@ mod tests {
     fn server_frames_round_trip() {
         round_trip_server(ServerMsg::Hello { version: 1, timeout_secs: 35 });
         round_trip_server(ServerMsg::Welcome { user: "A" });
+        round_trip_server(ServerMsg::Pong);
         for reason in [
             DenyReason::BadPassword,
             DenyReason::NowLocked,

@@ -137,7 +137,7 @@ fn password_file_logs_in_and_its_problems_are_clear() {
     let path = wrong.to_str().expect("utf-8");
     let mut a =
         Client::spawn(server.port, &["--user", "A", "--password-file", path], None, Stdio::null());
-    a.out.expect_next("Invalid Password. Please try again.");
+    a.out.expect_next("Invalid password. Please try again.");
     assert_eq!(a.wait_exit(), Some(3));
 
     let missing = dir.join("missing");
