@@ -58,7 +58,9 @@ fn three_failures_lock_the_account_until_the_block_time_passes() {
     a.send("bad2");
     a.out.expect_next("Invalid password. Please try again.");
     a.send("bad3");
-    a.out.expect_next("Invalid password. Your account has been blocked. Please try again after some time.");
+    a.out.expect_next(
+        "Invalid password. Your account has been blocked. Please try again after some time.",
+    );
     assert_eq!(a.wait_exit(), Some(5));
     // Locked: even the right password is refused.
     let mut again = server.client(&["--user", "A"], Some("A_pwd"));

@@ -136,9 +136,7 @@ pub fn from_server(msg: &ServerMsg<'_>, me: &str) -> Option<Event> {
         ServerMsg::Hello { .. }
         | ServerMsg::Pong
         | ServerMsg::Granted { .. }
-        | ServerMsg::Revoked { .. } => {
-            return None
-        }
+        | ServerMsg::Revoked { .. } => return None,
         ServerMsg::Welcome { user } => event("welcome").text("user", user),
         ServerMsg::Denied { reason } => event("denied").text("reason", reason.as_str()),
         ServerMsg::Msg { seq, kind, from, text } => event("message")

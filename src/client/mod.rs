@@ -46,8 +46,8 @@ use crate::net::{Connection, Flow, ReadStatus};
 use crate::protocol::{Line, ServerMsg, MAX_LINE};
 use event::Event;
 use peers::{PeerNotice, Peers};
-pub use session::{DEFAULT_SETTLE, LOGIN_RETRIES, LOGIN_RETRY_PAUSE};
 use session::{Action, Problem, Session, Settings};
+pub use session::{DEFAULT_SETTLE, LOGIN_RETRIES, LOGIN_RETRY_PAUSE};
 use stdin::{SharedLine, StdinEvent};
 use until::Pattern;
 
@@ -291,13 +291,21 @@ enum Link {
     Dialing(Dialer),
     /// `more`: the last read stopped at [`READ_BUDGET`], so more may be
     /// waiting, which edge-triggered readiness would not report again.
-    Up { conn: Connection, more: bool },
+    Up {
+        conn: Connection,
+        more: bool,
+    },
 }
 
 impl Dialer {
     /// Resolves `host` and starts connecting to its first address that
     /// takes a connect.
-    fn start(host: &str, port: u16, registry: &mio::Registry, now: Instant) -> Result<Dialer, Error> {
+    fn start(
+        host: &str,
+        port: u16,
+        registry: &mio::Registry,
+        now: Instant,
+    ) -> Result<Dialer, Error> {
         let target = format!("{host}:{port}");
         let resolved = (bare_host(host), port).to_socket_addrs();
         let mut left: Vec<SocketAddr> = match resolved {
@@ -333,7 +341,12 @@ impl Dialer {
     }
 
     /// The current attempt failed with `error`: on to the next address.
-    fn failed(mut self, error: io::Error, registry: &mio::Registry, now: Instant) -> Result<Dialer, Error> {
+    fn failed(
+        mut self,
+        error: io::Error,
+        registry: &mio::Registry,
+        now: Instant,
+    ) -> Result<Dialer, Error> {
         let _ = self.conn.deregister(registry);
         Dialer::next(self.target, self.left, error, registry, now)
     }
@@ -567,7 +580,8 @@ impl Client {
                 if event.is_read_closed() {
                     conn.peer_closed();
                 }
-                let flushed = !event.is_writable() || conn.flush(self.poll.registry(), SERVER).is_ok();
+                let flushed =
+                    !event.is_writable() || conn.flush(self.poll.registry(), SERVER).is_ok();
                 self.link = Link::Up { conn, more };
                 if !flushed || reads(event) {
                     self.read_server()?;
@@ -612,7 +626,9 @@ impl Client {
                         Err(e) => eprintln!("chat-client: ignored a line from the server ({e})"),
                     }
                 }
-                Line::TooLong => eprintln!("chat-client: ignored an over-long line from the server"),
+                Line::TooLong => {
+                    eprintln!("chat-client: ignored an over-long line from the server")
+                }
             }
             // Nothing after a goodbye or a closed link is the session's.
             if session.is_done() || !session.is_linked() {
@@ -710,8 +726,8 @@ impl Client {
         let Link::Up { conn, .. } = &mut self.link else { return };
         // A server that lets the output reach its cap has stopped reading:
         // nothing is worth waiting for on it.
-        let sent = conn.queue(line.as_bytes()).is_ok()
-            && conn.flush(self.poll.registry(), SERVER).is_ok();
+        let sent =
+            conn.queue(line.as_bytes()).is_ok() && conn.flush(self.poll.registry(), SERVER).is_ok();
         if !sent {
             // The server may have said BYE before closing: show that rather
             // than a bare "lost connection".

@@ -316,10 +316,7 @@ mod tests {
             "Due to multiple log in failures, your account has been blocked. \
              Please try again after some time."
         );
-        assert_eq!(
-            one(ServerMsg::Denied { reason: DenyReason::UnknownUser }),
-            "Not a valid user."
-        );
+        assert_eq!(one(ServerMsg::Denied { reason: DenyReason::UnknownUser }), "Not a valid user.");
         assert_eq!(
             one(ServerMsg::Denied { reason: DenyReason::Throttled }),
             "Too many login attempts from your address. Please try again later."

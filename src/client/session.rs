@@ -182,7 +182,10 @@ enum Deferred {
 #[derive(Debug)]
 enum Entry {
     /// A `PING` sent at `sent_at` after `what`.
-    Ping { sent_at: Instant, what: Sent },
+    Ping {
+        sent_at: Instant,
+        what: Sent,
+    },
     Local(Deferred),
 }
 
@@ -383,7 +386,9 @@ impl Session {
         }
         match msg {
             ServerMsg::Pong => self.pong(now),
-            ServerMsg::Hello { version, timeout_secs } => self.on_hello(*version, *timeout_secs, now),
+            ServerMsg::Hello { version, timeout_secs } => {
+                self.on_hello(*version, *timeout_secs, now)
+            }
             ServerMsg::Msg { seq, kind, from, text } => self.on_msg(*seq, *kind, from, text),
             ServerMsg::Denied { reason } => self.on_denied(*reason, now),
             ServerMsg::Bye { reason } => self.on_bye(*reason),
@@ -595,11 +600,15 @@ impl Session {
         }
         if reason != DenyReason::Busy {
             self.login_retries = 0;
-            self.show(event::from_server(&ServerMsg::Denied { reason }, &self.user).unwrap_or_else(
-                || event::local_denied(reason, render::BAD_PASSWORD),
-            ));
+            self.show(
+                event::from_server(&ServerMsg::Denied { reason }, &self.user)
+                    .unwrap_or_else(|| event::local_denied(reason, render::BAD_PASSWORD)),
+            );
         }
         match reason {
+            DenyReason::BadPassword if self.password_given && !self.interactive => {
+                self.exit(Exit::BadPassword)
+            }
             DenyReason::BadPassword => {
                 // Typing the next password may take a person a while: the
                 // server's login deadline must not run meanwhile.
@@ -726,7 +735,9 @@ impl Session {
         // The server answers in order: a failure before the PONG of a
         // message is that message's refusal.
         match self.pending.front_mut() {
-            Some(Entry::Ping { what: Sent::Message { answered: answered @ false, .. }, .. }) => {
+            Some(Entry::Ping {
+                what: Sent::Message { answered: answered @ false, .. }, ..
+            }) => {
                 *answered = true;
                 self.refused += 1;
             }
@@ -767,11 +778,15 @@ impl Session {
                         Sent::Message { to: to.to_owned(), text: text.to_owned(), answered: false };
                     self.command(&ClientMsg::Message { to, text }, what, now);
                 }
-                Command::Broadcast { text } => {
-                    self.command(&ClientMsg::Broadcast { text }, Sent::Broadcast { failed: false }, now)
-                }
+                Command::Broadcast { text } => self.command(
+                    &ClientMsg::Broadcast { text },
+                    Sent::Broadcast { failed: false },
+                    now,
+                ),
                 Command::Online => self.command(&ClientMsg::Online, Sent::Other, now),
-                Command::Block { user } => self.command(&ClientMsg::Block { user }, Sent::Other, now),
+                Command::Block { user } => {
+                    self.command(&ClientMsg::Block { user }, Sent::Other, now)
+                }
                 Command::Unblock { user } => {
                     self.command(&ClientMsg::Unblock { user }, Sent::Other, now)
                 }
@@ -1002,5 +1017,466 @@ impl Session {
         }
         self.actions.push(Action::Send(line));
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T30: &str = "HELLO 1 30";
+
+    fn settings(user: Option<&str>, password: Option<&str>) -> Settings {
+        Settings {
+            user: user.map(str::to_owned),
+            password: password.map(str::to_owned),
+            interactive: false,
+            until: None,
+            wait: Duration::from_secs(30),
+            stay: false,
+            settle: DEFAULT_SETTLE,
+        }
+    }
+
+    /// A session on a fake clock; every call returns what it did, as text:
+    /// `> FRAME` for frames sent, the text lines of events, and the other
+    /// actions by name.
+    struct H {
+        s: Session,
+        now: Instant,
+    }
+
+    impl H {
+        fn new(settings: Settings) -> H {
+            let now = Instant::now();
+            let mut h = H { s: Session::new(settings, now), now };
+            h.s.start(now);
+            h
+        }
+
+        /// Logged in as A with password pw (given), peer port 4000.
+        fn logged_in(mut settings: Settings) -> H {
+            settings.user.get_or_insert_with(|| "A".into());
+            settings.password.get_or_insert_with(|| "pw".into());
+            let mut h = H::new(settings);
+            assert_eq!(h.out(), ["CONNECT"]);
+            assert_eq!(h.connected(), ["> HELLO 1"]);
+            assert_eq!(h.frame(T30), ["> LOGIN A 4000 pw"]);
+            assert_eq!(h.frame("WELCOME A"), ["Welcome to the chat system!"]);
+            h
+        }
+
+        fn out(&mut self) -> Vec<String> {
+            let mut out = Vec::new();
+            for action in self.s.take() {
+                match action {
+                    Action::Connect => out.push("CONNECT".into()),
+                    Action::Disconnect => out.push("DISCONNECT".into()),
+                    Action::Send(line) => out.push(format!("> {}", line.trim_end())),
+                    Action::Show(event) => out.extend(event.lines),
+                    Action::PeerSend { to, text, .. } => out.push(format!("PEER-SEND {to} {text}")),
+                    Action::PeerAllow { user, .. } => out.push(format!("PEER-ALLOW {user}")),
+                    Action::PeerRevoke { user } => out.push(format!("PEER-REVOKE {user}")),
+                    Action::PeerCloseTo { user } => out.push(format!("PEER-CLOSE {user}")),
+                    Action::Exit(exit) => out.push(format!("EXIT {}", exit.code())),
+                    Action::Fail(problem) => out.push(format!("FAIL {problem:?}")),
+                }
+            }
+            out
+        }
+
+        fn connected(&mut self) -> Vec<String> {
+            self.s.connected(4000, self.now);
+            self.out()
+        }
+
+        /// One frame from the server, read on its own.
+        fn frame(&mut self, line: &str) -> Vec<String> {
+            let msg = ServerMsg::parse(line).expect("a valid frame");
+            self.s.server(&msg, self.now);
+            self.s.end_of_read(self.now);
+            self.out()
+        }
+
+        fn line(&mut self, line: &str) -> Vec<String> {
+            self.s.line(line, self.now);
+            self.out()
+        }
+
+        fn eof(&mut self) -> Vec<String> {
+            self.s.end_of_input(self.now);
+            self.out()
+        }
+
+        fn peer(&mut self, notice: PeerNotice) -> Vec<String> {
+            self.s.peer(notice, self.now);
+            self.out()
+        }
+
+        fn advance(&mut self, by: Duration) -> Vec<String> {
+            self.now += by;
+            self.s.tick(self.now);
+            self.out()
+        }
+
+        /// B consents: A holds B's address.
+        fn address_of_b(&mut self) {
+            let out = self.frame("ADDRESS B 127.0.0.1 5000 t0k");
+            assert_eq!(
+                out,
+                ["PEER-CLOSE B", "User B ip: 127.0.0.1, port: 5000"]
+                    .map(|s| s.to_owned())
+                    .to_vec()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_server_is_contacted_only_once_username_and_password_are_typed() {
+        let mut h = H::new(settings(None, None));
+        assert_eq!(h.out(), Vec::<String>::new());
+        assert_eq!(h.s.prompt(), Some((render::PROMPT_USER, true)));
+        // A person may take minutes here: nothing is connected yet.
+        assert_eq!(h.advance(Duration::from_secs(600)), Vec::<String>::new());
+        assert_eq!(h.line(" A "), Vec::<String>::new());
+        assert_eq!(h.s.prompt(), Some((render::PROMPT_PASSWORD, false)));
+        assert_eq!(h.advance(Duration::from_secs(600)), Vec::<String>::new());
+        assert_eq!(h.line("pw"), ["CONNECT"]);
+        assert!(!h.s.accepts_input(), "nothing is read while logging in");
+        assert_eq!(h.connected(), ["> HELLO 1"]);
+        assert_eq!(h.frame(T30), ["> LOGIN A 4000 pw"]);
+        assert_eq!(h.frame("WELCOME A"), ["Welcome to the chat system!"]);
+        assert_eq!(h.s.prompt(), Some((render::PROMPT_COMMAND, true)));
+        assert!(h.s.accepts_input());
+    }
+
+    #[test]
+    fn a_busy_server_gets_the_login_again_after_a_pause_then_is_given_up_on() {
+        let mut h = H::new(settings(Some("A"), Some("pw")));
+        h.out();
+        h.connected();
+        // A long timeout: no heartbeat comes between the retries.
+        h.frame("HELLO 1 300");
+        for _ in 0..LOGIN_RETRIES {
+            assert_eq!(h.frame("DENIED busy"), ["The server is busy. Trying again shortly..."]);
+            assert_eq!(
+                h.advance(LOGIN_RETRY_PAUSE - Duration::from_millis(1)),
+                Vec::<String>::new()
+            );
+            assert_eq!(h.advance(Duration::from_millis(1)), ["> LOGIN A 4000 pw"]);
+        }
+        assert_eq!(
+            h.frame("DENIED busy"),
+            ["The server is still busy. Please try again later.", "EXIT 1"]
+        );
+        // A success in between starts the count again.
+        let mut h = H::new(settings(Some("A"), Some("pw")));
+        h.out();
+        h.connected();
+        h.frame(T30);
+        h.frame("DENIED busy");
+        h.advance(LOGIN_RETRY_PAUSE);
+        assert_eq!(h.frame("WELCOME A"), ["Welcome to the chat system!"]);
+        assert_eq!(h.s.login_retries, 0);
+    }
+
+    #[test]
+    fn a_wrong_typed_password_is_asked_again_on_a_fresh_connection() {
+        let mut h = H::new(settings(None, None));
+        h.line("A");
+        assert_eq!(h.line("bad"), ["CONNECT"]);
+        h.connected();
+        assert_eq!(h.frame(T30), ["> LOGIN A 4000 bad"]);
+        assert_eq!(
+            h.frame("DENIED bad-password"),
+            ["Invalid password. Please try again.", "DISCONNECT"]
+        );
+        assert_eq!(h.s.prompt(), Some((render::PROMPT_PASSWORD, false)));
+        // No server deadline runs while the next one is typed.
+        assert_eq!(h.advance(Duration::from_secs(600)), Vec::<String>::new());
+        assert_eq!(h.line("two words"), ["Invalid password. Please try again."]);
+        assert_eq!(h.line("pw"), ["CONNECT"]);
+        h.connected();
+        assert_eq!(h.frame(T30), ["> LOGIN A 4000 pw"]);
+    }
+
+    #[test]
+    fn a_wrong_given_password_ends_a_script_with_3_but_a_person_is_asked_again() {
+        let mut h = H::new(settings(Some("A"), Some("bad")));
+        h.out();
+        h.connected();
+        h.frame(T30);
+        assert_eq!(
+            h.frame("DENIED bad-password"),
+            ["Invalid password. Please try again.", "EXIT 3"]
+        );
+        // Interactive: CHAT_PASSWORD exported in the shell, but a person
+        // is at the terminal to type the right one.
+        let mut h = H::new(Settings { interactive: true, ..settings(Some("A"), Some("bad")) });
+        h.out();
+        h.connected();
+        h.frame(T30);
+        assert_eq!(
+            h.frame("DENIED bad-password"),
+            ["Invalid password. Please try again.", "DISCONNECT"]
+        );
+        assert_eq!(h.s.prompt(), Some((render::PROMPT_PASSWORD, false)));
+        assert_eq!(h.line("pw"), ["CONNECT"]);
+        // A given password that cannot be right is not even sent.
+        let mut h = H::new(settings(Some("A"), Some("two words")));
+        assert_eq!(h.out(), ["Invalid password. Please try again.", "EXIT 3"]);
+    }
+
+    #[test]
+    fn every_exit_code() {
+        let flagged = || settings(Some("A"), Some("pw"));
+        // 0: logout, and a signal.
+        let mut h = H::logged_in(flagged());
+        assert_eq!(h.line("logout"), ["> LOGOUT"]);
+        assert_eq!(h.frame("BYE logout"), ["Logging out. Bye for now!", "EXIT 0"]);
+        let mut h = H::logged_in(flagged());
+        h.s.signal(h.now);
+        assert_eq!(h.out(), ["Client is terminating. Bye!", "EXIT 0"]);
+        // 1: the connection ends without a goodbye, a protocol mismatch,
+        // no greeting, input ending before login.
+        let mut h = H::logged_in(flagged());
+        h.s.server_closed(h.now);
+        assert_eq!(h.out(), ["Lost connection to the server.", "EXIT 1"]);
+        let mut h = H::new(flagged());
+        h.out();
+        h.connected();
+        assert_eq!(
+            h.frame("HELLO 2 30"),
+            ["The server speaks a different protocol version.", "EXIT 1"]
+        );
+        let mut h = H::new(flagged());
+        h.out();
+        h.connected();
+        assert_eq!(h.advance(HELLO_TIMEOUT), ["FAIL NoHello"]);
+        let mut h = H::new(settings(None, None));
+        assert_eq!(h.eof(), ["FAIL StdinEnded"]);
+        // 3 is above. 4: an unknown user, given or typed, in the original's
+        // words, and then the end.
+        let mut h = H::new(settings(Some("Zed"), Some("pw")));
+        h.out();
+        h.connected();
+        h.frame(T30);
+        assert_eq!(h.frame("DENIED unknown-user"), ["Not a valid user.", "EXIT 4"]);
+        let mut h = H::new(settings(None, None));
+        assert_eq!(h.line("no such name"), ["Not a valid user.", "EXIT 4"]);
+        // 5: locked, in the original's words.
+        for (reason, text) in [
+            ("now-locked", render::NOW_LOCKED),
+            ("locked", render::LOCKED),
+            ("throttled", render::THROTTLED),
+        ] {
+            let mut h = H::new(flagged());
+            h.out();
+            h.connected();
+            h.frame(T30);
+            assert_eq!(h.frame(&format!("DENIED {reason}")), [text, "EXIT 5"]);
+        }
+        // 6 and 7: shutdown, replaced.
+        let mut h = H::logged_in(flagged());
+        assert_eq!(h.frame("BYE shutdown"), [render::SHUTDOWN, render::TERMINATING, "EXIT 6"]);
+        let mut h = H::logged_in(flagged());
+        assert_eq!(
+            h.frame("BYE replaced"),
+            ["You have logged in from another client. This session has ended.", "EXIT 7"]
+        );
+        // 8: --until gave up.
+        let until = Pattern::parse("never").ok();
+        let mut h = H::logged_in(Settings { until, wait: SECOND, ..flagged() });
+        assert_eq!(h.advance(SECOND), ["Gave up waiting for \"never\".", "> LOGOUT"]);
+        assert_eq!(h.frame("BYE logout"), ["Logging out. Bye for now!", "EXIT 8"]);
+        // 9: a message refused.
+        let mut h = H::logged_in(flagged());
+        assert_eq!(h.line("message B hi"), ["> MESSAGE B hi", "> PING"]);
+        assert_eq!(
+            h.frame("FAIL blocked-by B"),
+            ["Your message could not be delivered as the recipient has blocked you."]
+        );
+        assert_eq!(h.eof(), Vec::<String>::new());
+        assert_eq!(h.frame("PONG"), ["> LOGOUT"]);
+        assert_eq!(h.frame("BYE logout"), ["Logging out. Bye for now!", "EXIT 9"]);
+    }
+
+    #[test]
+    fn until_ends_the_session_once_the_event_is_shown() {
+        let until = Pattern::parse("B: the signal").ok();
+        let mut h = H::logged_in(Settings { until, ..settings(None, None) });
+        assert_eq!(h.eof(), Vec::<String>::new(), "--until stays after input ends");
+        assert_eq!(h.frame("MSG 1 direct B noise"), ["B: noise", "> ACK 1"]);
+        assert_eq!(h.frame("MSG 2 direct C B: the signal"), ["C: B: the signal", "> ACK 2"]);
+        assert_eq!(h.frame("MSG 3 direct B the signal"), ["B: the signal", "> ACK 3", "> LOGOUT"]);
+        assert_eq!(h.frame("BYE logout"), ["Logging out. Bye for now!", "EXIT 0"]);
+    }
+
+    #[test]
+    fn a_silent_server_is_noticed_within_its_timeout() {
+        let mut h = H::logged_in(settings(None, None));
+        // Heartbeats every third of the timeout; each answered.
+        assert_eq!(h.advance(Duration::from_secs(10)), ["> PING"]);
+        assert_eq!(h.frame("PONG"), Vec::<String>::new());
+        assert_eq!(h.advance(Duration::from_secs(10)), ["> PING"]);
+        // Now the server falls silent (stopped, hung).
+        assert_eq!(h.advance(Duration::from_secs(10)), ["> PING"]);
+        assert_eq!(h.advance(Duration::from_secs(10)), ["> PING"]);
+        assert_eq!(h.advance(Duration::from_secs(9)), Vec::<String>::new());
+        assert_eq!(h.advance(SECOND), ["Lost connection to the server.", "EXIT 1"]);
+    }
+
+    #[test]
+    fn a_message_shown_already_is_acknowledged_again_but_not_shown() {
+        let mut h = H::logged_in(settings(None, None));
+        assert_eq!(h.frame("MSG 1 offline B one"), ["B: one", "> ACK 1"]);
+        assert_eq!(h.frame("MSG 1 offline B one"), ["> ACK 1"]);
+        assert_eq!(h.frame("MSG 2 direct B two"), ["B: two", "> ACK 2"]);
+        // A private message, then the sender's resend of it through the
+        // server (its acknowledgement came too late): shown once.
+        let private = PeerNotice::Private { from: "B".into(), text: "psst".into() };
+        assert_eq!(h.peer(private), ["B: psst"]);
+        assert_eq!(h.frame("MSG 3 direct B psst"), ["> ACK 3"]);
+        // Only the one copy: the same words again are a new message.
+        assert_eq!(h.frame("MSG 4 direct B psst"), ["B: psst", "> ACK 4"]);
+        // Messages in one read are acknowledged together, after showing.
+        for line in ["MSG 5 direct B a", "MSG 6 direct B b"] {
+            let msg = ServerMsg::parse(line).expect("frame");
+            h.s.server(&msg, h.now);
+        }
+        h.s.end_of_read(h.now);
+        assert_eq!(h.out(), ["B: a", "B: b", "> ACK 6"]);
+        // What was shown is acknowledged even when the session ends.
+        let msg = ServerMsg::parse("MSG 7 direct B last").expect("frame");
+        h.s.server(&msg, h.now);
+        let bye = ServerMsg::parse("BYE replaced").expect("frame");
+        h.s.server(&bye, h.now);
+        let out = h.out();
+        assert_eq!(out[0], "B: last");
+        assert!(out.contains(&"> ACK 7".to_owned()), "{out:?}");
+        assert_eq!(out.last().map(String::as_str), Some("EXIT 7"));
+    }
+
+    #[test]
+    fn end_of_input_waits_for_the_outcome_of_each_message() {
+        let mut h = H::logged_in(settings(None, None));
+        assert_eq!(h.line("message B hi"), ["> MESSAGE B hi", "> PING"]);
+        assert_eq!(h.line("message C hey"), ["> MESSAGE C hey", "> PING"]);
+        assert_eq!(h.eof(), Vec::<String>::new());
+        assert_eq!(h.frame("PONG"), Vec::<String>::new(), "B is online: delivery is due");
+        assert_eq!(
+            h.frame("QUEUED C offline"),
+            ["User C is offline. The message will be delivered when C logs in."]
+        );
+        assert_eq!(h.frame("PONG"), Vec::<String>::new());
+        assert_eq!(h.frame("DELIVERED B"), ["Message delivered to B.", "> LOGOUT"]);
+        assert_eq!(h.frame("BYE logout"), ["Logging out. Bye for now!", "EXIT 0"]);
+        // An outcome that does not come within the settle time is reported.
+        let mut h = H::logged_in(settings(None, None));
+        h.line("message B hi");
+        h.eof();
+        h.frame("PONG");
+        assert_eq!(h.advance(DEFAULT_SETTLE - SECOND), Vec::<String>::new());
+        assert_eq!(
+            h.advance(SECOND),
+            ["Message to B was not confirmed before logging out: hi", "> LOGOUT"]
+        );
+        assert_eq!(h.frame("BYE logout"), ["Logging out. Bye for now!", "EXIT 9"]);
+    }
+
+    #[test]
+    fn end_of_input_waits_for_peer_acknowledgements() {
+        let mut h = H::logged_in(settings(None, None));
+        h.address_of_b();
+        assert_eq!(h.line("private B hi"), ["PEER-SEND B hi"]);
+        assert_eq!(h.eof(), Vec::<String>::new());
+        let acked = PeerNotice::Acknowledged { user: "B".into(), count: 1 };
+        assert_eq!(h.peer(acked), ["> LOGOUT"]);
+        assert_eq!(h.frame("BYE logout"), ["Logging out. Bye for now!", "EXIT 0"]);
+        // Unacknowledged at the end of the settle time: reported, exit 9.
+        let mut h = H::logged_in(settings(None, None));
+        h.address_of_b();
+        h.line("private B will this vanish");
+        h.eof();
+        assert_eq!(
+            h.advance(DEFAULT_SETTLE),
+            ["Private message to B was not confirmed: will this vanish", "> LOGOUT"]
+        );
+        assert_eq!(h.frame("BYE logout"), ["Logging out. Bye for now!", "EXIT 9"]);
+        // Reported unavailable by the peers: that is its outcome, and
+        // not resent it leaves the exit code at 9.
+        let mut h = H::logged_in(settings(None, None));
+        h.address_of_b();
+        h.line("private B gone?");
+        h.eof();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let gone =
+            PeerNotice::Unavailable { user: "B".into(), addr, unconfirmed: vec!["gone?".into()] };
+        let out = h.peer(gone);
+        assert_eq!(out.last().map(String::as_str), Some("> LOGOUT"));
+        assert!(out.contains(&"Private message to B was not confirmed: gone?".to_owned()));
+        assert_eq!(h.frame("BYE logout"), ["Logging out. Bye for now!", "EXIT 9"]);
+    }
+
+    #[test]
+    fn resend_sends_the_unconfirmed_through_the_server() {
+        let mut h = H::logged_in(settings(None, None));
+        h.address_of_b();
+        h.line("private B one");
+        let addr = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let gone =
+            PeerNotice::Unavailable { user: "B".into(), addr, unconfirmed: vec!["one".into()] };
+        h.peer(gone);
+        assert_eq!(h.line("resend"), ["> MESSAGE B one", "> PING"]);
+        h.frame("QUEUED B offline");
+        h.frame("PONG");
+        assert_eq!(h.line("logout"), ["> LOGOUT"]);
+        assert_eq!(h.frame("BYE logout"), ["Logging out. Bye for now!", "EXIT 0"]);
+    }
+
+    #[test]
+    fn local_answers_follow_the_server_answers_to_earlier_commands() {
+        let mut h = H::logged_in(settings(None, None));
+        assert_eq!(h.line("online"), ["> ONLINE", "> PING"]);
+        assert_eq!(h.line("private C hi"), Vec::<String>::new());
+        assert_eq!(h.line("resend"), Vec::<String>::new());
+        assert_eq!(h.line("block"), Vec::<String>::new());
+        assert_eq!(h.line("help"), Vec::<String>::new());
+        assert_eq!(h.frame("ONLINE B"), ["B", render::ONLINE_WARNING]);
+        let out = h.frame("PONG");
+        assert_eq!(
+            out[..3],
+            [render::NO_ADDRESS, render::NOTHING_TO_RESEND, "Usage: block <user>"]
+        );
+        assert_eq!(out[3], render::HELP_HEADER);
+        assert_eq!(out.len(), 4 + command::HELP.len());
+        // With nothing outstanding they are answered at once.
+        assert_eq!(h.line("resend"), [render::NOTHING_TO_RESEND]);
+    }
+
+    #[test]
+    fn stay_keeps_the_session_after_input_ends() {
+        let mut h = H::logged_in(Settings { stay: true, ..settings(None, None) });
+        assert_eq!(h.eof(), Vec::<String>::new());
+        assert!(!h.s.accepts_input());
+        assert_eq!(h.s.prompt(), None);
+        assert_eq!(h.frame("MSG 1 direct B still?"), ["B: still?", "> ACK 1"]);
+    }
+
+    #[test]
+    fn input_waits_while_too_much_is_outstanding() {
+        let mut h = H::logged_in(settings(None, None));
+        for _ in 0..MAX_OUTSTANDING {
+            assert!(h.s.accepts_input());
+            h.line("broadcast hi");
+        }
+        assert!(!h.s.accepts_input());
+        h.frame("PONG");
+        assert!(h.s.accepts_input());
     }
 }

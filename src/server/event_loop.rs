@@ -172,8 +172,7 @@ impl Client {
     /// Whether the connection can be freed now: unusable, or closing with
     /// nothing left to write or its grace run out.
     fn finished(&self, now: Instant) -> bool {
-        self.dead
-            || self.close_by.is_some_and(|by| self.link.pending_output() == 0 || now >= by)
+        self.dead || self.close_by.is_some_and(|by| self.link.pending_output() == 0 || now >= by)
     }
 
     fn closing(&self) -> bool {

@@ -1964,10 +1964,7 @@ mod tests {
         h.line(1, "PING");
         h.line(1, "BLOCK A");
         h.line(1, "PING");
-        assert_eq!(
-            h.to(1),
-            vec!["QUEUED B offline", "PONG", "FAIL not-yourself", "PONG"]
-        );
+        assert_eq!(h.to(1), vec!["QUEUED B offline", "PONG", "FAIL not-yourself", "PONG"]);
     }
 
     #[test]
