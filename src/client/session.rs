@@ -79,9 +79,15 @@ pub const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
 /// bounded however fast a script types.
 pub const MAX_OUTSTANDING: usize = 1024;
 
-/// How many private messages shown in this session are remembered, to
-/// recognise their copies sent again through the server (`resend`).
-pub const MAX_RECENT_PRIVATE: usize = 64;
+/// How many messages shown are remembered, to recognise a private message
+/// and its copy sent again through the server (`resend`).
+pub const MAX_RECENT: usize = 64;
+
+/// How far apart a private message and its copy through the server are
+/// shown at most to count as one. A copy exists only when the receiving
+/// client was too slow to acknowledge (stopped, hung): both then arrive
+/// as soon as it runs again, seconds apart, whichever first.
+pub const COPY_WINDOW: Duration = Duration::from_secs(60);
 
 /// What the session is started with.
 #[derive(Debug, Clone)]
@@ -228,8 +234,9 @@ pub struct Session {
     /// Messages whose outcome was still open when it was needed.
     left_open: u64,
     addresses: HashMap<String, (SocketAddr, String)>,
-    /// Private messages shown, as (from, text), newest last.
-    recent_private: VecDeque<(String, String)>,
+    /// Messages shown recently, newest last: when, whether it came from
+    /// a peer (else the server), sender, text.
+    recent: VecDeque<(Instant, bool, String, String)>,
     last_seq: u64,
     ack_due: bool,
     stdin_done: bool,
@@ -271,7 +278,7 @@ impl Session {
             refused: 0,
             left_open: 0,
             addresses: HashMap::new(),
-            recent_private: VecDeque::new(),
+            recent: VecDeque::new(),
             last_seq: 0,
             ack_due: false,
             stdin_done: false,
@@ -389,7 +396,7 @@ impl Session {
             ServerMsg::Hello { version, timeout_secs } => {
                 self.on_hello(*version, *timeout_secs, now)
             }
-            ServerMsg::Msg { seq, kind, from, text } => self.on_msg(*seq, *kind, from, text),
+            ServerMsg::Msg { seq, kind, from, text } => self.on_msg(*seq, *kind, from, text, now),
             ServerMsg::Denied { reason } => self.on_denied(*reason, now),
             ServerMsg::Bye { reason } => self.on_bye(*reason),
             _ => {
@@ -453,11 +460,9 @@ impl Session {
         }
         match notice {
             PeerNotice::Private { from, text } => {
-                self.show(event::private(&from, &text));
-                if self.recent_private.len() >= MAX_RECENT_PRIVATE {
-                    self.recent_private.pop_front();
+                if !self.is_copy(true, &from, &text, now) {
+                    self.show(event::private(&from, &text));
                 }
-                self.recent_private.push_back((from, text));
             }
             PeerNotice::Acknowledged { user, count } => {
                 for _ in 0..count {
@@ -642,21 +647,41 @@ impl Session {
 
     // --- chat ------------------------------------------------------------
 
-    fn on_msg(&mut self, seq: u64, kind: MsgKind, from: &str, text: &str) {
+    /// Whether a message just arrived (by peer if `by_peer`, else through
+    /// the server) is the copy of one shown recently by the other path: a
+    /// private message its sender sent again through the server (`resend`)
+    /// because the acknowledgement came too late. Each shown message
+    /// accounts for one copy; others are remembered.
+    fn is_copy(&mut self, by_peer: bool, from: &str, text: &str, now: Instant) -> bool {
+        while self.recent.front().is_some_and(|(at, ..)| *at + COPY_WINDOW < now) {
+            self.recent.pop_front();
+        }
+        let copy = self
+            .recent
+            .iter()
+            .position(|(_, peer, f, t)| *peer != by_peer && f == from && t == text);
+        if let Some(i) = copy {
+            self.recent.remove(i);
+            return true;
+        }
+        if self.recent.len() >= MAX_RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((now, by_peer, from.to_owned(), text.to_owned()));
+        false
+    }
+
+    fn on_msg(&mut self, seq: u64, kind: MsgKind, from: &str, text: &str, now: Instant) {
         // Acknowledged at the end of the read, after showing it.
         self.ack_due = true;
         if seq <= self.last_seq {
             return; // Shown already: acknowledged again, not shown.
         }
         self.last_seq = seq;
-        if matches!(kind, MsgKind::Direct | MsgKind::Offline) {
-            let copy = self.recent_private.iter().position(|(f, t)| f == from && t == text);
-            if let Some(i) = copy {
-                // The sender's `resend` of a private message this client
-                // showed already, whose acknowledgement came too late.
-                self.recent_private.remove(i);
-                return;
-            }
+        if matches!(kind, MsgKind::Direct | MsgKind::Offline)
+            && self.is_copy(false, from, text, now)
+        {
+            return;
         }
         let msg = ServerMsg::Msg { seq, kind, from, text };
         if let Some(event) = event::from_server(&msg, &self.user) {
@@ -1344,6 +1369,13 @@ mod tests {
         assert_eq!(h.frame("MSG 3 direct B psst"), ["> ACK 3"]);
         // Only the one copy: the same words again are a new message.
         assert_eq!(h.frame("MSG 4 direct B psst"), ["B: psst", "> ACK 4"]);
+        // The other order: the server's copy first, then the late private.
+        let late = PeerNotice::Private { from: "B".into(), text: "psst".into() };
+        assert_eq!(h.peer(late), Vec::<String>::new());
+        // Long apart, the same words are two messages.
+        h.advance(COPY_WINDOW + SECOND);
+        let again = PeerNotice::Private { from: "B".into(), text: "two".into() };
+        assert_eq!(h.peer(again), ["B: two"]);
         // Messages in one read are acknowledged together, after showing.
         for line in ["MSG 5 direct B a", "MSG 6 direct B b"] {
             let msg = ServerMsg::parse(line).expect("frame");
