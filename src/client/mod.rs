@@ -356,6 +356,9 @@ struct Client {
     poll: Poll,
     session: Session,
     link: Link,
+    /// Writing to the server failed: what is left is read, nothing more
+    /// is sent (which also keeps sending from recursing into reading).
+    broken: bool,
     host: String,
     port: u16,
     /// Bound when the server connection first comes up, on the local
@@ -413,6 +416,7 @@ impl Client {
             poll,
             session: Session::new(settings, Instant::now()),
             link: Link::Down,
+            broken: false,
             host: config.host.clone(),
             port: config.port,
             peers: None,
@@ -583,6 +587,7 @@ impl Client {
                 let flushed =
                     !event.is_writable() || conn.flush(self.poll.registry(), SERVER).is_ok();
                 self.link = Link::Up { conn, more };
+                self.broken |= !flushed;
                 if !flushed || reads(event) {
                     self.read_server()?;
                 }
@@ -675,6 +680,7 @@ impl Client {
             Action::Connect => {
                 let dialer = Dialer::start(&self.host, self.port, self.poll.registry(), now)?;
                 self.link = Link::Dialing(dialer);
+                self.broken = false;
             }
             Action::Disconnect => match std::mem::replace(&mut self.link, Link::Down) {
                 Link::Up { mut conn, .. } => drop(conn.deregister(self.poll.registry())),
@@ -724,11 +730,15 @@ impl Client {
     /// Queues one frame for the server and writes what the socket takes.
     fn send(&mut self, line: &str) {
         let Link::Up { conn, .. } = &mut self.link else { return };
+        if self.broken {
+            return;
+        }
         // A server that lets the output reach its cap has stopped reading:
         // nothing is worth waiting for on it.
         let sent =
             conn.queue(line.as_bytes()).is_ok() && conn.flush(self.poll.registry(), SERVER).is_ok();
         if !sent {
+            self.broken = true;
             // The server may have said BYE before closing: show that rather
             // than a bare "lost connection".
             let _ = self.read_server();

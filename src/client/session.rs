@@ -31,8 +31,8 @@
 //!   and the exit code is [`Exit::Undelivered`] if anything was refused or
 //!   left unconfirmed.
 //! - **Liveness.** A `PING` goes out at least every third of the server's
-//!   timeout; one left unanswered for the whole timeout means the server
-//!   is gone (`Lost connection to the server.`, exit 1).
+//!   timeout; one left unanswered for the whole timeout (at least
+//!   [`MIN_SILENCE`]) means the server is gone (`Lost connection to the server.`, exit 1).
 //! - **Each message shown once.** A sequence number at or below the last
 //!   one shown is acknowledged again but not shown, and a message through
 //!   the server that repeats a private message the same sender's client
@@ -69,6 +69,9 @@ pub const LOGIN_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Most times a login is sent again after `DENIED busy`; the client then
 /// gives up (exit 1).
 pub const LOGIN_RETRIES: u32 = 10;
+
+/// The shortest silence taken for a lost server, whatever its timeout.
+pub const MIN_SILENCE: Duration = Duration::from_secs(3);
 
 /// How long, by default, the session waits for the outcomes of what it
 /// sent before logging out (`--settle`).
@@ -582,7 +585,9 @@ impl Session {
         self.hello_deadline = None;
         // A refused connection says timeout 0 (then BYE): no heartbeat.
         if timeout_secs > 0 {
-            self.silence_limit = Some(Duration::from_secs(timeout_secs));
+            // Never below MIN_SILENCE: a tiny timeout must not turn a
+            // loaded machine's hiccup into a lost connection.
+            self.silence_limit = Some(Duration::from_secs(timeout_secs).max(MIN_SILENCE));
             // A third of the timeout leaves room for two lost pings.
             self.ping_every = Duration::from_secs((timeout_secs / 3).max(1));
             self.next_ping = Some(now + self.ping_every);
