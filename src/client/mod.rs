@@ -815,3 +815,49 @@ impl Client {
 fn reads(event: &Readiness) -> bool {
     event.is_readable() || event.is_read_closed() || event.is_error()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brackets_around_an_ipv6_host_are_taken_off() {
+        assert_eq!(bare_host("[::1]"), "::1");
+        assert_eq!(bare_host("::1"), "::1");
+        assert_eq!(bare_host("example.org"), "example.org");
+        assert_eq!(bare_host("[::1"), "[::1");
+    }
+
+    #[test]
+    fn every_address_is_tried_in_turn_until_one_answers() -> io::Result<()> {
+        let mut poll = Poll::new()?;
+        let open = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let closed = {
+            let gone = std::net::TcpListener::bind("127.0.0.1:0")?;
+            gone.local_addr()?
+        };
+        // Tried last to first: the closed port first.
+        let left = vec![open.local_addr()?, closed];
+        let none = io::Error::new(io::ErrorKind::NotFound, "none");
+        let mut dialer = Dialer::next("test".into(), left, none, poll.registry(), Instant::now())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let mut events = Events::with_capacity(8);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < deadline, "never connected");
+            poll.poll(&mut events, Some(Duration::from_millis(100)))?;
+            match dialer.conn.finish_connect(poll.registry(), SERVER) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    dialer = dialer
+                        .failed(e, poll.registry(), Instant::now())
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                }
+            }
+        }
+        assert_eq!(dialer.conn.peer_addr()?, open.local_addr()?);
+        assert!(dialer.left.is_empty());
+        Ok(())
+    }
+}
