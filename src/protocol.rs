@@ -646,6 +646,10 @@ pub enum ServerMsg<'a> {
     Bye {
         reason: ByeReason,
     },
+    /// The answer to `PING`, in order with the answers to the frames
+    /// before it: the client learns that the server is alive, and that
+    /// every frame it sent before the `PING` has been answered.
+    Pong,
 }
 
 impl<'a> ServerMsg<'a> {
@@ -720,6 +724,7 @@ impl<'a> ServerMsg<'a> {
             },
             "FAIL" => ServerMsg::Fail(Failure::parse(rest)?),
             "BYE" => ServerMsg::Bye { reason: ByeReason::parse(field(rest, "reason")?)? },
+            "PONG" => ServerMsg::Pong,
             _ => return Err(ParseError::UnknownVerb),
         };
         finish(rest)?;
@@ -804,6 +809,7 @@ impl<'a> ServerMsg<'a> {
                 failure.encode(out);
             }
             ServerMsg::Bye { reason } => word(out, "BYE", reason.as_str()),
+            ServerMsg::Pong => out.push_str("PONG"),
         }
         out.push('\n');
     }
@@ -1114,6 +1120,7 @@ mod tests {
     fn server_frames_round_trip() {
         round_trip_server(ServerMsg::Hello { version: 1, timeout_secs: 35 });
         round_trip_server(ServerMsg::Welcome { user: "A" });
+        round_trip_server(ServerMsg::Pong);
         for reason in [
             DenyReason::BadPassword,
             DenyReason::NowLocked,

@@ -43,7 +43,7 @@ fn a_hashed_password_logs_in_and_a_readable_file_is_warned_about() {
     let mut yoda = server.client(&["--user", "yoda"], Some("wise@!man"));
     yoda.out.expect_next("Welcome to the chat system!");
     let mut wrong = server.client(&["--user", "yoda"], Some(&phc));
-    wrong.out.expect_next("Invalid Password. Please try again.");
+    wrong.out.expect_next("Invalid password. Please try again.");
     assert_eq!(wrong.wait_exit(), Some(3), "the hash itself is not the password");
 }
 

@@ -24,6 +24,7 @@ fn a_connection_that_never_logs_in_is_closed_at_the_login_deadline() {
     let mut idle = Raw::connect(server.port);
     assert_eq!(idle.line(), "HELLO 1 35");
     idle.send("PING");
+    assert_eq!(idle.line(), "PONG", "a ping is answered, but does not log anyone in");
     assert_eq!(idle.line(), "BYE login-timeout");
     assert_eq!(idle.line(), "", "closed");
     still_serves(&server);

@@ -16,7 +16,7 @@ fn a_wrong_password_can_be_retried_through_stdin() {
     let mut a = server.client(&[], None);
     a.send("A");
     a.send("wrong");
-    a.out.expect_next("Invalid Password. Please try again.");
+    a.out.expect_next("Invalid password. Please try again.");
     a.send("A_pwd");
     a.out.expect_next("Welcome to the chat system!");
     a.send("logout");
@@ -28,24 +28,24 @@ fn a_wrong_password_can_be_retried_through_stdin() {
 fn a_wrong_password_from_the_environment_exits_3() {
     let server = Server::start("badpw", &[]);
     let mut a = server.client(&["--user", "A"], Some("wrong"));
-    a.out.expect_next("Invalid Password. Please try again.");
+    a.out.expect_next("Invalid password. Please try again.");
     assert_eq!(a.wait_exit(), Some(3));
 }
 
 #[test]
-fn an_unknown_user_is_refused() {
+fn an_unknown_user_is_refused_in_the_original_words_and_the_client_ends() {
     let server = Server::start("unknown", &[]);
     let mut z = server.client(&["--user", "Zed"], Some("pw"));
-    z.out.expect_next("Invalid Username. Please try again.");
+    z.out.expect_next("Not a valid user.");
+    z.out.expect_end();
     assert_eq!(z.wait_exit(), Some(4));
-    // Typed at the prompt instead, the username is asked again.
+    // Typed instead, the same: the original client ended there too.
     let mut typed = server.client(&[], None);
     typed.send("Zed");
     typed.send("pw");
-    typed.out.expect_next("Invalid Username. Please try again.");
-    typed.send("B");
-    typed.send("B_pwd");
-    typed.out.expect_next("Welcome to the chat system!");
+    typed.out.expect_next("Not a valid user.");
+    typed.out.expect_end();
+    assert_eq!(typed.wait_exit(), Some(4));
 }
 
 #[test]
@@ -54,16 +54,19 @@ fn three_failures_lock_the_account_until_the_block_time_passes() {
     let mut a = server.client(&[], None);
     a.send("A");
     a.send("bad1");
-    a.out.expect_next("Invalid Password. Please try again.");
+    a.out.expect_next("Invalid password. Please try again.");
     a.send("bad2");
-    a.out.expect_next("Invalid Password. Please try again.");
+    a.out.expect_next("Invalid password. Please try again.");
     a.send("bad3");
-    a.out.expect_next("Invalid Password. Your account has been blocked. Please try again later.");
+    a.out.expect_next(
+        "Invalid password. Your account has been blocked. Please try again after some time.",
+    );
     assert_eq!(a.wait_exit(), Some(5));
     // Locked: even the right password is refused.
     let mut again = server.client(&["--user", "A"], Some("A_pwd"));
     again.out.expect_next(
-        "Your account is blocked due to multiple login failures. Please try again later.",
+        "Due to multiple log in failures, your account has been blocked. \
+             Please try again after some time.",
     );
     assert_eq!(again.wait_exit(), Some(5));
     // Other users are not affected.
@@ -79,7 +82,8 @@ fn three_failures_lock_the_account_until_the_block_time_passes() {
         }
         assert_eq!(
             line,
-            "Your account is blocked due to multiple login failures. Please try again later."
+            "Due to multiple log in failures, your account has been blocked. \
+             Please try again after some time."
         );
         assert_eq!(attempt.wait_exit(), Some(5));
         assert!(std::time::Instant::now() < deadline, "the lockout never ended");
@@ -104,7 +108,7 @@ fn typing_mistakes_get_a_usage_hint_and_change_nothing() {
     a.send("frobnicate B");
     a.out.expect_next(
         "Unknown command: frobnicate. Commands: message, broadcast, online, block, unblock, \
-         getaddress, consent, private, resend, logout.",
+         getaddress, consent, private, resend, help, logout.",
     );
     a.send("");
     a.send("message Zed hi");

@@ -78,6 +78,7 @@ fn only_login_is_accepted_before_login() {
     assert_eq!(raw.line(), "FAIL not-logged-in");
     assert_eq!(raw.line(), "FAIL not-logged-in");
     assert_eq!(raw.line(), "FAIL not-logged-in");
+    assert_eq!(raw.line(), "PONG", "a ping is answered before login too");
     raw.send("LOGIN A 1 A_pwd");
     assert_eq!(raw.line(), "WELCOME A");
     raw.send("LOGIN B 1 B_pwd");

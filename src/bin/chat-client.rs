@@ -11,17 +11,21 @@ use clap::{Parser, ValueEnum};
 use chat::client::until::Pattern;
 use chat::client::{Config, Exit, Format};
 
-/// Terminal client of the chat system.
+/// Terminal client of the chat system: logs in to the chat server at HOST
+/// PORT and reads commands, one a line, while printing what arrives.
 ///
 /// Interactive when standard input and output are both a terminal (prompts,
 /// line editing); otherwise one line per event, flushed at once, for
-/// scripts. The password comes from --password-file, else the environment
+/// scripts. The server is contacted once the username and password are
+/// known. The password comes from --password-file, else the environment
 /// variable CHAT_PASSWORD, else the next input line (never the command
-/// line). Exit codes: 0 logged out, 1 connection failed or lost, 2 usage,
-/// 3 wrong password, 4 unknown user, 5 locked out, 6 server shut down,
-/// 7 replaced by a new login, 8 --until timed out.
+/// line). Before logging out, the client waits up to --settle seconds for
+/// the outcome of every message it sent. Exit codes: 0 logged out, 1
+/// connection failed or lost, 2 usage, 3 wrong password, 4 unknown user,
+/// 5 locked out, 6 server shut down, 7 replaced by a new login, 8 --until
+/// timed out, 9 a message was refused or left unconfirmed.
 #[derive(Debug, Parser)]
-#[command(name = "chat-client", version, about, verbatim_doc_comment)]
+#[command(name = "chat-client", version, verbatim_doc_comment, after_help = commands_help())]
 struct Args {
     /// Log in as this user instead of asking for a username.
     #[arg(long, value_name = "NAME", value_parser = parse_user)]
@@ -50,6 +54,11 @@ struct Args {
     /// server shutdown.
     #[arg(long)]
     stay: bool,
+    /// Before logging out (end of input, logout, --until), wait at most
+    /// this long for the outcome of every message sent; then report those
+    /// still unconfirmed (exit 9).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_wait)]
+    settle: f64,
     /// Server host name or IP address.
     host: String,
     /// Server port.
@@ -61,6 +70,17 @@ struct Args {
 enum FormatArg {
     Text,
     Json,
+}
+
+/// The commands, one line each, for --help.
+fn commands_help() -> String {
+    let mut text = String::from("Commands (typed on standard input, one a line):\n");
+    for line in chat::client::command::HELP {
+        text.push_str("  ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
 }
 
 fn parse_user(name: &str) -> Result<String, String> {
@@ -124,6 +144,7 @@ fn main() -> ExitCode {
         until,
         wait: Duration::from_secs_f64(args.wait),
         stay: args.stay,
+        settle: Duration::from_secs_f64(args.settle),
     };
     match chat::client::run(&config) {
         Ok(exit) => ExitCode::from(exit.code()),

@@ -34,6 +34,8 @@ pub enum Command<'a> {
     /// `resend`: send the private messages a peer did not acknowledge
     /// through the server instead.
     Resend,
+    /// `help`: list the commands.
+    Help,
     /// `logout`.
     Logout,
 }
@@ -71,7 +73,7 @@ impl fmt::Display for CommandError {
             CommandError::Unknown(word) => write!(
                 f,
                 "Unknown command: {word}. Commands: message, broadcast, online, block, \
-                 unblock, getaddress, consent, private, resend, logout."
+                 unblock, getaddress, consent, private, resend, help, logout."
             ),
             CommandError::NoSuchUser(user) => write!(f, "User {user} does not exist."),
             CommandError::TooLong => f.write_str(crate::client::render::TEXT_TOO_LONG),
@@ -89,6 +91,23 @@ const USAGE_CONSENT: &str = "consent <user>";
 const USAGE_PRIVATE: &str = "private <user> <message>";
 const USAGE_RESEND: &str = "resend";
 const USAGE_LOGOUT: &str = "logout";
+const USAGE_HELP: &str = "help";
+
+/// Every command with what it does, one line each: the `help` command and
+/// `chat-client --help` show these.
+pub const HELP: &[&str] = &[
+    "message <user> <message>   send to <user>; kept for later if <user> is offline",
+    "broadcast <message>        send to every online user",
+    "online                     list the online users (not those who blocked you)",
+    "block <user>               refuse <user>'s messages",
+    "unblock <user>             accept <user>'s messages again",
+    "getaddress <user>          ask <user> for consent to message them privately",
+    "consent <user>             give <user>, who asked, your address",
+    "private <user> <message>   send straight to <user>'s client (after getaddress)",
+    "resend                     send unconfirmed private messages through the server",
+    "help                       list the commands",
+    "logout                     log out and exit",
+];
 
 /// Splits the first whitespace-separated word off `s`; the rest keeps its
 /// leading whitespace so that callers decide how to treat it.
@@ -184,6 +203,10 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, CommandError> {
             nothing(rest, USAGE_LOGOUT)?;
             Command::Logout
         }
+        "help" => {
+            nothing(rest, USAGE_HELP)?;
+            Command::Help
+        }
         other => return Err(CommandError::Unknown(other.to_owned())),
     };
     Ok(Some(command))
@@ -225,6 +248,8 @@ mod tests {
         assert_eq!(ok("private A hello"), Command::Private { to: "A", text: "hello" });
         assert_eq!(ok("logout"), Command::Logout);
         assert_eq!(ok("resend"), Command::Resend);
+        assert_eq!(ok("help"), Command::Help);
+        assert_eq!(HELP.len(), 11, "one line per command");
         let longest = "x".repeat(MAX_TEXT);
         assert_eq!(ok(&format!("broadcast {longest}")), Command::Broadcast { text: &longest });
         for command in ["message B ", "broadcast ", "private B "] {
@@ -270,7 +295,7 @@ mod tests {
         assert_eq!(
             err("frob x"),
             "Unknown command: frob. Commands: message, broadcast, online, block, unblock, \
-             getaddress, consent, private, resend, logout."
+             getaddress, consent, private, resend, help, logout."
         );
         // Commands are lowercase, as in the seed.
         assert!(err("MESSAGE B hi").starts_with("Unknown command: MESSAGE."));

@@ -133,9 +133,10 @@ pub fn from_server(msg: &ServerMsg<'_>, me: &str) -> Option<Event> {
     let lines = render::server_lines(msg, me);
     let event = |kind| Event::new(kind, lines.clone());
     Some(match msg {
-        ServerMsg::Hello { .. } | ServerMsg::Granted { .. } | ServerMsg::Revoked { .. } => {
-            return None
-        }
+        ServerMsg::Hello { .. }
+        | ServerMsg::Pong
+        | ServerMsg::Granted { .. }
+        | ServerMsg::Revoked { .. } => return None,
         ServerMsg::Welcome { user } => event("welcome").text("user", user),
         ServerMsg::Denied { reason } => event("denied").text("reason", reason.as_str()),
         ServerMsg::Msg { seq, kind, from, text } => event("message")
@@ -200,6 +201,23 @@ pub fn peer_unavailable(user: &str, addr: SocketAddr, unconfirmed: &[String]) ->
         .text("ip", &addr.ip().to_string())
         .number("port", u64::from(addr.port()))
         .names("unconfirmed", unconfirmed.to_vec())
+}
+
+/// A message whose outcome was not known when the client logged out:
+/// `kind` is `message` (through the server) or `private`.
+pub fn unconfirmed(kind: &'static str, to: &str, text: &str) -> Event {
+    let line = match kind {
+        "private" => render::unconfirmed_private(to, text),
+        _ => render::unconfirmed_message(to, text),
+    };
+    Event::line("unconfirmed", &line).text("to", to).text("kind", kind).text("message", text)
+}
+
+/// The `help` command's answer: the commands, one line each.
+pub fn help() -> Event {
+    let mut lines = vec![render::HELP_HEADER.to_owned()];
+    lines.extend(super::command::HELP.iter().map(|line| format!("  {line}")));
+    Event::new("help", lines)
 }
 
 /// Refusals of private connections that were counted, not shown one by

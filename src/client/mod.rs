@@ -1,38 +1,35 @@
-//! The terminal client: one `mio` poll loop and the session's state machine.
+//! The terminal client: one `mio` poll loop around the [`session`] state
+//! machine.
 //!
 //! The loop waits on the server connection, the peer-to-peer listener and
 //! connections ([`peers`]), SIGINT/SIGTERM, and a waker the standard-input
-//! thread ([`stdin`]) uses. Typed lines become commands ([`command`]); frames
-//! from the server become events ([`event`], with the texts of [`render`]),
-//! printed as text or JSON, each flushed at once. In interactive mode the
-//! terminal is set up by [`terminal`] and the typed line is redrawn after
-//! every event.
+//! thread ([`stdin`]) uses. It only moves bytes and fires timers: frames
+//! from the server, typed lines, peer notices, signals and the time go to
+//! the [`session::Session`], and the loop carries out the
+//! [`session::Action`]s it decides (frames to send, events to print,
+//! connecting, peer-to-peer work, the exit). Events are printed by one
+//! [`Output`], as text (the texts of [`render`]) or JSON ([`event`]), each
+//! flushed at once; in interactive mode the terminal is set up by
+//! [`terminal`] and the typed line is redrawn after every event.
 //!
-//! Login: the username comes from `--user` or the first input line, the
-//! password from `--password-file`, `CHAT_PASSWORD` or the next line. While
-//! the login answer is pending no input is taken, so what follows can be a
-//! password retry or a command. At end of input the client logs out and
-//! waits for `BYE logout`, so everything sent before has been handled by
-//! the server; with `--stay` or `--until` it stays until a signal, the
-//! server's shutdown, or (`--until`) the pattern or the end of the wait.
+//! The server link is a [`crate::net::Connection`]: a non-blocking connect
+//! to each address the host resolves to, in turn, then budgeted reads and
+//! one bounded write path. Nothing here reads or writes a socket itself.
 //!
-//! A login the server answers `DENIED busy` (too many passwords to check
-//! just now) is sent again after [`LOGIN_RETRY_PAUSE`], at most
-//! [`LOGIN_RETRIES`] times.
-//!
-//! Not here: flag parsing and the process exit code (the binary does that
-//! from [`Exit`] and [`Error`]), and any retrying of a lost server connection.
+//! Not here: what anything means (the session decides), flag parsing and
+//! the process exit code (the binary does that from [`Exit`] and
+//! [`Error`]), and any retrying of a lost server connection.
 
 pub mod command;
 pub mod event;
 pub mod peers;
 pub mod refusals;
 pub mod render;
+pub mod session;
 pub mod stdin;
 pub mod terminal;
 pub mod until;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -41,18 +38,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::event::Event as Readiness;
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::protocol::{
-    valid_name, ByeReason, ClientMsg, DenyReason, Failure, Line, LineBuffer, ServerMsg, MAX_LINE,
-    VERSION,
-};
-use command::Command;
+use crate::net::{Connection, Flow, ReadStatus};
+use crate::protocol::{Line, ServerMsg, MAX_LINE};
 use event::Event;
 use peers::{PeerNotice, Peers};
+use session::{Action, Problem, Session, Settings};
+pub use session::{DEFAULT_SETTLE, LOGIN_RETRIES, LOGIN_RETRY_PAUSE};
 use stdin::{SharedLine, StdinEvent};
 use until::Pattern;
 
@@ -63,20 +58,9 @@ const LISTENER: Token = Token(3);
 /// Peer connections get tokens from here on.
 const FIRST_PEER: usize = 4;
 
-/// How long connecting to the server may take per address.
+/// How long connecting to one of the server's addresses may take before
+/// the next is tried.
 const SERVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long the server may take to send its HELLO: something that accepts
-/// connections but never greets is not a chat server.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long the client waits before sending a login again that the server
-/// was too busy to check.
-pub const LOGIN_RETRY_PAUSE: Duration = Duration::from_secs(1);
-
-/// Most times a login is sent again after `DENIED busy`; the client then
-/// gives up (exit 1).
-pub const LOGIN_RETRIES: u32 = 10;
 
 /// How long pending output may take to drain before the client exits.
 const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -99,13 +83,14 @@ const INPUT_PAUSE: usize = 64 * 1024;
 /// What the client needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Server host name or IP address.
+    /// Server host name or IP address (an IPv6 address may be in brackets).
     pub host: String,
     /// Server port.
     pub port: u16,
     /// Username from `--user`; asked for (first input line) when absent.
     pub user: Option<String>,
-    /// Password from `CHAT_PASSWORD`; asked for (next input line) when absent.
+    /// Password from `--password-file` or `CHAT_PASSWORD`; asked for (next
+    /// input line) when absent.
     pub password: Option<String>,
     /// Whether stdin and stdout are both a terminal: only then are prompts
     /// shown and the typed line edited and redrawn by the client.
@@ -119,6 +104,9 @@ pub struct Config {
     pub wait: Duration,
     /// `--stay`: keep the session after standard input ends.
     pub stay: bool,
+    /// `--settle`: longest wait for the outcomes of what was sent before
+    /// logging out.
+    pub settle: Duration,
 }
 
 /// How events are printed.
@@ -134,15 +122,16 @@ pub enum Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Exit {
-    /// Logged out (`logout`, end of input) or stopped by SIGINT/SIGTERM.
+    /// Logged out (`logout`, end of input) with every message delivered or
+    /// safely queued, or stopped by SIGINT/SIGTERM.
     LoggedOut = 0,
     /// Connection lost, protocol trouble or any other failure.
     Failure = 1,
     /// Bad command line (reported by clap, never returned by [`run`]).
     Usage = 2,
-    /// Wrong password given in `CHAT_PASSWORD`.
+    /// Wrong password given in `CHAT_PASSWORD` or `--password-file`.
     BadPassword = 3,
-    /// Unknown user given with `--user`.
+    /// Unknown user.
     UnknownUser = 4,
     /// The account is locked after failed logins.
     Locked = 5,
@@ -152,6 +141,8 @@ pub enum Exit {
     Replaced = 7,
     /// `--until` did not see its pattern within `--wait`.
     WaitTimeout = 8,
+    /// Logged out, but a message was refused or left unconfirmed.
+    Undelivered = 9,
 }
 
 impl Exit {
@@ -186,7 +177,7 @@ impl fmt::Display for Error {
             Error::NoHello => write!(
                 f,
                 "the server sent no greeting within {} seconds (is it a chat server?)",
-                HELLO_TIMEOUT.as_secs()
+                session::HELLO_TIMEOUT.as_secs()
             ),
             Error::StdinEnded => f.write_str("standard input ended before login"),
             Error::Stdin(e) => write!(f, "cannot read standard input: {e}"),
@@ -196,6 +187,15 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl From<Problem> for Error {
+    fn from(problem: Problem) -> Self {
+        match problem {
+            Problem::NoHello => Error::NoHello,
+            Problem::StdinEnded => Error::StdinEnded,
+        }
+    }
+}
 
 /// Why the loop stops.
 #[derive(Debug)]
@@ -217,41 +217,15 @@ fn local(what: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Local { what, source }
 }
 
-/// Where the session stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for a username line.
-    Username,
-    /// Waiting for a password line.
-    Password,
-    /// Username and password known; waiting for the server's HELLO.
-    LoginReady,
-    /// LOGIN sent; waiting for WELCOME or DENIED.
-    LoginPending,
-    /// Logged in: typed lines are commands.
-    Chat,
-    /// LOGOUT sent; waiting for BYE.
-    LoggingOut,
-}
-
-impl Phase {
-    /// Whether a line of input can be taken now.
-    fn accepts_input(self) -> bool {
-        matches!(self, Phase::Username | Phase::Password | Phase::Chat)
-    }
-}
-
 /// Standard output: each event printed and flushed at once; prompts, and
-/// the line being typed, in interactive mode.
+/// the line being typed, in interactive mode. The one place the client
+/// prints to the terminal.
 struct Output {
     format: Format,
     /// The prompt on screen, with the cursor after it (interactive only).
     prompt: Option<&'static str>,
     /// The line being typed (interactive only).
     editor: Option<SharedLine>,
-    /// `--until`'s pattern, and whether an event has satisfied it.
-    until: Option<Pattern>,
-    matched: bool,
 }
 
 impl Output {
@@ -260,9 +234,6 @@ impl Output {
             Format::Text => event.lines.clone(),
             Format::Json => vec![event.json()],
         };
-        if self.until.as_ref().is_some_and(|pattern| pattern.matches(event)) {
-            self.matched = true;
-        }
         let mut out = io::stdout().lock();
         let text = lines.join("\n");
         let result = match (self.prompt, &self.editor) {
@@ -290,76 +261,116 @@ impl Output {
         self.prompt = Some(prompt);
         Ok(())
     }
+
+    /// The user pressed Enter: the cursor is past any prompt.
+    fn line_entered(&mut self) {
+        self.prompt = None;
+    }
 }
 
-/// The connection to the server with its buffers.
-struct Server {
-    stream: TcpStream,
-    input: LineBuffer,
-    output: Vec<u8>,
-    /// Whether WRITABLE interest is registered (only while output waits).
-    writable: bool,
-    /// A write failed: further output is dropped while the end is read.
-    broken: bool,
-    /// The last read stopped at [`READ_BUDGET`], so more may be waiting:
-    /// with edge-triggered readiness no new event would say so.
-    more: bool,
+/// The host as [`ToSocketAddrs`] takes it: an IPv6 address may be given
+/// in brackets, as in URLs (`[::1]`).
+fn bare_host(host: &str) -> &str {
+    host.strip_prefix('[').and_then(|inner| inner.strip_suffix(']')).unwrap_or(host)
 }
 
-/// What reading the server produced when nothing ended the session.
-enum ReadOutcome {
-    /// Everything available was read, or this pass's [`READ_BUDGET`].
-    Drained,
-    /// The server closed the connection (or it failed) without BYE.
-    Closed,
+/// Connecting to the server: each resolved address in turn, without
+/// blocking the loop, until one answers.
+struct Dialer {
+    target: String,
+    /// The addresses not tried yet, first to try last.
+    left: Vec<SocketAddr>,
+    conn: Connection,
+    /// When the current attempt gives way to the next address.
+    deadline: Instant,
+}
+
+/// The connection to the server.
+enum Link {
+    Down,
+    Dialing(Dialer),
+    /// `more`: the last read stopped at [`READ_BUDGET`], so more may be
+    /// waiting, which edge-triggered readiness would not report again.
+    Up {
+        conn: Connection,
+        more: bool,
+    },
+}
+
+impl Dialer {
+    /// Resolves `host` and starts connecting to its first address that
+    /// takes a connect.
+    fn start(
+        host: &str,
+        port: u16,
+        registry: &mio::Registry,
+        now: Instant,
+    ) -> Result<Dialer, Error> {
+        let target = format!("{host}:{port}");
+        let resolved = (bare_host(host), port).to_socket_addrs();
+        let mut left: Vec<SocketAddr> = match resolved {
+            Ok(addrs) => addrs.collect(),
+            Err(source) => return Err(Error::Connect { target, source }),
+        };
+        left.reverse();
+        let no_address = io::Error::new(io::ErrorKind::NotFound, "no address found");
+        Dialer::next(target, left, no_address, registry, now)
+    }
+
+    /// Starts connecting to the next address; `last` is why the previous
+    /// one failed (reported if none is left).
+    fn next(
+        target: String,
+        mut left: Vec<SocketAddr>,
+        mut last: io::Error,
+        registry: &mio::Registry,
+        now: Instant,
+    ) -> Result<Dialer, Error> {
+        while let Some(addr) = left.pop() {
+            let started = Connection::connect(addr, MAX_LINE, MAX_SERVER_OUTPUT)
+                .and_then(|mut conn| conn.register(registry, SERVER).map(|()| conn));
+            match started {
+                Ok(conn) => {
+                    let deadline = now + SERVER_CONNECT_TIMEOUT;
+                    return Ok(Dialer { target, left, conn, deadline });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(Error::Connect { target, source: last })
+    }
+
+    /// The current attempt failed with `error`: on to the next address.
+    fn failed(
+        mut self,
+        error: io::Error,
+        registry: &mio::Registry,
+        now: Instant,
+    ) -> Result<Dialer, Error> {
+        let _ = self.conn.deregister(registry);
+        Dialer::next(self.target, self.left, error, registry, now)
+    }
 }
 
 struct Client {
     poll: Poll,
-    server: Server,
-    peers: Peers,
+    session: Session,
+    link: Link,
+    /// Writing to the server failed: what is left is read, nothing more
+    /// is sent (which also keeps sending from recursing into reading).
+    broken: bool,
+    host: String,
+    port: u16,
+    /// Bound when the server connection first comes up, on the local
+    /// address that reaches the server.
+    peers: Option<Peers>,
     signals: Signals,
     stdin: Receiver<StdinEvent>,
     /// Held here too: when the reader thread ends it drops its handle, and
     /// if that closed the eventfd, epoll would discard the wake-up the
     /// thread just sent (its final Eof would then wait for the next ping).
     _waker: Arc<Waker>,
-    stdin_done: bool,
     out: Output,
-    phase: Phase,
-    /// `--user` was given: an unknown user ends the client (exit 4).
-    user_from_flag: bool,
-    /// `CHAT_PASSWORD` was given: a wrong password ends the client (exit 3).
-    password_from_env: bool,
-    user: String,
-    password: String,
-    /// Whether the server's HELLO has arrived.
-    hello: bool,
-    /// When waiting for HELLO gives up.
-    hello_deadline: Instant,
-    ping_every: Duration,
-    next_ping: Option<Instant>,
-    /// Peer-to-peer addresses granted by consent, with their grant tokens.
-    addresses: HashMap<String, (SocketAddr, String)>,
-    /// Private messages no peer acknowledged, as (recipient, text), for
-    /// `resend`.
-    unconfirmed: Vec<(String, String)>,
-    /// Highest message sequence number shown: the server numbers each
-    /// user's messages in order, so one at or below it is a repeat.
-    last_seq: u64,
-    /// A message was shown (or repeated) since the last ACK: one
-    /// cumulative `ACK last_seq` goes out at the end of the read pass.
-    ack_due: bool,
-    /// `--stay` or `--until`: the end of input does not end the session.
-    stay: bool,
-    /// When `--until` gives up.
-    until_deadline: Option<Instant>,
-    /// The exit code once the session ends, when not the usual one.
-    exit_as: Option<Exit>,
-    /// When to send the login again that the server was too busy to check.
-    login_retry_at: Option<Instant>,
-    /// Logins sent again after `DENIED busy` in a row.
-    login_retries: u32,
     /// Interactive mode: the terminal's settings, restored on drop.
     _raw_input: Option<terminal::RawInput>,
 }
@@ -375,38 +386,10 @@ pub fn run(config: &Config) -> Result<Exit, Error> {
     }
 }
 
-/// Connects to the server; an unreachable server is an immediate error.
-fn connect(host: &str, port: u16) -> Result<std::net::TcpStream, Error> {
-    let target = format!("{host}:{port}");
-    let fail = |source| Error::Connect { target: target.clone(), source };
-    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().map_err(fail)?.collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address found");
-    for addr in addrs {
-        match std::net::TcpStream::connect_timeout(&addr, SERVER_CONNECT_TIMEOUT) {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = e,
-        }
-    }
-    Err(fail(last))
-}
-
 impl Client {
     fn start(config: &Config) -> Result<Client, Error> {
         let poll = Poll::new().map_err(local("create the event loop"))?;
-        let std_stream = connect(&config.host, config.port)?;
-        // Small lines typed by a person: send them without delay.
-        std_stream.set_nodelay(true).map_err(local("set up the server connection"))?;
-        crate::net::limit_send_buffer(&std_stream, peers::SEND_BUFFER)
-            .map_err(local("set up the server connection"))?;
-        std_stream.set_nonblocking(true).map_err(local("set up the server connection"))?;
-        let local_ip = std_stream.local_addr().map_err(local("set up the server connection"))?.ip();
-        let mut stream = TcpStream::from_std(std_stream);
         let registry = poll.registry();
-        registry
-            .register(&mut stream, SERVER, Interest::READABLE)
-            .map_err(local("watch the server connection"))?;
-        let peers = Peers::bind(local_ip, registry, LISTENER, FIRST_PEER)
-            .map_err(local("listen for private messages"))?;
         let mut signals =
             Signals::new([SIGINT, SIGTERM]).map_err(local("install signal handlers"))?;
         registry
@@ -420,57 +403,34 @@ impl Client {
         let editor = raw_input.as_ref().map(|_| SharedLine::default());
         let stdin = stdin::spawn(Arc::clone(&waker), editor.clone())
             .map_err(local("start the input reader"))?;
-        let phase = match (&config.user, &config.password) {
-            (None, _) => Phase::Username,
-            (Some(_), None) => Phase::Password,
-            (Some(_), Some(_)) => Phase::LoginReady,
+        let settings = Settings {
+            user: config.user.clone(),
+            password: config.password.clone(),
+            interactive: config.interactive,
+            until: config.until.clone(),
+            wait: config.wait,
+            stay: config.stay,
+            settle: config.settle,
         };
         Ok(Client {
             poll,
-            server: Server {
-                stream,
-                input: LineBuffer::default(),
-                output: Vec::new(),
-                writable: false,
-                broken: false,
-                more: false,
-            },
-            peers,
+            session: Session::new(settings, Instant::now()),
+            link: Link::Down,
+            broken: false,
+            host: config.host.clone(),
+            port: config.port,
+            peers: None,
             signals,
             stdin,
             _waker: waker,
-            stdin_done: false,
-            out: Output {
-                format: config.format,
-                prompt: None,
-                editor,
-                until: config.until.clone(),
-                matched: false,
-            },
-            phase,
-            user_from_flag: config.user.is_some(),
-            password_from_env: config.password.is_some(),
-            user: config.user.clone().unwrap_or_default(),
-            password: config.password.clone().unwrap_or_default(),
-            hello: false,
-            hello_deadline: Instant::now() + HELLO_TIMEOUT,
-            ping_every: Duration::from_secs(1),
-            next_ping: None,
-            addresses: HashMap::new(),
-            last_seq: 0,
-            ack_due: false,
-            unconfirmed: Vec::new(),
-            stay: config.stay || config.until.is_some(),
-            until_deadline: config.until.as_ref().map(|_| Instant::now() + config.wait),
-            exit_as: None,
-            login_retry_at: None,
-            login_retries: 0,
+            out: Output { format: config.format, prompt: None, editor },
             _raw_input: raw_input,
         })
     }
 
     fn run_loop(&mut self) -> End {
-        if let Err(end) = self.send(&ClientMsg::Hello { version: VERSION }) {
+        self.session.start(Instant::now());
+        if let Err(end) = self.perform() {
             return end;
         }
         let mut events = Events::with_capacity(64);
@@ -484,18 +444,26 @@ impl Client {
     /// One wait for events and everything that follows from them.
     fn pass(&mut self, events: &mut Events) -> Step {
         self.drain_stdin()?;
-        self.show_prompt()?;
-        let wake_at = if self.hello { self.next_ping } else { Some(self.hello_deadline) };
-        let wake_at = wake_at
-            .into_iter()
-            .chain(self.peers.next_deadline())
-            .chain(self.until_deadline)
-            .chain(self.login_retry_at)
-            .min();
+        if let Some((prompt, echo)) = self.session.prompt() {
+            self.out.prompt(prompt, echo)?;
+        }
+        let dial_deadline = match &self.link {
+            Link::Dialing(dialer) => Some(dialer.deadline),
+            _ => None,
+        };
+        let wake_at = [
+            self.session.next_deadline(),
+            self.peers.as_ref().and_then(Peers::next_deadline),
+            dial_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         // Data left unread by a read budget gets no new readiness event:
         // look again at once rather than wait.
-        let mut carried_over: Vec<Token> = self.peers.unread().collect();
-        if self.server.more {
+        let mut carried_over: Vec<Token> =
+            self.peers.as_ref().map(|peers| peers.unread().collect()).unwrap_or_default();
+        if matches!(self.link, Link::Up { more: true, .. }) {
             carried_over.push(SERVER);
         }
         let timeout = match carried_over.is_empty() {
@@ -517,553 +485,297 @@ impl Client {
         // What this pass's events did not already read.
         for token in carried_over.into_iter().filter(|token| !read_now.contains(token)) {
             if token == SERVER {
-                self.read_server_or_end()?;
-            } else {
+                self.read_server()?;
+            } else if let Some(peers) = &mut self.peers {
                 let mut notices = Vec::new();
-                self.peers.read_more(token, self.poll.registry(), &mut notices);
-                self.report_and_acknowledge(notices)?;
+                peers.read_more(token, self.poll.registry(), &mut notices);
+                self.report(notices)?;
             }
         }
-        self.timers()?;
-        self.check_until()
-    }
-
-    /// `--until`: once matched, or once the wait is over, log out; the
-    /// exit code says which.
-    fn check_until(&mut self) -> Step {
-        let timed_out = self.until_deadline.is_some_and(|at| Instant::now() >= at);
-        if !(self.out.matched || timed_out) || self.exit_as.is_some() {
-            return Ok(());
-        }
-        self.until_deadline = None;
-        let exit = if self.out.matched { Exit::LoggedOut } else { Exit::WaitTimeout };
-        self.exit_as = Some(exit);
-        if exit == Exit::WaitTimeout {
-            let wanted = self.out.until.as_ref().map(|p| p.as_str().to_owned()).unwrap_or_default();
-            let line = format!("Gave up waiting for \"{wanted}\".");
-            self.out.event(&Event::line("wait_timeout", &line).text("pattern", &wanted))?;
-        }
-        match self.phase {
-            Phase::Chat => {
-                self.phase = Phase::LoggingOut;
-                self.send(&ClientMsg::Logout)
-            }
-            Phase::LoggingOut => Ok(()),
-            _ => Err(End::Exit(exit)),
-        }
+        self.timers()
     }
 
     fn dispatch(&mut self, event: &Readiness) -> Step {
         match event.token() {
-            SERVER => {
-                if event.is_writable() {
-                    self.flush_server()?;
-                }
-                if reads(event) {
-                    self.read_server_or_end()?;
-                }
-                Ok(())
-            }
+            SERVER => self.server_ready(event),
             SIGNALS => {
                 if self.signals.pending().next().is_some() {
-                    self.out.event(&Event::line("terminating", render::TERMINATING))?;
-                    return Err(End::Exit(Exit::LoggedOut));
+                    self.session.signal(Instant::now());
+                    self.perform()?;
                 }
                 Ok(())
             }
             // Input is taken by drain_stdin after every pass.
             STDIN => Ok(()),
-            token if self.peers.owns(token) => {
+            token => {
+                let Some(peers) = &mut self.peers else { return Ok(()) };
+                if !peers.owns(token) {
+                    return Ok(());
+                }
                 let mut notices = Vec::new();
-                self.peers.ready(self.poll.registry(), event, &mut notices);
-                self.report_and_acknowledge(notices)
+                peers.ready(self.poll.registry(), event, &mut notices);
+                self.report(notices)
             }
-            _ => Ok(()),
         }
     }
 
-    // --- timers ----------------------------------------------------------
+    /// Gives the session what the peers reported, then sends the
+    /// acknowledgements of the private messages just shown (never before
+    /// showing them).
+    fn report(&mut self, notices: Vec<PeerNotice>) -> Step {
+        let now = Instant::now();
+        for notice in notices {
+            self.session.peer(notice, now);
+        }
+        self.perform()?;
+        let Some(peers) = &mut self.peers else { return Ok(()) };
+        let mut failed = Vec::new();
+        peers.flush_all(self.poll.registry(), &mut failed);
+        for notice in failed {
+            self.session.peer(notice, now);
+        }
+        self.perform()
+    }
 
-    /// Sends a due heartbeat; gives up on a server that never said HELLO.
+    /// Fires what is due: the session's timers, peer deadlines, and a
+    /// connect attempt that takes too long.
     fn timers(&mut self) -> Step {
         let now = Instant::now();
-        if !self.hello && now >= self.hello_deadline {
-            return Err(Error::NoHello.into());
-        }
-        if self.login_retry_at.is_some_and(|at| at <= now) {
-            self.login_retry_at = None;
-            if self.phase == Phase::LoginPending {
-                self.send_login()?;
+        if let Link::Dialing(dialer) = &self.link {
+            if dialer.deadline <= now {
+                let Link::Dialing(dialer) = std::mem::replace(&mut self.link, Link::Down) else {
+                    return Ok(());
+                };
+                let timed_out = io::Error::new(io::ErrorKind::TimedOut, "connection timed out");
+                self.link = Link::Dialing(dialer.failed(timed_out, self.poll.registry(), now)?);
             }
         }
-        let mut notices = Vec::new();
-        self.peers.expire(now, self.poll.registry(), &mut notices);
-        self.report(notices)?;
-        match self.next_ping {
-            Some(at) if at <= now => {
-                // From now, not from `at`: after a stall, one ping is enough.
-                self.next_ping = Some(now + self.ping_every);
-                self.send(&ClientMsg::Ping)
+        if let Some(peers) = &mut self.peers {
+            let mut notices = Vec::new();
+            peers.expire(now, self.poll.registry(), &mut notices);
+            if !notices.is_empty() {
+                self.report(notices)?;
             }
-            _ => Ok(()),
         }
+        self.session.tick(now);
+        self.perform()
     }
 
-    // --- server connection ----------------------------------------------
+    // --- the server link ---------------------------------------------------
 
-    /// Queues one frame and writes what the socket takes.
-    fn send(&mut self, msg: &ClientMsg<'_>) -> Step {
-        let mut line = String::new();
-        msg.encode(&mut line);
-        if line.len() > MAX_LINE {
-            // Only possible when lossy decoding grew a typed line.
-            return self
-                .out
-                .event(&Event::error("line-too-long", render::LINE_TOO_LONG))
-                .map_err(End::from);
-        }
-        if self.server.broken {
-            return Ok(());
-        }
-        self.server.output.extend_from_slice(line.as_bytes());
-        self.flush_server()?;
-        if self.server.output.len() > MAX_SERVER_OUTPUT {
-            // Nothing is worth waiting for on a server that does not read:
-            // drop the output rather than try to flush it before exit.
-            self.server.broken = true;
-            self.server.output = Vec::new();
-            return self.lost_connection();
-        }
-        Ok(())
-    }
-
-    fn flush_server(&mut self) -> Step {
-        match peers::write_some(&mut self.server.stream, &mut self.server.output) {
-            Ok(done) => {
-                if done == self.server.writable {
-                    self.server.writable = !done;
-                    let interest = if done {
-                        Interest::READABLE
-                    } else {
-                        Interest::READABLE | Interest::WRITABLE
-                    };
-                    self.poll
-                        .registry()
-                        .reregister(&mut self.server.stream, SERVER, interest)
-                        .map_err(local("watch the server connection"))?;
+    fn server_ready(&mut self, event: &Readiness) -> Step {
+        let now = Instant::now();
+        match std::mem::replace(&mut self.link, Link::Down) {
+            Link::Down => Ok(()),
+            Link::Dialing(mut dialer) => {
+                match dialer.conn.finish_connect(self.poll.registry(), SERVER) {
+                    Ok(true) => self.link_up(dialer.conn, now),
+                    Ok(false) => {
+                        self.link = Link::Dialing(dialer);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.link = Link::Dialing(dialer.failed(e, self.poll.registry(), now)?);
+                        Ok(())
+                    }
                 }
-                Ok(())
             }
-            Err(_) => {
-                // The server may have said BYE before closing: show that
-                // rather than a bare "lost connection". Frames sent while
-                // reading it (ACKs) are dropped, which also stops recursion.
-                self.server.broken = true;
-                self.server.output.clear();
-                self.read_server_or_end()?;
-                self.lost_connection()
-            }
-        }
-    }
-
-    fn lost_connection(&mut self) -> Step {
-        self.out.event(&Event::line("lost_connection", render::LOST_CONNECTION))?;
-        Err(End::Exit(Exit::Failure))
-    }
-
-    fn read_server_or_end(&mut self) -> Step {
-        match self.read_server()? {
-            ReadOutcome::Drained => Ok(()),
-            ReadOutcome::Closed => self.lost_connection(),
-        }
-    }
-
-    /// Reads and handles the complete lines the server sent, up to
-    /// [`READ_BUDGET`] bytes, then acknowledges what was shown.
-    fn read_server(&mut self) -> Result<ReadOutcome, End> {
-        let mut budget = READ_BUDGET;
-        self.server.more = false;
-        loop {
-            if budget == 0 {
-                self.server.more = true;
-                break;
-            }
-            match self.server.input.read_from(&mut self.server.stream) {
-                Ok(0) => return Ok(ReadOutcome::Closed),
-                Ok(n) => {
-                    budget = budget.saturating_sub(n);
-                    self.server_lines()?;
+            Link::Up { mut conn, more } => {
+                if event.is_read_closed() {
+                    conn.peer_closed();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.server.input.shrink_if_empty();
-                    break;
+                let flushed =
+                    !event.is_writable() || conn.flush(self.poll.registry(), SERVER).is_ok();
+                self.link = Link::Up { conn, more };
+                self.broken |= !flushed;
+                if !flushed || reads(event) {
+                    self.read_server()?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Ok(ReadOutcome::Closed),
+                if !flushed {
+                    self.server_lost();
+                }
+                self.perform()
             }
         }
-        self.acknowledge()?;
-        Ok(ReadOutcome::Drained)
     }
 
-    /// One cumulative ACK for every message shown in this read pass (the
-    /// server drops everything up to it), rather than one per message: a
-    /// server that sends without reading then gains the client one line
-    /// per pass, not one per message.
-    fn acknowledge(&mut self) -> Step {
-        if !std::mem::take(&mut self.ack_due) {
-            return Ok(());
+    /// The connection is up: peers listen on the local address that
+    /// reaches the server, and the session greets the server.
+    fn link_up(&mut self, conn: Connection, now: Instant) -> Step {
+        // Failing only costs the smaller buffer.
+        let _ = conn.limit_send_buffer(peers::SEND_BUFFER);
+        if self.peers.is_none() {
+            let ip = conn.local_addr().map_err(local("set up the server connection"))?.ip();
+            let peers = Peers::bind(ip, self.poll.registry(), LISTENER, FIRST_PEER)
+                .map_err(local("listen for private messages"))?;
+            self.peers = Some(peers);
         }
-        self.send(&ClientMsg::Ack { seq: self.last_seq })
+        let port = self.peers.as_ref().map_or(0, Peers::port);
+        self.link = Link::Up { conn, more: false };
+        self.session.connected(port, now);
+        self.perform()
     }
 
-    fn server_lines(&mut self) -> Step {
-        while let Some(line) = self.server.input.next_line() {
-            let text = match line {
-                Line::Complete(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+    /// Reads and hands over the frames the server sent, up to
+    /// [`READ_BUDGET`] bytes; the session then acknowledges what it showed.
+    fn read_server(&mut self) -> Step {
+        let now = Instant::now();
+        let Link::Up { conn, more } = &mut self.link else { return Ok(()) };
+        let session = &mut self.session;
+        let status = conn.read_lines(READ_BUDGET, |line| {
+            match line {
+                Line::Complete(bytes) => {
+                    let text = String::from_utf8_lossy(bytes);
+                    match ServerMsg::parse(&text) {
+                        Ok(msg) => session.server(&msg, now),
+                        Err(e) => eprintln!("chat-client: ignored a line from the server ({e})"),
+                    }
+                }
                 Line::TooLong => {
-                    eprintln!("chat-client: ignored an over-long line from the server");
-                    continue;
+                    eprintln!("chat-client: ignored an over-long line from the server")
                 }
-            };
-            match ServerMsg::parse(&text) {
-                Ok(msg) => self.on_server(&msg)?,
-                Err(e) => eprintln!("chat-client: ignored a line from the server ({e})"),
             }
+            // Nothing after a goodbye or a closed link is the session's.
+            if session.is_done() || !session.is_linked() {
+                Flow::Hold
+            } else {
+                Flow::Continue
+            }
+        });
+        *more = status == ReadStatus::MoreWaiting;
+        self.session.end_of_read(now);
+        if status == ReadStatus::Closed {
+            self.session.server_closed(now);
         }
-        Ok(())
+        self.perform()
     }
 
-    /// Shows a frame from the server and acts on it.
-    fn on_server(&mut self, msg: &ServerMsg<'_>) -> Step {
-        if let ServerMsg::Hello { version, .. } = msg {
-            if *version != VERSION {
-                self.out.event(&Event::error("version", render::VERSION_MISMATCH))?;
-                return Err(End::Exit(Exit::Failure));
-            }
+    /// The server stopped taking what the client sends.
+    fn server_lost(&mut self) {
+        if let Link::Up { mut conn, .. } = std::mem::replace(&mut self.link, Link::Down) {
+            let _ = conn.deregister(self.poll.registry());
         }
-        if let ServerMsg::Msg { seq, .. } = msg {
-            // Acknowledged at the end of the read pass, after showing it.
-            self.ack_due = true;
-            if *seq <= self.last_seq {
-                // Shown already: acknowledge again, show nothing.
+        self.session.server_closed(Instant::now());
+    }
+
+    // --- carrying out the session's actions ---------------------------------
+
+    /// Carries out every action the session has decided, in order, until
+    /// it decides no more.
+    fn perform(&mut self) -> Step {
+        loop {
+            let actions = self.session.take();
+            if actions.is_empty() {
                 return Ok(());
             }
-            self.last_seq = *seq;
+            for action in actions {
+                self.act(action)?;
+            }
         }
-        // A busy server's answer is shown by on_denied: retrying, or not.
-        let busy = matches!(msg, ServerMsg::Denied { reason: DenyReason::Busy });
-        if let ServerMsg::Delivered { user, count } = msg {
-            // One line per message, as scripts count them (the parser
-            // refused a count past the protocol's limit).
-            let one = ServerMsg::Delivered { user, count: 1 };
-            for _ in 0..*count {
-                if let Some(event) = event::from_server(&one, &self.user) {
-                    self.out.event(&event)?;
+    }
+
+    fn act(&mut self, action: Action) -> Step {
+        let now = Instant::now();
+        match action {
+            Action::Connect => {
+                let dialer = Dialer::start(&self.host, self.port, self.poll.registry(), now)?;
+                self.link = Link::Dialing(dialer);
+                self.broken = false;
+            }
+            Action::Disconnect => match std::mem::replace(&mut self.link, Link::Down) {
+                Link::Up { mut conn, .. } => drop(conn.deregister(self.poll.registry())),
+                Link::Dialing(mut dialer) => drop(dialer.conn.deregister(self.poll.registry())),
+                Link::Down => {}
+            },
+            Action::Send(line) => self.send(&line),
+            Action::Show(event) => {
+                self.out.event(&event)?;
+            }
+            Action::PeerSend { from, to, addr, token, text } => {
+                let Some(peers) = &mut self.peers else { return Ok(()) };
+                let mut notices = Vec::new();
+                let peer = (to.as_str(), addr, token.as_str());
+                peers.send_private(self.poll.registry(), &from, peer, &text, &mut notices);
+                for notice in notices {
+                    self.session.peer(notice, now);
                 }
             }
-        } else if let Some(event) = event::from_server(msg, &self.user).filter(|_| !busy) {
-            self.out.event(&event)?;
-        }
-        match msg {
-            ServerMsg::Hello { timeout_secs, .. } => self.on_hello(*timeout_secs),
-            ServerMsg::Welcome { user } => {
-                self.user = (*user).to_owned();
-                self.login_retries = 0;
-                if self.phase == Phase::LoginPending {
-                    self.phase = Phase::Chat;
+            Action::PeerAllow { user, token } => {
+                if let Some(peers) = &mut self.peers {
+                    peers.allow(&user, &token);
                 }
-                Ok(())
             }
-            ServerMsg::Denied { reason } => self.on_denied(*reason),
-            ServerMsg::Address { user, ip, port, token } => {
-                let granted = (SocketAddr::new(*ip, *port), (*token).to_owned());
-                // A new grant starts a new connection (the old token is void).
-                self.peers.close_to(user, self.poll.registry());
-                self.addresses.insert((*user).to_owned(), granted);
-                Ok(())
+            Action::PeerRevoke { user } => {
+                let Some(peers) = &mut self.peers else { return Ok(()) };
+                let mut notices = Vec::new();
+                peers.revoke(&user, self.poll.registry(), &mut notices);
+                for notice in notices {
+                    self.session.peer(notice, now);
+                }
             }
-            ServerMsg::Granted { user, token } => {
-                self.peers.allow(user, token);
-                Ok(())
+            Action::PeerCloseTo { user } => {
+                let Some(peers) = &mut self.peers else { return Ok(()) };
+                let mut notices = Vec::new();
+                peers.close_to(&user, self.poll.registry(), &mut notices);
+                for notice in notices {
+                    self.session.peer(notice, now);
+                }
             }
-            ServerMsg::Revoked { user } => {
-                self.addresses.remove(*user);
-                self.peers.revoke(user, self.poll.registry());
-                Ok(())
-            }
-            ServerMsg::AddressChanged { user } => {
-                self.addresses.remove(*user);
-                self.peers.close_to(user, self.poll.registry());
-                Ok(())
-            }
-            ServerMsg::Fail(Failure::Version) => Err(End::Exit(Exit::Failure)),
-            // Only LOGIN can have failed: waiting on would wait forever.
-            ServerMsg::Fail(_) if self.phase == Phase::LoginPending => {
-                Err(End::Exit(Exit::Failure))
-            }
-            ServerMsg::Bye { reason: ByeReason::Logout } if self.exit_as.is_some() => {
-                Err(End::Exit(self.exit_as.unwrap_or(Exit::LoggedOut)))
-            }
-            ServerMsg::Bye { reason } => Err(End::Exit(match reason {
-                ByeReason::Logout => Exit::LoggedOut,
-                ByeReason::Shutdown => Exit::ServerShutdown,
-                ByeReason::Replaced => Exit::Replaced,
-                ByeReason::Timeout
-                | ByeReason::TooSlow
-                | ByeReason::ProtocolError
-                | ByeReason::LoginTimeout
-                | ByeReason::ServerFull
-                | ByeReason::TooManyConnections => Exit::Failure,
-            })),
-            _ => Ok(()),
+            Action::Exit(exit) => return Err(End::Exit(exit)),
+            Action::Fail(problem) => return Err(Error::from(problem).into()),
+        }
+        Ok(())
+    }
+
+    /// Queues one frame for the server and writes what the socket takes.
+    fn send(&mut self, line: &str) {
+        let Link::Up { conn, .. } = &mut self.link else { return };
+        if self.broken {
+            return;
+        }
+        // A server that lets the output reach its cap has stopped reading:
+        // nothing is worth waiting for on it.
+        let sent =
+            conn.queue(line.as_bytes()).is_ok() && conn.flush(self.poll.registry(), SERVER).is_ok();
+        if !sent {
+            self.broken = true;
+            // The server may have said BYE before closing: show that rather
+            // than a bare "lost connection".
+            let _ = self.read_server();
+            self.server_lost();
         }
     }
 
-    fn on_hello(&mut self, timeout_secs: u64) -> Step {
-        if self.hello {
-            return Ok(());
-        }
-        self.hello = true;
-        // A third of the server's timeout leaves room for two lost pings.
-        self.ping_every = Duration::from_secs((timeout_secs / 3).max(1));
-        self.next_ping = Some(Instant::now() + self.ping_every);
-        self.try_login()
-    }
+    // --- standard input ------------------------------------------------------
 
-    fn on_denied(&mut self, reason: DenyReason) -> Step {
-        if self.phase != Phase::LoginPending {
-            return Ok(());
-        }
-        if reason != DenyReason::Busy {
-            self.login_retries = 0;
-        }
-        match reason {
-            DenyReason::BadPassword if self.password_from_env => Err(End::Exit(Exit::BadPassword)),
-            DenyReason::BadPassword => {
-                self.phase = Phase::Password;
-                Ok(())
-            }
-            DenyReason::NowLocked | DenyReason::Locked | DenyReason::Throttled => {
-                Err(End::Exit(Exit::Locked))
-            }
-            DenyReason::Busy if self.login_retries >= LOGIN_RETRIES => {
-                self.out.event(&event::local_denied(reason, render::STILL_BUSY))?;
-                Err(End::Exit(Exit::Failure))
-            }
-            DenyReason::Busy => {
-                self.out.event(&event::local_denied(reason, render::BUSY))?;
-                self.login_retries += 1;
-                self.login_retry_at = Some(Instant::now() + LOGIN_RETRY_PAUSE);
-                Ok(())
-            }
-            DenyReason::UnknownUser if self.user_from_flag => Err(End::Exit(Exit::UnknownUser)),
-            DenyReason::UnknownUser => {
-                self.phase = Phase::Username;
-                Ok(())
-            }
-        }
-    }
-
-    /// Sends LOGIN once both the credentials and the server's HELLO are in.
-    fn try_login(&mut self) -> Step {
-        if self.phase != Phase::LoginReady || !self.hello {
-            return Ok(());
-        }
-        // Passwords are single whitespace-free fields (in the credentials
-        // file and in LOGIN), so anything else cannot be right; the server
-        // would only reject the frame.
-        if self.password.is_empty() || self.password.contains(char::is_whitespace) {
-            self.out.event(&event::local_denied(DenyReason::BadPassword, render::BAD_PASSWORD))?;
-            if self.password_from_env {
-                return Err(End::Exit(Exit::BadPassword));
-            }
-            self.phase = Phase::Password;
-            return Ok(());
-        }
-        self.phase = Phase::LoginPending;
-        self.send_login()
-    }
-
-    fn send_login(&mut self) -> Step {
-        let (user, password) = (self.user.clone(), self.password.clone());
-        let p2p_port = self.peers.port();
-        self.send(&ClientMsg::Login { user: &user, p2p_port, password: &password })
-    }
-
-    // --- standard input --------------------------------------------------
-
-    /// Takes input lines as far as the phase allows.
+    /// Takes input lines as far as the session allows.
     fn drain_stdin(&mut self) -> Step {
-        // Input waits while the server is slow to read what came before,
-        // so typing (or a script) fast cannot fill the output to the cap.
-        while !self.stdin_done
-            && self.phase.accepts_input()
-            && self.server.output.len() <= INPUT_PAUSE
-        {
+        loop {
+            // Input waits while the server is slow to read what came
+            // before, so typing (or a script) fast cannot fill the output.
+            let backlog = match &self.link {
+                Link::Up { conn, .. } => conn.pending_output(),
+                _ => 0,
+            };
+            if !self.session.accepts_input() || backlog > INPUT_PAUSE {
+                return Ok(());
+            }
             let event = match self.stdin.try_recv() {
                 Ok(event) => event,
-                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Empty) => return Ok(()),
                 // The reader always says Eof or Error before it stops.
                 Err(TryRecvError::Disconnected) => StdinEvent::Eof,
             };
-            // The user pressed Enter: the cursor is past any prompt.
-            self.out.prompt = None;
-            self.on_stdin(event)?;
-        }
-        Ok(())
-    }
-
-    fn on_stdin(&mut self, event: StdinEvent) -> Step {
-        match event {
-            StdinEvent::Line(line) => self.on_line(&line),
-            StdinEvent::TooLong => self
-                .out
-                .event(&Event::error("line-too-long", render::LINE_TOO_LONG))
-                .map_err(End::from),
-            StdinEvent::Eof => {
-                self.stdin_done = true;
-                if self.stay && self.phase == Phase::Chat {
-                    return Ok(());
-                }
-                if self.phase == Phase::Chat {
-                    self.phase = Phase::LoggingOut;
-                    return self.send(&ClientMsg::Logout);
-                }
-                Err(Error::StdinEnded.into())
+            self.out.line_entered();
+            let now = Instant::now();
+            match event {
+                StdinEvent::Line(line) => self.session.line(&line, now),
+                StdinEvent::TooLong => self.session.line_too_long(now),
+                StdinEvent::Eof => self.session.end_of_input(now),
+                StdinEvent::Error(e) => return Err(Error::Stdin(e).into()),
             }
-            StdinEvent::Error(e) => {
-                self.stdin_done = true;
-                Err(Error::Stdin(e).into())
-            }
+            self.perform()?;
         }
-    }
-
-    fn on_line(&mut self, line: &str) -> Step {
-        match self.phase {
-            Phase::Username => self.on_username(line.trim()),
-            Phase::Password => self.on_password(line.trim()),
-            Phase::Chat => match command::parse(line) {
-                Ok(Some(command)) => self.on_command(command),
-                Ok(None) => Ok(()),
-                Err(e) => {
-                    self.out.event(&Event::error(e.code(), &e.to_string())).map_err(End::from)
-                }
-            },
-            // drain_stdin takes no input in the other phases.
-            _ => Ok(()),
-        }
-    }
-
-    fn on_username(&mut self, name: &str) -> Step {
-        if !valid_name(name) {
-            // No such user can exist; say so as the server would.
-            let denied = event::local_denied(DenyReason::UnknownUser, render::UNKNOWN_USER);
-            return self.out.event(&denied).map_err(End::from);
-        }
-        self.user = name.to_owned();
-        self.phase = if self.password_from_env { Phase::LoginReady } else { Phase::Password };
-        self.try_login()
-    }
-
-    fn on_password(&mut self, password: &str) -> Step {
-        self.password = password.to_owned();
-        self.phase = Phase::LoginReady;
-        self.try_login()
-    }
-
-    fn on_command(&mut self, command: Command<'_>) -> Step {
-        let msg = match command {
-            Command::Message { to, text } => ClientMsg::Message { to, text },
-            Command::Broadcast { text } => ClientMsg::Broadcast { text },
-            Command::Online => ClientMsg::Online,
-            Command::Block { user } => ClientMsg::Block { user },
-            Command::Unblock { user } => ClientMsg::Unblock { user },
-            Command::GetAddress { user } => ClientMsg::GetAddress { user },
-            Command::Consent { user } => ClientMsg::Consent { user },
-            Command::Private { to, text } => return self.private(to, text),
-            Command::Resend => return self.resend(),
-            Command::Logout => {
-                self.phase = Phase::LoggingOut;
-                ClientMsg::Logout
-            }
-        };
-        self.send(&msg)
-    }
-
-    fn private(&mut self, to: &str, text: &str) -> Step {
-        let Some((addr, token)) = self.addresses.get(to) else {
-            return self
-                .out
-                .event(&Event::error("no-address", render::NO_ADDRESS))
-                .map_err(End::from);
-        };
-        let mut notices = Vec::new();
-        let peer = (to, *addr, token.as_str());
-        self.peers.send_private(self.poll.registry(), &self.user, peer, text, &mut notices);
-        self.report(notices)
-    }
-
-    /// Sends every unconfirmed private message through the server, where
-    /// it is delivered (or kept) like any other message.
-    fn resend(&mut self) -> Step {
-        if self.unconfirmed.is_empty() {
-            let nothing = Event::error("nothing-to-resend", render::NOTHING_TO_RESEND);
-            return self.out.event(&nothing).map_err(End::from);
-        }
-        for (to, text) in std::mem::take(&mut self.unconfirmed) {
-            self.send(&ClientMsg::Message { to: &to, text: &text })?;
-        }
-        Ok(())
-    }
-
-    /// Shows what the peers reported, then sends the acknowledgements of
-    /// the private messages just shown (never before showing them).
-    fn report_and_acknowledge(&mut self, notices: Vec<PeerNotice>) -> Step {
-        self.report(notices)?;
-        let mut notices = Vec::new();
-        self.peers.flush_all(self.poll.registry(), &mut notices);
-        self.report(notices)
-    }
-
-    /// Shows what the peers reported.
-    fn report(&mut self, notices: Vec<PeerNotice>) -> Step {
-        for notice in notices {
-            match notice {
-                PeerNotice::Private { from, text } => {
-                    self.out.event(&event::private(&from, &text))?;
-                }
-                PeerNotice::Refused { claimed } => {
-                    let line = render::refused_peer(&claimed);
-                    self.out
-                        .event(&Event::line("peer_refused", &line).text("claimed", &claimed))?;
-                }
-                PeerNotice::RefusedMore(summary) => {
-                    self.out.event(&event::refused_more(&summary))?;
-                }
-                PeerNotice::Unavailable { user, addr, unconfirmed } => {
-                    if self.addresses.get(&user).is_some_and(|(a, _)| *a == addr) {
-                        self.addresses.remove(&user);
-                    }
-                    self.out.event(&event::peer_unavailable(&user, addr, &unconfirmed))?;
-                    self.unconfirmed.extend(unconfirmed.into_iter().map(|t| (user.clone(), t)));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn show_prompt(&mut self) -> Step {
-        if self.stdin_done {
-            return Ok(());
-        }
-        let prompt = match self.phase {
-            Phase::Username => render::PROMPT_USER,
-            Phase::Password => render::PROMPT_PASSWORD,
-            Phase::Chat => render::PROMPT_COMMAND,
-            _ => return Ok(()),
-        };
-        self.out.prompt(prompt, self.phase != Phase::Password).map_err(End::from)
     }
 
     // --- exit ------------------------------------------------------------
@@ -1073,19 +785,26 @@ impl Client {
         let deadline = Instant::now() + EXIT_FLUSH_TIMEOUT;
         let mut events = Events::with_capacity(64);
         loop {
-            if peers::write_some(&mut self.server.stream, &mut self.server.output).is_err() {
-                self.server.output.clear();
-            }
+            let server_left = match &mut self.link {
+                Link::Up { conn, .. } => match conn.flush(self.poll.registry(), SERVER) {
+                    Ok(()) => conn.pending_output() > 0,
+                    Err(_) => false,
+                },
+                _ => false,
+            };
             // Failures this late cannot be acted on; the user is leaving.
-            self.peers.flush_all(self.poll.registry(), &mut Vec::new());
-            if self.server.output.is_empty() && !self.peers.has_pending_output() {
+            let peers_left = match &mut self.peers {
+                Some(peers) => {
+                    peers.flush_all(self.poll.registry(), &mut Vec::new());
+                    peers.has_pending_output()
+                }
+                None => false,
+            };
+            if !server_left && !peers_left {
                 return;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            if self.poll.poll(&mut events, Some(left)).is_err() {
+            if left.is_zero() || self.poll.poll(&mut events, Some(left)).is_err() {
                 return;
             }
         }
@@ -1095,4 +814,50 @@ impl Client {
 /// Whether a readiness event calls for reading.
 fn reads(event: &Readiness) -> bool {
     event.is_readable() || event.is_read_closed() || event.is_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brackets_around_an_ipv6_host_are_taken_off() {
+        assert_eq!(bare_host("[::1]"), "::1");
+        assert_eq!(bare_host("::1"), "::1");
+        assert_eq!(bare_host("example.org"), "example.org");
+        assert_eq!(bare_host("[::1"), "[::1");
+    }
+
+    #[test]
+    fn every_address_is_tried_in_turn_until_one_answers() -> io::Result<()> {
+        let mut poll = Poll::new()?;
+        let open = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let closed = {
+            let gone = std::net::TcpListener::bind("127.0.0.1:0")?;
+            gone.local_addr()?
+        };
+        // Tried last to first: the closed port first.
+        let left = vec![open.local_addr()?, closed];
+        let none = io::Error::new(io::ErrorKind::NotFound, "none");
+        let mut dialer = Dialer::next("test".into(), left, none, poll.registry(), Instant::now())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let mut events = Events::with_capacity(8);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < deadline, "never connected");
+            poll.poll(&mut events, Some(Duration::from_millis(100)))?;
+            match dialer.conn.finish_connect(poll.registry(), SERVER) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    dialer = dialer
+                        .failed(e, poll.registry(), Instant::now())
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                }
+            }
+        }
+        assert_eq!(dialer.conn.peer_addr()?, open.local_addr()?);
+        assert!(dialer.left.is_empty());
+        Ok(())
+    }
 }

@@ -34,7 +34,7 @@
 //! sees and which address to forget.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,9 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum PeerNotice {
     /// A private message arrived from `from`.
     Private { from: String, text: String },
+    /// `user` acknowledged the oldest `count` private messages this client
+    /// sent it that were still waiting.
+    Acknowledged { user: String, count: usize },
     /// `user` at `addr` cannot be reached (connection refused, closed, or
     /// silent); `unconfirmed` are the private messages it never
     /// acknowledged, oldest first.
@@ -320,8 +323,9 @@ impl Peers {
     }
 
     /// Withdraws every grant between this client's user and `user`: their
-    /// token is no longer accepted and connections either way are closed.
-    pub fn revoke(&mut self, user: &str, registry: &Registry) {
+    /// token is no longer accepted and connections either way are closed
+    /// (private messages they had not acknowledged are reported).
+    pub fn revoke(&mut self, user: &str, registry: &Registry, notices: &mut Vec<PeerNotice>) {
         self.grants.remove(user);
         let keys: Vec<usize> = self
             .conns
@@ -333,7 +337,7 @@ impl Peers {
             .map(|(key, _)| key)
             .collect();
         for key in keys {
-            self.remove(key, registry);
+            self.fail(key, registry, notices);
         }
     }
 
@@ -423,8 +427,9 @@ impl Peers {
         Ok(token.0 - self.first_token)
     }
 
-    /// Closes outgoing connections to `user` (their address changed).
-    pub fn close_to(&mut self, user: &str, registry: &Registry) {
+    /// Closes outgoing connections to `user` (their address changed),
+    /// reporting the private messages they had not acknowledged.
+    pub fn close_to(&mut self, user: &str, registry: &Registry, notices: &mut Vec<PeerNotice>) {
         let keys: Vec<usize> = self
             .conns
             .iter()
@@ -432,7 +437,7 @@ impl Peers {
             .map(|(key, _)| key)
             .collect();
         for key in keys {
-            self.remove(key, registry);
+            self.fail(key, registry, notices);
         }
     }
 
@@ -519,11 +524,13 @@ fn take_line(
     let Line::Complete(bytes) = line else { return Err(()) };
     let Ok(text) = std::str::from_utf8(bytes) else { return Err(()) };
     match (kind, PeerMsg::parse(text)) {
-        (Kind::Outgoing { unacked, .. }, Ok(PeerMsg::Ack { id })) => {
+        (Kind::Outgoing { unacked, user, .. }, Ok(PeerMsg::Ack { id })) => {
             let before = unacked.messages.len();
             unacked.messages.retain(|(sent, _)| *sent > id);
-            if unacked.messages.len() < before {
+            let count = before - unacked.messages.len();
+            if count > 0 {
                 unacked.waiting_since = Instant::now();
+                notices.push(PeerNotice::Acknowledged { user: user.clone(), count });
             }
             Ok(None)
         }
@@ -576,32 +583,12 @@ fn take_unconfirmed(
 /// to a peer or to the server (see [`crate::net::limit_send_buffer`]).
 pub const SEND_BUFFER: usize = 64 * 1024;
 
-/// Writes as much of `output` as the socket takes, removing what was
-/// written. `Ok(true)` when nothing is left.
-pub fn write_some(stream: &mut impl Write, output: &mut Vec<u8>) -> io::Result<bool> {
-    let mut written = 0;
-    let result = loop {
-        if written == output.len() {
-            break Ok(true);
-        }
-        match stream.write(&output[written..]) {
-            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(e),
-        }
-    };
-    output.drain(..written);
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::MAX_LINE;
     use mio::{Events, Poll};
-    use std::io::{BufRead, Read};
+    use std::io::{BufRead, Read, Write};
     use std::time::Instant;
 
     const LISTENER: Token = Token(1);
@@ -703,7 +690,7 @@ mod tests {
         conn.write_all(b"PEER 1 C right\nPRIVATE 1 forged\n")?;
         assert_eq!(pump_until(&mut poll, &mut peers, |_, _| closed_now(&mut conn))?, vec![]);
         // Revoked: the right token no longer opens anything.
-        peers.revoke("B", poll.registry());
+        peers.revoke("B", poll.registry(), &mut Vec::new());
         let mut conn = std::net::TcpStream::connect(("127.0.0.1", peers.port()))?;
         conn.write_all(b"PEER 1 B right\nPRIVATE 1 after revoke\n")?;
         assert_eq!(pump_until(&mut poll, &mut peers, |_, _| closed_now(&mut conn))?, vec![]);

@@ -13,12 +13,13 @@ use std::net::SocketAddr;
 use crate::protocol::{ByeReason, DenyReason, Failure, QueueReason, ServerMsg};
 
 pub const WELCOME: &str = "Welcome to the chat system!";
-pub const BAD_PASSWORD: &str = "Invalid Password. Please try again.";
+/// The original client's words for failed logins, word for word.
+pub const BAD_PASSWORD: &str = "Invalid password. Please try again.";
 pub const NOW_LOCKED: &str =
-    "Invalid Password. Your account has been blocked. Please try again later.";
-pub const LOCKED: &str =
-    "Your account is blocked due to multiple login failures. Please try again later.";
-pub const UNKNOWN_USER: &str = "Invalid Username. Please try again.";
+    "Invalid password. Your account has been blocked. Please try again after some time.";
+pub const LOCKED: &str = "Due to multiple log in failures, your account has been blocked. \
+     Please try again after some time.";
+pub const UNKNOWN_USER: &str = "Not a valid user.";
 pub const THROTTLED: &str = "Too many login attempts from your address. Please try again later.";
 pub const BUSY: &str = "The server is busy. Trying again shortly...";
 pub const STILL_BUSY: &str = "The server is still busy. Please try again later.";
@@ -34,6 +35,7 @@ pub const LOST_CONNECTION: &str = "Lost connection to the server.";
 pub const NO_ADDRESS: &str = "Please request user address first (getaddress <user>).";
 pub const RESEND_HOWTO: &str = "To send them through the server instead, enter: resend";
 pub const NOTHING_TO_RESEND: &str = "There are no unconfirmed private messages to resend.";
+pub const HELP_HEADER: &str = "Commands:";
 pub const STORAGE: &str =
     "The server is out of storage space, so that was not done. Please try again later.";
 pub const RATE_LIMITED: &str = "You are sending too fast: message not sent (rate limit).";
@@ -140,6 +142,13 @@ pub fn refused_peer(user: &str) -> String {
     format!("Refused a private connection claiming to be {user}: it had no valid grant.")
 }
 
+/// A message sent through the server whose outcome had not come when the
+/// client logged out: the server keeps it, but the client cannot say it
+/// was delivered.
+pub fn unconfirmed_message(user: &str, text: &str) -> String {
+    format!("Message to {user} was not confirmed before logging out: {}", clean(text))
+}
+
 /// A private message the peer never acknowledged.
 pub fn unconfirmed_private(user: &str, text: &str) -> String {
     format!("Private message to {user} was not confirmed: {}", clean(text))
@@ -234,7 +243,7 @@ fn bye_lines(reason: ByeReason) -> Vec<String> {
 /// name (the consent confirmation names it, as the transcript does).
 pub fn server_lines(msg: &ServerMsg<'_>, me: &str) -> Vec<String> {
     match msg {
-        ServerMsg::Hello { .. } => Vec::new(),
+        ServerMsg::Hello { .. } | ServerMsg::Pong => Vec::new(),
         ServerMsg::Welcome { .. } => vec![WELCOME.into()],
         ServerMsg::Denied { reason } => vec![deny_line(*reason).into()],
         ServerMsg::Msg { from, text, .. } => vec![chat_line(from, text)],
@@ -296,20 +305,18 @@ mod tests {
         assert_eq!(one(ServerMsg::Welcome { user: "A" }), "Welcome to the chat system!");
         assert_eq!(
             one(ServerMsg::Denied { reason: DenyReason::BadPassword }),
-            "Invalid Password. Please try again."
+            "Invalid password. Please try again."
         );
         assert_eq!(
             one(ServerMsg::Denied { reason: DenyReason::NowLocked }),
-            "Invalid Password. Your account has been blocked. Please try again later."
+            "Invalid password. Your account has been blocked. Please try again after some time."
         );
         assert_eq!(
             one(ServerMsg::Denied { reason: DenyReason::Locked }),
-            "Your account is blocked due to multiple login failures. Please try again later."
+            "Due to multiple log in failures, your account has been blocked. \
+             Please try again after some time."
         );
-        assert_eq!(
-            one(ServerMsg::Denied { reason: DenyReason::UnknownUser }),
-            "Invalid Username. Please try again."
-        );
+        assert_eq!(one(ServerMsg::Denied { reason: DenyReason::UnknownUser }), "Not a valid user.");
         assert_eq!(
             one(ServerMsg::Denied { reason: DenyReason::Throttled }),
             "Too many login attempts from your address. Please try again later."

@@ -194,8 +194,12 @@ impl Server {
     fn launch(name: &str, users: &[(&str, &str)], flags: &[&str], mut command: Command) -> Server {
         let dir = temp_dir(name);
         let credentials = write_credentials(&dir, users);
+        // 127.0.0.1 unless the test binds elsewhere (::1).
+        if !flags.contains(&"--bind") {
+            command.args(["--bind", "127.0.0.1"]);
+        }
         let mut child = command
-            .args(["--bind", "127.0.0.1", "--log-level", "warn", "--credentials"])
+            .args(["--log-level", "warn", "--credentials"])
             .arg(&credentials)
             .args(flags)
             .arg("0")
@@ -210,7 +214,8 @@ impl Server {
         let err = Output::new(stderr, format!("server {name} log"));
         let first = out.next_line().expect("server printed nothing");
         let port = first
-            .strip_prefix("Server listening on 127.0.0.1:")
+            .strip_prefix("Server listening on ")
+            .and_then(|address| address.rsplit(':').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first server line {first:?}"));
         Server { child, port, out, err, dir }
@@ -255,8 +260,19 @@ pub struct Client {
 
 impl Client {
     pub fn spawn(port: u16, flags: &[&str], password: Option<&str>, stdin: Stdio) -> Client {
+        Client::spawn_to("127.0.0.1", port, flags, password, stdin)
+    }
+
+    /// A client of the server at `host` (as typed on its command line).
+    pub fn spawn_to(
+        host: &str,
+        port: u16,
+        flags: &[&str],
+        password: Option<&str>,
+        stdin: Stdio,
+    ) -> Client {
         let mut command = Command::new(env!("CARGO_BIN_EXE_chat-client"));
-        command.args(flags).arg("127.0.0.1").arg(port.to_string());
+        command.args(flags).arg(host).arg(port.to_string());
         command.env_remove("CHAT_PASSWORD");
         if let Some(password) = password {
             command.env("CHAT_PASSWORD", password);

@@ -43,8 +43,9 @@ impl Core {
             ClientMsg::Login { user, p2p_port, password } => {
                 self.login(conn, user, p2p_port, password, now)
             }
-            // Arriving (which resets the heartbeat) is all a ping does.
-            ClientMsg::Ping => {}
+            // Arriving resets the heartbeat; the answer, in order with the
+            // answers to earlier frames, tells the client the server lives.
+            ClientMsg::Ping => self.send(conn, &ServerMsg::Pong),
             ClientMsg::Message { .. }
             | ClientMsg::Broadcast { .. }
             | ClientMsg::Online
@@ -63,7 +64,7 @@ impl Core {
             ClientMsg::Hello { .. } | ClientMsg::Login { .. } => {
                 self.refuse(conn, Failure::AlreadyLoggedIn)
             }
-            ClientMsg::Ping => {}
+            ClientMsg::Ping => self.send(conn, &ServerMsg::Pong),
             ClientMsg::Message { to, text } => self.message(conn, user, to, text, now),
             ClientMsg::Broadcast { text } => self.broadcast(conn, user, text, now),
             ClientMsg::Online => self.list_online(conn, user),

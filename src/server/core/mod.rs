@@ -1828,7 +1828,8 @@ mod tests {
         }
         assert!(h.closed.is_empty());
         h.advance(Duration::from_secs(1));
-        assert_eq!(h.take(), vec![(1, "BYE login-timeout".into())]);
+        let sent: Vec<_> = h.take().into_iter().filter(|(_, line)| line != "PONG").collect();
+        assert_eq!(sent, vec![(1, "BYE login-timeout".into())]);
         assert_eq!(h.closed, vec![1], "the logged-in connection stays");
     }
 
@@ -2061,6 +2062,17 @@ mod tests {
     }
 
     #[test]
+    fn a_ping_is_answered_after_the_answers_to_the_frames_before_it() {
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.line(1, "MESSAGE B hi");
+        h.line(1, "PING");
+        h.line(1, "BLOCK A");
+        h.line(1, "PING");
+        assert_eq!(h.to(1), vec!["QUEUED B offline", "PONG", "FAIL not-yourself", "PONG"]);
+    }
+
+    #[test]
     fn only_hello_login_and_ping_before_login() {
         let mut h = Harness::new();
         h.connect(1);
@@ -2068,7 +2080,7 @@ mod tests {
         h.line(1, "PING");
         h.line(1, "MESSAGE B hi");
         h.line(1, "ACK 3");
-        assert_eq!(h.to(1), vec!["FAIL not-logged-in", "FAIL not-logged-in"]);
+        assert_eq!(h.to(1), vec!["PONG", "FAIL not-logged-in", "FAIL not-logged-in"]);
         h.line(1, "LOGIN A 1 A_pwd");
         h.take();
         h.line(1, "LOGIN B 1 B_pwd");
@@ -2138,7 +2150,8 @@ mod tests {
         let sent = h.take();
         assert!(sent.contains(&(1, "BYE timeout".into())));
         assert_eq!(h.closed, vec![1]);
-        assert!(!sent.iter().any(|(c, _)| *c == 2), "B was active and stays: {sent:?}");
+        let to_b = sent.iter().filter(|(c, line)| *c == 2 && line != "PONG");
+        assert_eq!(to_b.count(), 0, "B was active and stays: {sent:?}");
         assert_eq!(h.core.online.iter().copied().collect::<Vec<_>>(), vec![1]);
     }
 
@@ -2150,7 +2163,7 @@ mod tests {
         h.advance(TIMEOUT / 2);
         h.line(2, "PING");
         h.advance(TIMEOUT / 2 + Duration::from_secs(1));
-        assert_eq!(h.take(), vec![(1, "BYE timeout".into())]);
+        assert_eq!(h.take(), vec![(2, "PONG".into()), (1, "BYE timeout".into())]);
         h.line(2, "MESSAGE A are you there?");
         assert_eq!(h.take(), vec![(2, "QUEUED A offline".into())]);
         h.login(3, "A");
@@ -2417,7 +2430,7 @@ mod tests {
         h.advance(TTL * 3);
         h.line(2, "PING");
         h.line(1, "PING");
-        assert_eq!(h.take(), vec![]);
+        assert_eq!(h.take(), vec![(2, "PONG".into()), (1, "PONG".into())]);
         h.core.disconnected(2);
         h.advance(Duration::ZERO);
         assert_eq!(h.to(1), vec!["EXPIRED B 1 60"]);
