@@ -789,7 +789,7 @@ impl EventLoop {
 /// a burst of traffic freed (a storm of presence notices, a big backlog),
 /// so without this an idle server would sit at its peak footprint. Other
 /// allocators return memory by themselves; there this does nothing.
-fn release_memory() {
+pub(crate) fn release_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {

@@ -200,6 +200,8 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     }
     let control = Control::Signals { credentials: config.credentials.clone() };
     let (mut event_loop, local) = build(config, accounts, control)?;
+    // Reading the credentials and the journal left freed memory behind.
+    event_loop::release_memory();
     announce(&format!("Server listening on {local}"));
     event_loop.run().map_err(ServerError::Io)?;
     announce("Notifying clients of server shutdown...");

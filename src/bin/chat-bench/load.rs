@@ -540,6 +540,17 @@ fn chat_payload<'a>(line: &'a str, ready: &mut bool, ack: &mut Option<u64>) -> O
     parts.next()
 }
 
+/// Reads a process's anonymous memory in KiB (heap, stacks: what it
+/// allocated, not the binary's mapped pages) from /proc's smaps_rollup.
+pub fn anon_kib(pid: u32) -> io::Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "no Anonymous in smaps_rollup"))
+}
+
 /// Reads a process's resident set size in KiB from /proc.
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -104,6 +104,13 @@ enum Scenario {
         #[arg(long, default_value_t = 16)]
         in_flight: usize,
     },
+    /// Memory at rest: the server's anonymous memory with ACCOUNTS
+    /// accounts in its credentials file and nobody connected, against one
+    /// account and against the bare relay.
+    Rest {
+        #[arg(long, default_value_t = 1000)]
+        accounts: usize,
+    },
     /// Logins and logouts per second.
     Login {
         #[arg(long, default_value_t = 2000)]

@@ -133,6 +133,7 @@ pub fn run(scenario: &Scenario, s: &Settings) -> io::Result<Vec<Report>> {
         }
         Scenario::Flood { rate, pairs } => vec![flood(s, *rate, *pairs)?],
         Scenario::Idle { connections } => vec![idle(s, *connections)?],
+        Scenario::Rest { accounts } => vec![rest(s, *accounts)?],
         Scenario::Login { logins } => vec![login(s, *logins)?],
         Scenario::Spawn { runs } => vec![spawn(s, *runs)?],
         Scenario::Scale { users } => vec![scale(s, *users)?],
@@ -146,6 +147,7 @@ pub fn run(scenario: &Scenario, s: &Settings) -> io::Result<Vec<Report>> {
             loginflood(s, 5000.0, 50, 4, 16)?,
             flood(s, 1000.0, 20)?,
             idle(s, 1000)?,
+            rest(s, 1000)?,
             login(s, 2000)?,
             spawn(s, 100)?,
             scale(s, 10_000)?,
@@ -407,6 +409,32 @@ fn idle(s: &Settings, connections: usize) -> io::Result<Report> {
         .int("rss_loaded_kib", loaded)
         .int("bytes_per_connection", per_connection)
         .int("fd_limit", limit))
+}
+
+/// The server's anonymous memory (heap and stacks, not the mapped binary)
+/// with `accounts` accounts and nobody connected, with one account, and the
+/// bare relay's at rest.
+fn rest(s: &Settings, accounts: usize) -> io::Result<Report> {
+    let accounts = s.count(accounts, 100).max(1);
+    let anon = |names: &[String]| -> io::Result<u64> {
+        let server = Target::server(&s.server, names, &s.server_args)?;
+        let pid = server.pid().ok_or_else(|| io::Error::other("rest needs a server it started"))?;
+        settle();
+        load::anon_kib(pid)
+    };
+    let full = anon(&names(accounts))?;
+    let one = anon(&names(1))?;
+    let relay = Target::relay("direct")?;
+    let relay_pid = relay.pid().ok_or_else(|| io::Error::other("no relay"))?;
+    settle();
+    let relay_kib = load::anon_kib(relay_pid)?;
+    let per_account = full.saturating_sub(one) * 1024 / (accounts as u64 - 1).max(1);
+    Ok(Report::new("rest")
+        .int("accounts", accounts as u64)
+        .int("anon_kib", full)
+        .int("anon_one_account_kib", one)
+        .int("bytes_per_account", per_account)
+        .int("relay_anon_kib", relay_kib))
 }
 
 /// Gives the server a moment to finish what the last step set off, so

@@ -111,7 +111,7 @@ impl Core {
     /// Takes one of `me`'s send tokens (a MESSAGE or a BROADCAST), or
     /// tells them they are past their send rate.
     fn within_send_rate(&mut self, conn: ConnId, me: UserId, now: Instant) -> bool {
-        let bucket = &mut self.users[me].send_rate;
+        let bucket = &mut self.users[me].state_mut().send_rate;
         let allowed = bucket.take(&self.rate_limit, now);
         if !allowed {
             let next = bucket.next_token(&self.rate_limit, now);
@@ -160,7 +160,7 @@ impl Core {
         if !self.take_storage(SNAPSHOT_RECORD_BYTES + text.len()) {
             return Delivery::NoStorage;
         }
-        let online = self.users[to].session.is_some();
+        let online = self.users[to].state().session.is_some();
         let kind = if online { live_kind } else { MsgKind::Offline };
         let notify = online && live_kind == MsgKind::Direct;
         let pushed = self.outboxes.push(to, &caps, kind, from, text, notify, now);
@@ -327,8 +327,8 @@ impl Core {
             self.refuse(conn, Failure::GetAddress { user: name });
             return;
         }
-        self.users[target].asked_by.insert(me);
-        self.users[me].asking.insert(target);
+        self.users[target].state_mut().asked_by.insert(me);
+        self.users[me].state_mut().asking.insert(target);
         self.send(conn, &ServerMsg::ConsentAsked { user: name });
         let asker = self.name(me).to_owned();
         self.send_to_user(target, &ServerMsg::ConsentRequest { user: &asker });
@@ -339,11 +339,11 @@ impl Core {
         let Some(asker) = self.other_user(conn, me, name) else {
             return;
         };
-        if !self.users[me].asked_by.remove(&asker) {
+        if !self.users[me].state_mut().asked_by.remove(&asker) {
             self.refuse(conn, Failure::NoRequest { user: name });
             return;
         }
-        self.users[asker].asking.remove(&me);
+        self.users[asker].state_mut().asking.remove(&me);
         let Some(state) = self.conns.get(&conn) else {
             return;
         };
@@ -353,7 +353,7 @@ impl Core {
             self.refuse(conn, Failure::NoRequest { user: name });
             return;
         };
-        self.users[me].address_holders.insert(asker);
+        self.users[me].state_mut().address_holders.insert(asker);
         log::info!("user {} gave their address to {name}", self.name(me));
         let granter = self.name(me).to_owned();
         self.send(conn, &ServerMsg::Granted { user: name, token: &token });
@@ -366,9 +366,9 @@ impl Core {
     fn revoke_grants(&mut self, a: UserId, b: UserId) {
         let mut granted = false;
         for (x, y) in [(a, b), (b, a)] {
-            granted |= self.users[x].address_holders.remove(&y);
-            self.users[x].asked_by.remove(&y);
-            self.users[x].asking.remove(&y);
+            granted |= self.users[x].state_mut().address_holders.remove(&y);
+            self.users[x].state_mut().asked_by.remove(&y);
+            self.users[x].state_mut().asking.remove(&y);
         }
         if !granted {
             return;
@@ -399,7 +399,7 @@ impl Core {
             self.record(me, |core| Record::Acked { user: core.name(me).to_owned(), seq });
         }
         for &(sender, count) in &senders {
-            if let Some(conn) = self.users[sender].session {
+            if let Some(conn) = self.users[sender].state().session {
                 self.confirmations.add(conn, me, count, now);
             }
         }

@@ -21,10 +21,6 @@
 
 use std::collections::BTreeSet;
 
-// FxHash, not SipHash: every key here is a user id or a name from the
-// credentials file or the journal, never chosen by a client, so no one can
-// pick colliding keys; and these lookups run for every message.
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -40,16 +36,18 @@ mod outbox;
 mod presence;
 mod send_rate;
 mod throttle;
+mod users;
 
 use admission::{AddressTable, Arrivals, Over};
 use confirm::Confirmations;
 pub use confirm::CONFIRM_DELAY;
 use outbox::{Caps, Outboxes};
 use presence::{Decision, Presence};
-use send_rate::{RateLimit, SendRate};
+use send_rate::RateLimit;
 pub(crate) use throttle::throttle_key;
 use throttle::{LoginThrottle, Refusal};
 pub use throttle::{BURST_SECONDS, DEFAULT_THROTTLE_TABLE, THROTTLE_WINDOW};
+use users::Users;
 
 use crate::protocol::{
     ByeReason, ClientMsg, DenyReason, Failure, QueueReason, ServerMsg, MAX_DELIVERED_COUNT, VERSION,
@@ -299,35 +297,6 @@ fn waiting(conns: &ConnTable, id: ConnId, serial: u64) -> bool {
     conns.get(&id).is_some_and(|c| c.serial == serial && c.user.is_none())
 }
 
-/// Everything the server knows about one account.
-#[derive(Debug)]
-struct User {
-    pub name: String,
-    /// `None` while the account is not in the credentials file (removed on
-    /// reload, or known only from the journal): it cannot log in or be
-    /// found by name, but its state is kept for when it is listed again.
-    password: Option<Secret>,
-    /// The connection this user is logged in on.
-    pub session: Option<ConnId>,
-    /// Users this user has blocked. Changed only by [`Core::set_block`],
-    /// which keeps `blocked_by` of the target in step.
-    blocked: HashSet<UserId>,
-    /// How many users have blocked this one (listed or not, online or not).
-    blocked_by: u32,
-    /// The user's MESSAGE and BROADCAST tokens.
-    send_rate: SendRate,
-    /// Due time of the user's live expiry timer, if one is armed.
-    expiry_due: Option<Instant>,
-    failures: u8,
-    locked_until: Option<Instant>,
-    /// Users waiting for this user's consent.
-    pub asked_by: HashSet<UserId>,
-    /// Users whose consent this user is waiting for.
-    pub asking: HashSet<UserId>,
-    /// Users who were given this user's peer-to-peer address.
-    pub address_holders: HashSet<UserId>,
-}
-
 /// One open connection.
 #[derive(Debug)]
 struct Conn {
@@ -447,10 +416,9 @@ impl Drop for Effects<'_> {
 #[derive(Debug)]
 pub struct Core {
     config: CoreConfig,
-    users: Vec<User>,
-    /// Every account's id by name, listed in the credentials file or not;
-    /// [`Core::user_id`] finds only listed ones.
-    ids: HashMap<String, UserId>,
+    /// Every account, listed in the credentials file or not, by id and by
+    /// name ([`Core::user_id`] finds only listed ones).
+    users: Users,
     conns: ConnTable,
     /// Every user's messages not yet acknowledged (by user id, in step
     /// with `users`), and their total size.
@@ -551,38 +519,16 @@ fn emit(out: &mut String, effects: &mut Vec<Effect>, conn: ConnId, msg: &ServerM
     effects.push(Effect::Send { conn, start, end });
 }
 
-impl User {
-    fn new(name: String, password: Option<Secret>) -> Self {
-        User {
-            name,
-            password,
-            session: None,
-            blocked: HashSet::default(),
-            blocked_by: 0,
-            send_rate: SendRate::default(),
-            expiry_due: None,
-            failures: 0,
-            locked_until: None,
-            asked_by: HashSet::default(),
-            asking: HashSet::default(),
-            address_holders: HashSet::default(),
-        }
-    }
-}
-
 impl Core {
     pub fn new(mut accounts: Vec<Account>, config: CoreConfig) -> Self {
         accounts.sort_by(|a, b| a.name.cmp(&b.name));
-        let ids = accounts.iter().enumerate().map(|(id, a)| (a.name.clone(), id)).collect();
-        let users: Vec<User> =
-            accounts.into_iter().map(|a| User::new(a.name, Some(a.password))).collect();
+        let users = Users::new(accounts.into_iter().map(|a| (a.name, a.password)));
         Core {
             config,
             outboxes: Outboxes::new(users.len()),
             rate_limit: RateLimit::new(config.send_rate, config.send_burst),
             server_full_logged: false,
             users,
-            ids,
             conns: ConnTable::default(),
             online: BTreeSet::new(),
             addresses: AddressTable::new(
@@ -676,7 +622,7 @@ impl Core {
 
     /// The id of the account `name`, if the credentials file lists it.
     fn user_id(&self, name: &str) -> Option<UserId> {
-        self.ids.get(name).copied().filter(|&id| self.users[id].password.is_some())
+        self.users.find(name).filter(|&id| self.users[id].password.is_some())
     }
 
     /// Whether `id` is the account `name` and the credentials file lists
@@ -688,36 +634,34 @@ impl Core {
     /// The id of `name`, listed or not, creating an unlisted account for a
     /// name never seen (journal replay); true when it was created.
     fn id_or_unlisted(&mut self, name: &str) -> (UserId, bool) {
-        if let Some(&id) = self.ids.get(name) {
+        if let Some(id) = self.users.find(name) {
             return (id, false);
         }
-        let id = self.users.len();
-        self.users.push(User::new(name.to_owned(), None));
+        let id = self.users.add(name.to_owned(), None);
         self.outboxes.add_user();
-        self.ids.insert(name.to_owned(), id);
         (id, true)
     }
 
     /// Whether `user` has blocked `other`.
     fn has_blocked(&self, user: UserId, other: UserId) -> bool {
-        self.users[user].blocked.contains(&other)
+        self.users[user].state().blocked.contains(&other)
     }
 
     /// Whether anyone at all has blocked `user`, online or not.
     fn blocked_by_anyone(&self, user: UserId) -> bool {
-        self.users[user].blocked_by > 0
+        self.users[user].state().blocked_by > 0
     }
 
     /// Makes `user` block or unblock `target`, keeping the target's count
     /// of blockers in step; true if that changed anything.
     fn set_block(&mut self, user: UserId, target: UserId, block: bool) -> bool {
         let changed = if block {
-            self.users[user].blocked.insert(target)
+            self.users[user].state_mut().blocked.insert(target)
         } else {
-            self.users[user].blocked.remove(&target)
+            self.users[user].state_mut().blocked.remove(&target)
         };
         if changed {
-            let count = &mut self.users[target].blocked_by;
+            let count = &mut self.users[target].state_mut().blocked_by;
             *count = if block { *count + 1 } else { count.saturating_sub(1) };
         }
         changed
@@ -739,7 +683,7 @@ impl Core {
 
     /// Sends to `user` if they are logged in.
     fn send_to_user(&mut self, user: UserId, msg: &ServerMsg<'_>) {
-        if let Some(conn) = self.users[user].session {
+        if let Some(conn) = self.users[user].state().session {
             self.send(conn, msg);
         }
     }
@@ -1009,20 +953,24 @@ impl Core {
         let Some(user) = state.user else {
             return;
         };
-        if self.users[user].session != Some(conn) {
+        if self.users[user].state().session != Some(conn) {
             return;
         }
-        self.users[user].session = None;
+        self.users[user].state_mut().session = None;
         self.online.remove(&user);
         self.tell_senders_unreachable(user);
         // Offline, the user's messages can expire again.
         self.arm_expiry(user);
-        for target in std::mem::take(&mut self.users[user].asking) {
-            self.users[target].asked_by.remove(&user);
+        for target in std::mem::take(&mut self.users[user].state_mut().asking) {
+            self.users[target].state_mut().asked_by.remove(&user);
         }
-        for asker in std::mem::take(&mut self.users[user].asked_by) {
-            self.users[asker].asking.remove(&user);
+        for asker in std::mem::take(&mut self.users[user].state_mut().asked_by) {
+            self.users[asker].state_mut().asking.remove(&user);
         }
+        // Offline with nothing pending, the user costs no more than before
+        // their first login. (The connection's last line is recent enough
+        // a time to tell whether their send rate is back to full.)
+        self.users[user].tidy(state.last_seen);
     }
 
     /// `user`'s session ended with live messages not acknowledged: they
@@ -1034,7 +982,7 @@ impl Core {
         for sender in senders {
             // Confirmations of earlier messages first: the sender's client
             // matches both to its messages in the order they were sent.
-            if let Some(conn) = self.users[sender].session {
+            if let Some(conn) = self.users[sender].state().session {
                 self.confirm_now(conn);
             }
             let msg = ServerMsg::Queued { user: &name, reason: QueueReason::Unreachable };
@@ -1240,11 +1188,13 @@ impl Core {
 
     /// Whether `user` is locked now; forgets a lockout that is over.
     fn locked(&mut self, user: UserId, now: Instant) -> bool {
-        let account = &mut self.users[user];
-        if account.locked_until.is_some_and(|until| now < until) {
+        let account = &self.users[user];
+        if account.state().locked_until.is_some_and(|until| now < until) {
             return true;
         }
-        account.locked_until = None;
+        if account.state().locked_until.is_some() {
+            self.users[user].state_mut().locked_until = None;
+        }
         false
     }
 
@@ -1259,11 +1209,13 @@ impl Core {
     ) -> Result<(), DenyReason> {
         let block_time = self.config.block_time;
         let from = self.conns.get(&conn).map(|c| c.ip);
-        let account = &mut self.users[user];
         if right {
-            account.failures = 0;
+            if self.users[user].state().failures != 0 {
+                self.users[user].state_mut().failures = 0;
+            }
             return Ok(());
         }
+        let account = self.users[user].state_mut();
         account.failures += 1;
         if account.failures < MAX_FAILURES {
             return Err(DenyReason::BadPassword);
@@ -1274,7 +1226,7 @@ impl Core {
         let from = from.map_or_else(String::new, |ip| format!(", the last from {ip}"));
         warn!(
             "account {} locked for {}s after {MAX_FAILURES} failed logins{from}",
-            account.name,
+            self.users[user].name,
             block_time.as_secs()
         );
         self.effects.push(Effect::Arm { at: until, timer: Timer::Lockout(user) });
@@ -1283,7 +1235,7 @@ impl Core {
     }
 
     fn start_session(&mut self, conn: ConnId, user: UserId, p2p_port: u16, now: Instant) {
-        let replaced = self.users[user].session;
+        let replaced = self.users[user].state().session;
         if let Some(old) = replaced {
             info!("user {} logged in again; ending the older session", self.name(user));
             self.bye(old, ByeReason::Replaced);
@@ -1294,13 +1246,13 @@ impl Core {
         state.user = Some(user);
         state.p2p_port = p2p_port;
         let ip = state.ip;
-        self.users[user].session = Some(conn);
+        self.users[user].state_mut().session = Some(conn);
         self.online.insert(user);
         info!("user {} logged in from {ip}", self.name(user));
         let name = self.users[user].name.clone();
         self.send(conn, &ServerMsg::Welcome { user: &name });
         self.pump(user);
-        for holder in std::mem::take(&mut self.users[user].address_holders) {
+        for holder in std::mem::take(&mut self.users[user].state_mut().address_holders) {
             self.send_to_user(holder, &ServerMsg::AddressChanged { user: &name });
         }
         if replaced.is_none() {
@@ -1311,7 +1263,7 @@ impl Core {
     /// Sends outbox entries not yet sent in this session, oldest first,
     /// while the send window (a count and a byte budget) has room.
     fn pump(&mut self, user: UserId) {
-        let Some(conn) = self.users[user].session else {
+        let Some(conn) = self.users[user].state().session else {
             return;
         };
         let window_bytes = self.config.window_bytes;
@@ -1331,7 +1283,7 @@ impl Core {
     /// session they have open goes on. Their state is kept, should they
     /// come back.
     pub fn reload(&mut self, accounts: Vec<Account>) {
-        for user in &mut self.users {
+        for user in self.users.iter_mut() {
             user.password = None;
         }
         for account in accounts {
@@ -1384,7 +1336,7 @@ impl Core {
             Record::Locked { user, until } => {
                 let user = id(self, user);
                 if *until > now {
-                    self.users[user].locked_until = Some(*until);
+                    self.users[user].state_mut().locked_until = Some(*until);
                     self.effects.push(Effect::Arm { at: *until, timer: Timer::Lockout(user) });
                 }
             }
@@ -1419,14 +1371,15 @@ impl Core {
                     if next > 1 {
                         out.push(Record::NextSeq { user: user.clone(), next });
                     }
-                    if let Some(until) = account.locked_until.filter(|&until| until > now) {
+                    let state = account.state();
+                    if let Some(until) = state.locked_until.filter(|&until| until > now) {
                         out.push(Record::Locked { user: user.clone(), until });
                     }
-                    for &target in &account.blocked {
+                    for &target in &state.blocked {
                         let target = self.users[target].name.clone();
                         out.push(Record::Blocked { user: user.clone(), target });
                     }
-                    bytes += SNAPSHOT_RECORD_BYTES * (2 + account.blocked.len());
+                    bytes += SNAPSHOT_RECORD_BYTES * (2 + state.blocked.len());
                     0
                 }
             };
@@ -1463,7 +1416,7 @@ impl Core {
             .map(|(id, account)| {
                 let outbox = self.outboxes.get(id);
                 let messages = outbox.text_bytes();
-                let records = 2 + account.blocked.len() + outbox.len();
+                let records = 2 + account.state().blocked.len() + outbox.len();
                 (messages + SNAPSHOT_RECORD_BYTES * records) as u64
             })
             .sum()
@@ -1493,8 +1446,8 @@ impl Core {
             Timer::Login { conn, due } => {
                 self.conns.get(&conn).is_some_and(|c| c.user.is_none() && c.login_due == due)
             }
-            Timer::Lockout(user) => self.users[user].locked_until.is_some(),
-            Timer::Expiry { user, due } => self.users[user].expiry_due == Some(due),
+            Timer::Lockout(user) => self.users[user].state().locked_until.is_some(),
+            Timer::Expiry { user, due } => self.users[user].state().expiry_due == Some(due),
             Timer::RefusalSummary | Timer::Presence(_) => true,
         }
     }
@@ -1520,13 +1473,13 @@ impl Core {
             }
             Timer::Lockout(user) => {
                 let account = &mut self.users[user];
-                if account.locked_until.is_some_and(|until| until <= now) {
-                    account.locked_until = None;
+                if account.state().locked_until.is_some_and(|until| until <= now) {
+                    account.state_mut().locked_until = None;
                     info!("lockout of {} expired", account.name);
                 }
             }
             Timer::Presence(user) => {
-                let online = self.users[user].session.is_some();
+                let online = self.users[user].state().session.is_some();
                 if self.presence.due(user, online, now) {
                     self.announce_presence(user, online, now);
                 }
@@ -1549,7 +1502,7 @@ impl Core {
     /// towards the back) or they are online (their messages are being
     /// delivered and do not expire).
     fn arm_expiry(&mut self, user: UserId) {
-        let account = &mut self.users[user];
+        let account = self.users[user].state();
         if account.session.is_some() || account.expiry_due.is_some() {
             return;
         }
@@ -1560,7 +1513,7 @@ impl Core {
         let Some(due) = oldest.checked_add(self.config.message_ttl) else {
             return;
         };
-        account.expiry_due = Some(due);
+        self.users[user].state_mut().expiry_due = Some(due);
         self.effects.push(Effect::Arm { at: due, timer: Timer::Expiry { user, due } });
     }
 
@@ -1570,11 +1523,11 @@ impl Core {
     /// each sender who is online is told how many of theirs expired. Then
     /// the timer is armed for the next oldest.
     fn expire(&mut self, user: UserId, due: Instant, now: Instant) {
-        if self.users[user].expiry_due != Some(due) {
+        if self.users[user].state().expiry_due != Some(due) {
             return; // Stale: a later timer is the live one.
         }
-        self.users[user].expiry_due = None;
-        if self.users[user].session.is_some() {
+        self.users[user].state_mut().expiry_due = None;
+        if self.users[user].state().session.is_some() {
             return; // Re-armed when the user goes offline.
         }
         let ttl = self.config.message_ttl;
@@ -1794,7 +1747,10 @@ mod tests {
         h.line(2, "LOGIN A 1 A_pwd");
         assert_eq!(h.to(2), vec!["HELLO 1 35", "DENIED locked"]);
         h.advance(Duration::from_secs(1));
-        assert!(h.core.users[0].locked_until.is_none(), "the lockout timer cleared the lock");
+        assert!(
+            h.core.users[0].state().locked_until.is_none(),
+            "the lockout timer cleared the lock"
+        );
         h.line(2, "LOGIN A 1 A_pwd");
         assert_eq!(h.to(2), vec!["WELCOME A"]);
     }
@@ -1968,7 +1924,7 @@ mod tests {
         assert!(!h.core.awaits_verification(1), "the new connection waits for nothing");
         assert!(!h.answer_check(), "the answer is for the old connection");
         assert_eq!(h.take(), vec![]);
-        assert!(h.core.users[2].session.is_none());
+        assert!(h.core.users[2].state().session.is_none());
     }
 
     #[test]
@@ -1983,7 +1939,7 @@ mod tests {
             assert!(h.core.verified(1, job.serial, PasswordCheck::Busy, h.now));
             assert_eq!(h.to(1), vec!["DENIED busy"]);
         }
-        assert_eq!(h.core.users[2].failures, 0);
+        assert_eq!(h.core.users[2].state().failures, 0);
         h.line(1, "LOGIN H 1 right");
         h.answer_check();
         assert_eq!(h.to(1), vec!["WELCOME H"], "not throttled: nothing failed");
@@ -2035,6 +1991,21 @@ mod tests {
         h.connect(5);
         h.line(5, "LOGIN D 1 D_pwd");
         assert_eq!(h.to(5), vec!["HELLO 1 35", "WELCOME D", "MSG 1 offline C kept for later"]);
+    }
+
+    #[test]
+    fn an_account_costs_no_state_before_its_first_login_or_after_its_last() {
+        let mut h = Harness::new();
+        assert!(h.core.users.iter().all(|u| !u.has_state()), "nothing preallocated");
+        h.login(1, "A");
+        assert!(h.core.users[0].has_state());
+        h.line(1, "LOGOUT");
+        assert!(!h.core.users[0].has_state(), "logged out with nothing pending");
+        h.login(2, "B");
+        h.line(2, "BLOCK C");
+        h.line(2, "LOGOUT");
+        assert!(h.core.users[1].has_state(), "a block list is kept");
+        assert!(h.core.users[2].has_state(), "as is the count of who blocked C");
     }
 
     #[test]

@@ -42,6 +42,14 @@ pub struct SendRate {
 }
 
 impl SendRate {
+    /// A full bucket.
+    pub const FULL: SendRate = SendRate { full_at: None };
+
+    /// Whether the bucket is full at `now` (as if never used).
+    pub fn is_full(&self, now: Instant) -> bool {
+        self.full_at.is_none_or(|at| at <= now)
+    }
+
     /// Takes a token at `now` if there is one; false (nothing taken) if
     /// the bucket is empty.
     pub fn take(&mut self, limit: &RateLimit, now: Instant) -> bool {
