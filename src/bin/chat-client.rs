@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use chat::client::until::Pattern;
 use chat::client::{Config, Exit, Format};
@@ -21,7 +21,13 @@ use chat::client::{Config, Exit, Format};
 /// 3 wrong password, 4 unknown user, 5 locked out, 6 server shut down,
 /// 7 replaced by a new login, 8 --until timed out.
 #[derive(Debug, Parser)]
-#[command(name = "chat-client", version, about, verbatim_doc_comment)]
+#[command(
+    name = "chat-client",
+    version,
+    about,
+    verbatim_doc_comment,
+    override_usage = "chat-client [OPTIONS] HOST PORT\n       chat-client --generate <WHAT>"
+)]
 struct Args {
     /// Log in as this user instead of asking for a username.
     #[arg(long, value_name = "NAME", value_parser = parse_user)]
@@ -50,10 +56,16 @@ struct Args {
     /// server shutdown.
     #[arg(long)]
     stay: bool,
+    /// Write a man page or a shell completion script to standard output
+    /// and exit.
+    #[arg(long, value_name = "WHAT", value_enum, exclusive = true)]
+    generate: Option<chat::generate::Generate>,
     /// Server host name or IP address.
+    #[arg(required = false, required_unless_present = "generate")]
     host: String,
     /// Server port.
-    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(value_parser = clap::value_parser!(u16).range(1..),
+          required = false, required_unless_present = "generate")]
     port: u16,
 }
 
@@ -92,8 +104,21 @@ fn read_password_file(path: &PathBuf) -> Result<String, String> {
     Ok(password.to_owned())
 }
 
+/// `--generate`'s texts (see [`chat::generate`]).
+const GENERATED: chat::generate::Texts = chat::generate::Texts {
+    man: include_str!("../../contrib/man/chat-client.1"),
+    bash: include_str!("../../contrib/completions/chat-client.bash"),
+    zsh: include_str!("../../contrib/completions/_chat-client"),
+    fish: include_str!("../../contrib/completions/chat-client.fish"),
+};
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // --generate is answered before the arguments it makes optional are read.
+    let matches = Args::command().get_matches();
+    if let Some(&what) = matches.get_one::<chat::generate::Generate>("generate") {
+        return chat::generate::run("chat-client", what, &GENERATED);
+    }
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let until = match args.until.as_deref().map(Pattern::parse).transpose() {
         Ok(until) => until,
         Err(e) => {
@@ -131,5 +156,24 @@ fn main() -> ExitCode {
             eprintln!("chat-client: {e}");
             ExitCode::from(Exit::Failure.code())
         }
+    }
+}
+
+#[cfg(test)]
+#[path = "shared/generated.rs"]
+mod generated;
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Args::command().debug_assert();
+    }
+
+    #[test]
+    fn generated_man_page_and_completions_are_up_to_date() {
+        super::generated::check("chat-client", &super::Args::command(), &super::GENERATED);
     }
 }

@@ -1,0 +1,171 @@
+//! `chat-server --hash-password`'s input: the password to hash.
+//!
+//! From a terminal it is typed twice without echo, after prompts on
+//! standard error; the two must match. Otherwise (a pipe, a file) one line
+//! is read from standard input without a prompt, so scripts can hash a
+//! password: `printf '%s\n' "$pw" | chat-server --hash-password`.
+//!
+//! The terminal's settings are restored after each read, and also if
+//! SIGINT, SIGTERM, SIGHUP or SIGQUIT ends the process while echo is off.
+//! It does not read from `/dev/tty` when standard input is something else,
+//! and does not hash: [`super::credentials::hash_password`] does.
+
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::os::fd::AsRawFd;
+
+use crate::protocol::MAX_LINE;
+
+/// Reads the password to hash from standard input (see the module doc).
+/// The error is one line for the operator.
+pub fn read() -> Result<String, String> {
+    let stdin = io::stdin();
+    let mut input = stdin.lock();
+    if !stdin.is_terminal() {
+        return read_line(&mut input).and_then(check);
+    }
+    let first = read_hidden(&mut input, "Password to hash: ")?;
+    let first = check(first)?;
+    let again = read_hidden(&mut input, "The same password again: ")?;
+    if again != first {
+        return Err("the two passwords differ; nothing was hashed".into());
+    }
+    Ok(first)
+}
+
+/// A password is one word without spaces: the credentials file splits
+/// its lines on whitespace.
+pub fn check(password: String) -> Result<String, String> {
+    if password.is_empty() || password.contains(char::is_whitespace) {
+        return Err("a password is one word without spaces".into());
+    }
+    Ok(password)
+}
+
+/// One line, at most a protocol line long, without its line ending.
+pub fn read_line(input: &mut impl BufRead) -> Result<String, String> {
+    let mut line = Vec::new();
+    let limit = MAX_LINE as u64 + 2;
+    io::Read::take(&mut *input, limit)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    if line.is_empty() {
+        return Err("no password given (standard input ended)".into());
+    }
+    if !line.ends_with(b"\n") && line.len() as u64 == limit {
+        return Err(format!("the password is too long (at most {MAX_LINE} bytes)"));
+    }
+    while line.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+        line.pop();
+    }
+    String::from_utf8(line).map_err(|_| "the password is not valid UTF-8".to_string())
+}
+
+/// Prompts on stderr and reads one line from the terminal on stdin with
+/// echo off.
+fn read_hidden(input: &mut impl BufRead, prompt: &str) -> Result<String, String> {
+    let fd = io::stdin().as_raw_fd();
+    let mut stderr = io::stderr().lock();
+    // The prompt is a courtesy: a closed stderr does not stop the read.
+    let _ = write!(stderr, "{prompt}").and_then(|()| stderr.flush());
+    let guard = EchoOff::new(fd).map_err(|e| format!("cannot turn off echo: {e}"))?;
+    let line = read_line(input);
+    let echoed_newline = guard.echoes_newline();
+    drop(guard);
+    if !echoed_newline {
+        let _ = writeln!(stderr);
+    }
+    line
+}
+
+/// Echo turned off on a terminal until dropped.
+struct EchoOff {
+    fd: i32,
+    saved: libc::termios,
+    echo_nl: bool,
+    handlers: Vec<signal_hook::SigId>,
+}
+
+impl EchoOff {
+    fn new(fd: i32) -> io::Result<EchoOff> {
+        // SAFETY: termios is plain data that tcgetattr fills.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: tcgetattr on an open descriptor, into a valid struct.
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Each handler keeps its own copy of the settings to put back.
+        let saved_for_handlers = saved;
+        let mut handlers = Vec::new();
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            let restore = move || {
+                // SAFETY: tcsetattr is async-signal-safe; the struct is a copy.
+                unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved_for_handlers) };
+                let _ = signal_hook::low_level::emulate_default_handler(signal);
+            };
+            // SAFETY: the handler only calls async-signal-safe functions
+            // (tcsetattr, then resetting the handler and raising the signal).
+            match unsafe { signal_hook::low_level::register(signal, restore) } {
+                Ok(id) => handlers.push(id),
+                Err(e) => log::debug!("cannot watch signal {signal}: {e}"),
+            }
+        }
+        let mut quiet = saved;
+        quiet.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK);
+        // The Enter key still moves to the next line.
+        quiet.c_lflag |= libc::ECHONL;
+        let echo_nl = quiet.c_lflag & libc::ICANON != 0;
+        let guard = EchoOff { fd, saved, echo_nl, handlers };
+        // SAFETY: tcsetattr on an open descriptor with a valid struct.
+        if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &quiet) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(guard)
+    }
+
+    /// Whether the terminal echoed the newline typed (ECHONL works only in
+    /// canonical mode).
+    fn echoes_newline(&self) -> bool {
+        self.echo_nl
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: tcsetattr on the descriptor read from, with its old settings.
+        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+        for id in self.handlers.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(input: &[u8]) -> Result<String, String> {
+        read_line(&mut &input[..])
+    }
+
+    #[test]
+    fn one_line_without_its_ending() {
+        assert_eq!(line(b"wise@!man\n"), Ok("wise@!man".into()));
+        assert_eq!(line(b"wise@!man\r\nrest\n"), Ok("wise@!man".into()));
+        assert_eq!(line(b"no-newline"), Ok("no-newline".into()));
+    }
+
+    #[test]
+    fn hostile_input_is_one_clear_error() {
+        assert_eq!(line(b""), Err("no password given (standard input ended)".into()));
+        let long = vec![b'x'; MAX_LINE + 10];
+        assert!(line(&long).unwrap_err().contains("too long"));
+        assert_eq!(line(b"\xff\xfe\n"), Err("the password is not valid UTF-8".into()));
+    }
+
+    #[test]
+    fn a_password_is_one_word() {
+        assert_eq!(check("pw".into()), Ok("pw".into()));
+        assert!(check(String::new()).is_err());
+        assert!(check("two words".into()).is_err());
+    }
+}
