@@ -23,9 +23,15 @@ pub fn read() -> Result<String, String> {
     if !stdin.is_terminal() {
         return read_line(&mut input).and_then(check);
     }
-    let first = read_hidden(&mut input, "Password to hash: ")?;
+    // Echo goes off before the first prompt shows and stays off until the
+    // second answer is in, so nothing typed after a prompt is echoed (what
+    // was typed before the first is discarded).
+    let fd = io::stdin().as_raw_fd();
+    let echo = EchoOff::new(fd).map_err(|e| format!("cannot turn off echo: {e}"))?;
+    let first = read_hidden(&mut input, &echo, "Password to hash: ")?;
     let first = check(first)?;
-    let again = read_hidden(&mut input, "The same password again: ")?;
+    let again = read_hidden(&mut input, &echo, "The same password again: ")?;
+    drop(echo);
     if again != first {
         return Err("the two passwords differ; nothing was hashed".into());
     }
@@ -60,18 +66,14 @@ pub fn read_line(input: &mut impl BufRead) -> Result<String, String> {
     String::from_utf8(line).map_err(|_| "the password is not valid UTF-8".to_string())
 }
 
-/// Prompts on stderr and reads one line from the terminal on stdin with
-/// echo off.
-fn read_hidden(input: &mut impl BufRead, prompt: &str) -> Result<String, String> {
-    let fd = io::stdin().as_raw_fd();
+/// Prompts on stderr and reads one line from the terminal on stdin, with
+/// echo already off.
+fn read_hidden(input: &mut impl BufRead, echo: &EchoOff, prompt: &str) -> Result<String, String> {
     let mut stderr = io::stderr().lock();
     // The prompt is a courtesy: a closed stderr does not stop the read.
     let _ = write!(stderr, "{prompt}").and_then(|()| stderr.flush());
-    let guard = EchoOff::new(fd).map_err(|e| format!("cannot turn off echo: {e}"))?;
     let line = read_line(input);
-    let echoed_newline = guard.echoes_newline();
-    drop(guard);
-    if !echoed_newline {
+    if !echo.echoes_newline() {
         let _ = writeln!(stderr);
     }
     line
