@@ -400,7 +400,9 @@ impl EmbeddedServer {
             })
             .collect();
         let (mut event_loop, local) = build(config, accounts, Control::Embedded)?;
-        let addr = local[0];
+        let addr = *local.first().ok_or_else(|| {
+            ServerError::Io(std::io::Error::other("the embedded server listens nowhere"))
+        })?;
         let stopper = event_loop.stopper().ok_or_else(|| {
             ServerError::Io(std::io::Error::other("embedded loop has no stopper"))
         })?;
@@ -440,5 +442,49 @@ impl Drop for EmbeddedServer {
     fn drop(&mut self) {
         // Nothing to report to from a drop; stop() reports.
         let _ = self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn bind_takes_addresses_in_order_without_duplicates() {
+        let got = resolve_bind(&hosts(&["127.0.0.1", "[::1]", "::1", "127.0.0.1"])).unwrap();
+        assert_eq!(got, vec![IpAddr::from([127, 0, 0, 1]), "::1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn bind_resolves_host_names() {
+        let got = resolve_bind(&hosts(&["localhost"])).unwrap();
+        assert!(!got.is_empty() && got.iter().all(IpAddr::is_loopback), "{got:?}");
+    }
+
+    #[test]
+    fn bind_refuses_empty_names_and_too_many_addresses() {
+        assert_eq!(
+            resolve_bind(&hosts(&[""])),
+            Err("--bind : not a host name or IP address".to_string())
+        );
+        let many: Vec<String> = (1..=MAX_LISTENERS + 1).map(|i| format!("127.0.0.{i}")).collect();
+        let error = resolve_bind(&many).unwrap_err();
+        assert_eq!(error, format!("--bind: more than {MAX_LISTENERS} addresses to listen on"));
+        assert_eq!(resolve_bind(&many[..MAX_LISTENERS]).unwrap().len(), MAX_LISTENERS);
+    }
+
+    #[test]
+    fn every_address_is_listened_on_and_port_zero_is_shared() {
+        let mut config = Config::new(PathBuf::new(), IpAddr::from([127, 0, 0, 1]), 0);
+        config.bind.push("::1".parse().unwrap());
+        let listeners = listen(&config).unwrap();
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        assert_eq!(ports.len(), 2);
+        assert_ne!(ports[0], 0);
+        assert_eq!(ports[0], ports[1]);
     }
 }
