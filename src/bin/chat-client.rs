@@ -114,11 +114,11 @@ const GENERATED: chat::generate::Texts = chat::generate::Texts {
 
 fn main() -> ExitCode {
     // --generate is answered before the arguments it makes optional are read.
-    let matches = Args::command().get_matches();
+    let mut matches = Args::command().get_matches();
     if let Some(&what) = matches.get_one::<chat::generate::Generate>("generate") {
         return chat::generate::run("chat-client", what, &GENERATED);
     }
-    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let args = Args::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit());
     let until = match args.until.as_deref().map(Pattern::parse).transpose() {
         Ok(until) => until,
         Err(e) => {

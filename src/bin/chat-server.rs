@@ -42,8 +42,8 @@ Examples:
 /// Exit status: 0 after SIGINT or SIGTERM, and after --hash-password or
 /// --generate; 1 if the server could not start or had to stop (one line on
 /// standard error names the cause: credentials, address, port, state
-/// directory, pid file), or --hash-password failed; 2 for a bad command
-/// line.
+/// directory, pid file), or --hash-password or --generate failed; 2 for
+/// a bad command line.
 #[derive(Debug, Parser)]
 #[command(name = "chat-server", version, verbatim_doc_comment,
           override_usage = "chat-server [OPTIONS] PORT\n       chat-server --hash-password\n       \

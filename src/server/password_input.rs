@@ -12,6 +12,7 @@
 
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
 
 use crate::protocol::MAX_LINE;
 
@@ -79,12 +80,37 @@ fn read_hidden(input: &mut impl BufRead, echo: &EchoOff, prompt: &str) -> Result
     line
 }
 
+/// The terminal and the settings to put back, for [`restore_and_die`]
+/// (set once: `--hash-password` turns echo off once per process).
+static RESTORE: OnceLock<(i32, libc::termios)> = OnceLock::new();
+
+/// The signals that end the process while echo is off.
+const FATAL: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Signal handler: puts the terminal's settings back, then dies of the
+/// signal as it would have. Only async-signal-safe calls: an atomic load,
+/// tcsetattr, signal, raise (the signal stays blocked until the handler
+/// returns, then the default action ends the process).
+extern "C" fn restore_and_die(signal: libc::c_int) {
+    if let Some((fd, saved)) = RESTORE.get() {
+        // SAFETY: tcsetattr with a descriptor and settings set before the
+        // handler was installed.
+        unsafe { libc::tcsetattr(*fd, libc::TCSANOW, saved) };
+    }
+    // SAFETY: resetting the disposition and raising are async-signal-safe.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+}
+
 /// Echo turned off on a terminal until dropped.
 struct EchoOff {
     fd: i32,
     saved: libc::termios,
     echo_nl: bool,
-    handlers: Vec<signal_hook::SigId>,
+    /// The handlers [`FATAL`] had before.
+    previous: [libc::sighandler_t; 4],
 }
 
 impl EchoOff {
@@ -95,28 +121,18 @@ impl EchoOff {
         if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        // Each handler keeps its own copy of the settings to put back.
-        let saved_for_handlers = saved;
-        let mut handlers = Vec::new();
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-            let restore = move || {
-                // SAFETY: tcsetattr is async-signal-safe; the struct is a copy.
-                unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved_for_handlers) };
-                let _ = signal_hook::low_level::emulate_default_handler(signal);
-            };
-            // SAFETY: the handler only calls async-signal-safe functions
-            // (tcsetattr, then resetting the handler and raising the signal).
-            match unsafe { signal_hook::low_level::register(signal, restore) } {
-                Ok(id) => handlers.push(id),
-                Err(e) => log::debug!("cannot watch signal {signal}: {e}"),
-            }
+        if RESTORE.set((fd, saved)).is_err() {
+            return Err(io::Error::other("echo was already turned off once"));
         }
+        let handler = restore_and_die as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: the handler only makes async-signal-safe calls.
+        let previous = FATAL.map(|signal| unsafe { libc::signal(signal, handler) });
         let mut quiet = saved;
         quiet.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK);
         // The Enter key still moves to the next line.
         quiet.c_lflag |= libc::ECHONL;
         let echo_nl = quiet.c_lflag & libc::ICANON != 0;
-        let guard = EchoOff { fd, saved, echo_nl, handlers };
+        let guard = EchoOff { fd, saved, echo_nl, previous };
         // SAFETY: tcsetattr on an open descriptor with a valid struct.
         if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &quiet) } != 0 {
             return Err(io::Error::last_os_error());
@@ -133,10 +149,15 @@ impl EchoOff {
 
 impl Drop for EchoOff {
     fn drop(&mut self) {
-        // SAFETY: tcsetattr on the descriptor read from, with its old settings.
-        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
-        for id in self.handlers.drain(..) {
-            signal_hook::low_level::unregister(id);
+        // SAFETY: tcsetattr on the descriptor read from, with its old
+        // settings; then the old handlers back.
+        unsafe {
+            libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved);
+            for (signal, previous) in FATAL.into_iter().zip(self.previous) {
+                if previous != libc::SIG_ERR {
+                    libc::signal(signal, previous);
+                }
+            }
         }
     }
 }
