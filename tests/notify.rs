@@ -159,6 +159,7 @@ fn the_watchdog_is_pinged_from_the_loop_at_half_the_interval() {
     assert_eq!(manager.next(), "WATCHDOG=1");
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn an_abstract_notify_socket_is_reached() {
     use std::os::linux::net::SocketAddrExt;

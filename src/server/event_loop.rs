@@ -325,6 +325,11 @@ impl EventLoop {
                 let left = quiet_at.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
+            // The watchdog's next ping is one more deadline of the poll.
+            if let Some(watchdog) = &self.watchdog {
+                let left = watchdog.deadline().saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
             if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() == ErrorKind::Interrupted {
                     continue;
@@ -339,6 +344,7 @@ impl EventLoop {
             {
                 self.give_back_memory(now);
             }
+            self.ping_watchdog(now);
             for event in events.iter() {
                 match event.token() {
                     Token(t) if (FIRST_LISTENER..FIRST_LISTENER + MAX_LISTENERS).contains(&t) => {
@@ -382,10 +388,8 @@ impl EventLoop {
         let close_by = self.closing.iter().filter_map(|&k| self.conns.get(k)?.close_by).min();
         let refused_by = self.refusing.iter().map(|(_, until)| *until).min();
         let held_by = self.held_reads.iter().filter_map(|&k| self.conns.get(k)?.held_until).min();
-        let watchdog = self.watchdog.as_ref().map(Watchdog::deadline);
         [self.timers.next_deadline(), self.accept_paused_until, close_by, refused_by, held_by]
             .into_iter()
-            .chain([watchdog])
             .flatten()
             .min()
             .map(|at| at.saturating_duration_since(now))
@@ -418,11 +422,6 @@ impl EventLoop {
             self.accept();
         }
         self.linger_refused(now);
-        if let (Some(watchdog), Some(notifier)) = (&mut self.watchdog, &self.notifier) {
-            if watchdog.due(now) {
-                notifier.watchdog();
-            }
-        }
         let mut fired = Vec::new();
         self.timers.expire(now, &mut fired);
         for timer in fired {
@@ -492,6 +491,16 @@ impl EventLoop {
     pub fn notify(&mut self, notifier: Option<Notifier>, watchdog: Option<Watchdog>) {
         self.watchdog = watchdog.filter(|_| notifier.is_some());
         self.notifier = notifier;
+    }
+
+    /// Tells systemd the loop is alive, if its watchdog is due: from the
+    /// loop pass itself, so a loop that hangs stops saying it.
+    fn ping_watchdog(&mut self, now: Instant) {
+        if let (Some(watchdog), Some(notifier)) = (&mut self.watchdog, &self.notifier) {
+            if watchdog.due(now) {
+                notifier.watchdog();
+            }
+        }
     }
 
     /// Tells systemd the server is stopping (no more watchdog pings).
