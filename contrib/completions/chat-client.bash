@@ -23,12 +23,16 @@ _chat__client() {
 
     case "${cmd}" in
         chat__client)
-            opts="-h -V --user --password-file --format --until --wait --stay --generate --help --version"
+            opts="-h -V --generate --user --password-file --format --until --wait --stay --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --generate)
+                    COMPREPLY=($(compgen -W "man bash zsh fish" -- "${cur}"))
+                    return 0
+                    ;;
                 --user)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -47,10 +51,6 @@ _chat__client() {
                     ;;
                 --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --generate)
-                    COMPREPLY=($(compgen -W "man bash zsh fish" -- "${cur}"))
                     return 0
                     ;;
                 *)

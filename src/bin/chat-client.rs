@@ -21,14 +21,12 @@ use chat::client::{Config, Exit, Format};
 /// 3 wrong password, 4 unknown user, 5 locked out, 6 server shut down,
 /// 7 replaced by a new login, 8 --until timed out.
 #[derive(Debug, Parser)]
-#[command(
-    name = "chat-client",
-    version,
-    about,
-    verbatim_doc_comment,
-    override_usage = "chat-client [OPTIONS] HOST PORT\n       chat-client --generate <WHAT>"
-)]
+#[command(name = "chat-client", version, about, verbatim_doc_comment)]
 struct Args {
+    /// Write a man page or a shell completion script to standard output
+    /// and exit.
+    #[arg(long, value_name = "WHAT", value_enum, exclusive = true)]
+    generate: Option<chat::generate::Generate>,
     /// Log in as this user instead of asking for a username.
     #[arg(long, value_name = "NAME", value_parser = parse_user)]
     user: Option<String>,
@@ -56,16 +54,10 @@ struct Args {
     /// server shutdown.
     #[arg(long)]
     stay: bool,
-    /// Write a man page or a shell completion script to standard output
-    /// and exit.
-    #[arg(long, value_name = "WHAT", value_enum, exclusive = true)]
-    generate: Option<chat::generate::Generate>,
     /// Server host name or IP address.
-    #[arg(required = false, required_unless_present = "generate")]
     host: String,
     /// Server port.
-    #[arg(value_parser = clap::value_parser!(u16).range(1..),
-          required = false, required_unless_present = "generate")]
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
 }
 
@@ -113,7 +105,8 @@ const GENERATED: chat::generate::Texts = chat::generate::Texts {
 };
 
 fn main() -> ExitCode {
-    // --generate is answered before the arguments it makes optional are read.
+    // --generate (exclusive: it needs no HOST or PORT) is answered before
+    // the arguments are read into Args, which needs them.
     let mut matches = Args::command().get_matches();
     if let Some(&what) = matches.get_one::<chat::generate::Generate>("generate") {
         return chat::generate::run("chat-client", what, &GENERATED);

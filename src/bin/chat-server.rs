@@ -178,7 +178,7 @@ struct Args {
     #[arg(long, value_name = "WHAT", value_enum, exclusive = true)]
     generate: Option<Generate>,
     /// Port to listen on; 0 picks a free one (printed on the first line).
-    #[arg(required_unless_present_any = ["hash_password", "generate"])]
+    #[arg(required_unless_present = "hash_password")]
     port: Option<u16>,
 }
 
