@@ -26,7 +26,7 @@ login() {
     local user=$1 fd
     rm -f "$work/$user.in" "$work/$user.out"
     mkfifo "$work/$user.in" "$work/$user.out"
-    "$here/run-user.sh" "$user" "${user}_pwd" "$work/$user.in" >"$work/$user.out" &
+    CHAT_PASSWORD="${user}_pwd" "$here/run-user.sh" "$user" "$work/$user.in" >"$work/$user.out" &
     # In the order the client opens them: its screen first, then its keyboard.
     exec {fd}<"$work/$user.out"
     screen[$user]=$fd

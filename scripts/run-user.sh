@@ -1,23 +1,40 @@
 #!/bin/sh
 # Runs one user's session from a command file (or standard input), on the
-# server started by start-server.sh ($CHAT_PORT), and exits with the
-# client's exit code (0: logged out at the end of the commands).
+# server started by start-server.sh ($CHAT_HOST, $CHAT_PORT), and exits
+# with the client's exit code (0: logged out at the end of the commands).
 #
-#   scripts/run-user.sh A A_pwd commands.txt [chat-client flags...]
+#   CHAT_PASSWORD=A_pwd scripts/run-user.sh A commands.txt [chat-client flags...]
+#   scripts/run-user.sh A commands.txt --password-file A.pw
+#   printf 'online\n' | CHAT_PASSWORD=A_pwd scripts/run-user.sh A --stay
 #
-# The password is handed over in the environment, never on a command line
-# other users could see. Flags such as --format json, --until PATTERN or
-# --stay go after the command file ("-" for standard input).
+# The password comes from the environment (CHAT_PASSWORD) or a file
+# (--password-file), never from a command line other users could see.
+# The command file is optional: without one (or with "-"), commands are
+# read from standard input. Flags such as --format json, --until PATTERN
+# or --stay follow it, or the user name when there is no command file.
 set -eu
 
-if [ $# -lt 2 ]; then
-    echo "usage: run-user.sh USER PASSWORD [COMMAND_FILE|-] [chat-client flags...]" >&2
+usage() {
+    echo "usage: [CHAT_PASSWORD=...] run-user.sh USER [COMMAND_FILE|-] [chat-client flags...]" >&2
+    exit 2
+}
+
+[ $# -ge 1 ] || usage
+user=$1
+shift
+input=-
+case ${1:-} in
+    "" | -?*) ;; # No command file: flags (or nothing) follow.
+    *)
+        input=$1
+        shift
+        ;;
+esac
+if [ "$input" != "-" ] && { [ ! -e "$input" ] || [ -d "$input" ]; }; then
+    echo "run-user.sh: no command file $input (the password is not an argument:" \
+        "set CHAT_PASSWORD or give --password-file FILE)" >&2
     exit 2
 fi
-user=$1
-password=$2
-input=${3:--}
-[ $# -ge 3 ] && shift 3 || shift 2
 : "${CHAT_PORT:?run start-server.sh first (CHAT_PORT is not set)}"
 
 here=$(dirname "$0")
@@ -32,4 +49,4 @@ done
 if [ "$input" != "-" ]; then
     exec <"$input"
 fi
-CHAT_PASSWORD=$password exec "$client" --user "$user" "$@" 127.0.0.1 "$CHAT_PORT"
+exec "$client" --user "$user" "$@" "${CHAT_HOST:-127.0.0.1}" "$CHAT_PORT"

@@ -6,7 +6,9 @@
 //! - [`secret`]: comparing passwords and tokens in constant time.
 //! - [`server`]: the chat state machine and the event loop that feeds it.
 //! - [`client`]: the terminal client's poll loop, command parsing and rendering.
+//! - [`generate`]: `--generate`'s man pages and shell completions.
 pub mod client;
+pub mod generate;
 pub mod net;
 pub mod outbuf;
 pub mod protocol;

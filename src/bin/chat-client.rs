@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use chat::client::until::Pattern;
 use chat::client::{Config, Exit, Format};
@@ -27,6 +27,10 @@ use chat::client::{Config, Exit, Format};
 #[derive(Debug, Parser)]
 #[command(name = "chat-client", version, verbatim_doc_comment, after_help = commands_help())]
 struct Args {
+    /// Write a man page or a shell completion script to standard output
+    /// and exit.
+    #[arg(long, value_name = "WHAT", value_enum, exclusive = true)]
+    generate: Option<chat::generate::Generate>,
     /// Log in as this user instead of asking for a username.
     #[arg(long, value_name = "NAME", value_parser = parse_user)]
     user: Option<String>,
@@ -112,8 +116,22 @@ fn read_password_file(path: &PathBuf) -> Result<String, String> {
     Ok(password.to_owned())
 }
 
+/// `--generate`'s texts (see [`chat::generate`]).
+const GENERATED: chat::generate::Texts = chat::generate::Texts {
+    man: include_str!("../../contrib/man/chat-client.1"),
+    bash: include_str!("../../contrib/completions/chat-client.bash"),
+    zsh: include_str!("../../contrib/completions/_chat-client"),
+    fish: include_str!("../../contrib/completions/chat-client.fish"),
+};
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // --generate (exclusive: it needs no HOST or PORT) is answered before
+    // the arguments are read into Args, which needs them.
+    let mut matches = Args::command().get_matches();
+    if let Some(&what) = matches.get_one::<chat::generate::Generate>("generate") {
+        return chat::generate::run("chat-client", what, &GENERATED);
+    }
+    let args = Args::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit());
     let until = match args.until.as_deref().map(Pattern::parse).transpose() {
         Ok(until) => until,
         Err(e) => {
@@ -152,5 +170,24 @@ fn main() -> ExitCode {
             eprintln!("chat-client: {e}");
             ExitCode::from(Exit::Failure.code())
         }
+    }
+}
+
+#[cfg(test)]
+#[path = "shared/generated.rs"]
+mod generated;
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Args::command().debug_assert();
+    }
+
+    #[test]
+    fn generated_man_page_and_completions_are_up_to_date() {
+        super::generated::check("chat-client", &super::Args::command(), &super::GENERATED);
     }
 }

@@ -1,10 +1,10 @@
 //! `chat-server`: parses flags and runs the server.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chat::generate::Generate;
 use chat::server::logging::{self, LogFormat};
 use clap::builder::TypedValueParser as _;
 use clap::{Parser, ValueEnum};
@@ -13,9 +13,43 @@ use clap::{Parser, ValueEnum};
 /// nobody reads must not keep it from exiting.
 const LOG_DRAIN_AT_EXIT: Duration = Duration::from_secs(1);
 
-/// The chat server: one event loop serving every client.
+/// The end of `--help` (and the man page's EXAMPLES).
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  chat-server --bind 127.0.0.1 --bind ::1 --state-dir /var/lib/chat 12000
+  chat-server --hash-password            # paste the hash after the username
+  kill -HUP \"$(cat /run/chat-server.pid)\"  # after editing the credentials
+  chat-server --generate man > chat-server.1";
+
+/// The chat system's server: one event loop serving every client.
+///
+/// Listens on PORT at each --bind address and prints one line
+/// `Server listening on ADDR:PORT` per address on standard output once it
+/// accepts connections (scripts wait for the first). Logs go to standard
+/// error. Under systemd (NOTIFY_SOCKET set) it reports READY=1 once
+/// listening, RELOADING=1 and READY=1 around a reload, STOPPING=1 at
+/// shutdown, and WATCHDOG=1 every half of WATCHDOG_USEC.
+///
+/// Credentials file (--credentials): one `username password` per line;
+/// blank lines and lines starting with # are skipped. Usernames are 1 to 32
+/// printable ASCII characters without spaces. A password is the password
+/// itself or its argon2id hash, as printed by --hash-password.
+///
+/// Signals: SIGHUP re-reads the credentials file without dropping anyone
+/// (a file that does not load keeps the current users); SIGINT and SIGTERM
+/// tell every client the server is shutting down, then exit.
+///
+/// Exit status: 0 after SIGINT or SIGTERM, and after --hash-password or
+/// --generate; 1 if the server could not start or had to stop (one line on
+/// standard error names the cause: credentials, address, port, state
+/// directory, pid file), or --hash-password or --generate failed; 2 for
+/// a bad command line.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "chat-server", version, verbatim_doc_comment,
+          override_usage = "chat-server [OPTIONS] PORT\n       chat-server --hash-password\n       \
+                            chat-server --generate <WHAT>",
+          after_help = "Signals, the credentials file, systemd and exit codes: see --help.",
+          after_long_help = AFTER_LONG_HELP)]
 struct Args {
     /// Credentials file: one `username password` per line.
     #[arg(long, value_name = "PATH", default_value = "credentials.txt")]
@@ -28,9 +62,17 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 35,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
-    /// Address to listen on.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
-    bind: IpAddr,
+    /// Address to listen on: an IP address or a host name (every address
+    /// it resolves to). Give it more than once to listen on several, e.g.
+    /// --bind 127.0.0.1 --bind ::1 (with port 0, all share one free port).
+    /// `::` alone takes IPv4 clients too.
+    #[arg(long, value_name = "HOST", default_value = "0.0.0.0")]
+    bind: Vec<String>,
+    /// Write the server's process id to PATH once it listens (replaced
+    /// atomically; removed at a clean exit), for init systems without
+    /// systemd.
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<PathBuf>,
     /// Most messages waiting in one user's outbox; past it, senders are
     /// told the message was not accepted.
     #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_MAX_QUEUED,
@@ -125,10 +167,16 @@ struct Args {
     /// (one object per line: time, level, message).
     #[arg(long, value_name = "FORMAT", value_enum)]
     log_format: Option<LogFormatArg>,
-    /// Read a password from standard input, print its argon2id hash (the
-    /// field to paste after the username in the credentials file), exit.
+    /// Print the argon2id hash of a password (the field to paste after the
+    /// username in the credentials file) and exit. From a terminal, the
+    /// password is typed twice without echo; otherwise one line is read
+    /// from standard input, without a prompt (for scripts).
     #[arg(long)]
     hash_password: bool,
+    /// Write a man page or a shell completion script to standard output
+    /// and exit.
+    #[arg(long, value_name = "WHAT", value_enum, exclusive = true)]
+    generate: Option<Generate>,
     /// Port to listen on; 0 picks a free one (printed on the first line).
     #[arg(required_unless_present = "hash_password")]
     port: Option<u16>,
@@ -192,23 +240,16 @@ fn stderr_is_the_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
-/// `--hash-password`: one password line in, one PHC string out.
+/// `--hash-password`: one password in, one PHC string out.
 fn hash_password() -> ExitCode {
-    use std::io::{BufRead, IsTerminal};
-    if std::io::stdin().is_terminal() {
-        eprint!("Password to hash: ");
-    }
-    let mut line = String::new();
-    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
-        eprintln!("chat-server: cannot read the password: {e}");
-        return ExitCode::FAILURE;
-    }
-    let password = line.trim_end_matches(['\n', '\r']);
-    if password.is_empty() || password.contains(char::is_whitespace) {
-        eprintln!("chat-server: a password is one word without spaces");
-        return ExitCode::FAILURE;
-    }
-    match chat::server::credentials::hash_password(password) {
+    let password = match chat::server::password_input::read() {
+        Ok(password) => password,
+        Err(e) => {
+            eprintln!("chat-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match chat::server::credentials::hash_password(&password) {
         Ok(phc) => {
             println!("{phc}");
             ExitCode::SUCCESS
@@ -220,8 +261,19 @@ fn hash_password() -> ExitCode {
     }
 }
 
+/// `--generate`'s texts (see [`chat::generate`]).
+const GENERATED: chat::generate::Texts = chat::generate::Texts {
+    man: include_str!("../../contrib/man/chat-server.1"),
+    bash: include_str!("../../contrib/completions/chat-server.bash"),
+    zsh: include_str!("../../contrib/completions/_chat-server"),
+    fish: include_str!("../../contrib/completions/chat-server.fish"),
+};
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(what) = args.generate {
+        return chat::generate::run("chat-server", what, &GENERATED);
+    }
     let Some(port) = args.port.filter(|_| !args.hash_password) else {
         return hash_password();
     };
@@ -229,13 +281,21 @@ fn main() -> ExitCode {
         logging::write_line(&format!("chat-server: cannot start logging: {e}"));
         return ExitCode::FAILURE;
     }
+    let bind = match chat::server::resolve_bind(&args.bind) {
+        Ok(bind) => bind,
+        Err(e) => {
+            logging::write_line(&format!("chat-server: {e}"));
+            logging::finish(LOG_DRAIN_AT_EXIT);
+            return ExitCode::FAILURE;
+        }
+    };
     let max_connections = chat::server::fd_limit::max_connections(
         args.max_connections,
         chat::server::DEFAULT_MAX_CONNECTIONS,
     );
     let config = chat::server::Config {
         credentials: args.credentials,
-        bind: args.bind,
+        bind,
         port,
         timeout: Duration::from_secs(args.timeout),
         block_time: Duration::from_secs(args.block_time),
@@ -254,6 +314,7 @@ fn main() -> ExitCode {
         send_burst: args.send_burst,
         max_queued_bytes: usize::try_from(args.max_queued_bytes).unwrap_or(usize::MAX),
         message_ttl: Duration::from_secs(args.message_ttl),
+        pid_file: args.pid_file,
     };
     let code = match chat::server::run(&config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -266,4 +327,23 @@ fn main() -> ExitCode {
     };
     logging::finish(LOG_DRAIN_AT_EXIT);
     code
+}
+
+#[cfg(test)]
+#[path = "shared/generated.rs"]
+mod generated;
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Args::command().debug_assert();
+    }
+
+    #[test]
+    fn generated_man_page_and_completions_are_up_to_date() {
+        super::generated::check("chat-server", &super::Args::command(), &super::GENERATED);
+    }
 }

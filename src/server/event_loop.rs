@@ -1,6 +1,7 @@
 //! The server's event loop: one `mio::Poll` on one thread.
 //!
-//! It accepts connections into a slab (token = slab key), at most
+//! It accepts connections from one listener per address (at most
+//! [`MAX_LISTENERS`]) into a slab (token = slab key), at most
 //! [`ACCEPT_BUDGET`] a pass and each only if the core admits it (the core,
 //! not the loop, decides who is refused and who makes room), reads bytes into
 //! each connection's line buffer, hands complete lines to the [`Core`],
@@ -9,6 +10,11 @@
 //! sets the poll timeout; SIGINT and SIGTERM (shut down) and SIGHUP (reload
 //! the credentials file) arrive as poll events through `signal-hook-mio`,
 //! so the handler does nothing but wake the loop.
+//!
+//! Under systemd, the loop itself says `WATCHDOG=1` when its [`Watchdog`]
+//! is due (its deadline bounds the poll timeout like any timer's), so a
+//! loop that hangs stops saying it; and a reload is framed by `RELOADING=1`
+//! and `READY=1` ([`Notifier`]).
 //!
 //! Argon2id password checks are handed to the [`Verifier`]'s thread and
 //! their answers to the core; a connection whose login is being checked is
@@ -47,13 +53,18 @@ use slab::Slab;
 use super::core::{Admit, Core, Effect, PasswordCheck, Timer};
 use super::credentials;
 use super::logging;
+use super::notify::{Notifier, Watchdog};
 use super::store::Store;
 use super::timer_wheel::TimerWheel;
 use super::verifier::Verifier;
 use crate::net::{Connection, Flow, ReadStatus};
 use crate::protocol::{ByeReason, Line, ServerMsg, VERSION};
 
-const LISTENER: Token = Token(usize::MAX - 1);
+/// The first listener's token; listener `i` has `FIRST_LISTENER + i`.
+/// Far above any slab key, and below the other fixed tokens.
+const FIRST_LISTENER: usize = usize::MAX - 64;
+/// Most listeners (addresses given to `--bind`) one loop serves.
+pub const MAX_LISTENERS: usize = 16;
 const SIGNALS: Token = Token(usize::MAX - 2);
 /// The waker: a [`Stopper`], or the verifier with an answer.
 const WAKE: Token = Token(usize::MAX - 3);
@@ -192,7 +203,12 @@ impl Client {
 /// The server: listener, connections, timers, and the chat core.
 pub struct EventLoop {
     poll: Poll,
-    listener: TcpListener,
+    /// One per address; token `FIRST_LISTENER + index`.
+    listeners: Vec<TcpListener>,
+    /// Tells systemd about readiness, reloads and shutdown.
+    notifier: Option<Notifier>,
+    /// When the loop next tells systemd it is alive.
+    watchdog: Option<Watchdog>,
     /// With `Control::Signals`.
     signals: Option<Signals>,
     /// With `Control::Embedded`.
@@ -232,16 +248,26 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Wraps a bound listener; fails only if polling cannot be set up.
+    /// Wraps bound listeners (one to [`MAX_LISTENERS`]); fails only if
+    /// polling cannot be set up or there are too many listeners.
     pub fn new(
-        mut listener: TcpListener,
+        mut listeners: Vec<TcpListener>,
         core: Core,
         store: Option<Store>,
         limits: Limits,
         control: Control,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        if listeners.is_empty() || listeners.len() > MAX_LISTENERS {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                format!("from 1 to {MAX_LISTENERS} listeners, not {}", listeners.len()),
+            ));
+        }
+        for (index, listener) in listeners.iter_mut().enumerate() {
+            let token = Token(FIRST_LISTENER + index);
+            poll.registry().register(listener, token, Interest::READABLE)?;
+        }
         // One waker per poll: the verifier and a stopper share it.
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
         let verifier = Verifier::start(Arc::clone(&waker))?;
@@ -258,7 +284,9 @@ impl EventLoop {
         };
         Ok(EventLoop {
             poll,
-            listener,
+            listeners,
+            notifier: None,
+            watchdog: None,
             signals,
             stopper,
             conns: Slab::new(),
@@ -297,6 +325,11 @@ impl EventLoop {
                 let left = quiet_at.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
+            // The watchdog's next ping is one more deadline of the poll.
+            if let Some(watchdog) = &self.watchdog {
+                let left = watchdog.deadline().saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
             if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() == ErrorKind::Interrupted {
                     continue;
@@ -311,9 +344,12 @@ impl EventLoop {
             {
                 self.give_back_memory(now);
             }
+            self.ping_watchdog(now);
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_pending = true,
+                    Token(t) if (FIRST_LISTENER..FIRST_LISTENER + MAX_LISTENERS).contains(&t) => {
+                        self.accept_pending = true
+                    }
                     SIGNALS => self.take_signals(),
                     WAKE => {
                         let stop =
@@ -459,6 +495,31 @@ impl EventLoop {
         }
     }
 
+    /// Has the loop tell systemd about reloads through `notifier`, and that
+    /// it is alive when `watchdog` is due.
+    pub fn notify(&mut self, notifier: Option<Notifier>, watchdog: Option<Watchdog>) {
+        self.watchdog = watchdog.filter(|_| notifier.is_some());
+        self.notifier = notifier;
+    }
+
+    /// Tells systemd the loop is alive, if its watchdog is due: from the
+    /// loop pass itself, so a loop that hangs stops saying it.
+    fn ping_watchdog(&mut self, now: Instant) {
+        if let (Some(watchdog), Some(notifier)) = (&mut self.watchdog, &self.notifier) {
+            if watchdog.due(now) {
+                notifier.watchdog();
+            }
+        }
+    }
+
+    /// Tells systemd the server is stopping (no more watchdog pings).
+    pub fn notify_stopping(&mut self) {
+        if let Some(notifier) = &self.notifier {
+            notifier.stopping();
+        }
+        self.watchdog = None;
+    }
+
     /// The handle that stops an embedded loop (`None` for `Control::Signals`).
     pub fn stopper(&self) -> Option<Stopper> {
         self.stopper.clone()
@@ -489,13 +550,23 @@ impl EventLoop {
         let Some(path) = &self.credentials else {
             return;
         };
-        match credentials::load(path, self.limits.max_line) {
+        if let Some(notifier) = &self.notifier {
+            notifier.reloading();
+        }
+        let status = match credentials::load(path, self.limits.max_line) {
             Ok(accounts) => {
                 let count = accounts.len();
                 self.core.reload(accounts);
                 info!("reloaded {count} users from {}", path.display());
+                format!("Reloaded {count} users")
             }
-            Err(e) => warn!("SIGHUP: keeping the current users: {e}"),
+            Err(e) => {
+                warn!("SIGHUP: keeping the current users: {e}");
+                format!("Reload failed, kept the current users: {e}")
+            }
+        };
+        if let Some(notifier) = &self.notifier {
+            notifier.ready(&status);
         }
     }
 
@@ -509,13 +580,24 @@ impl EventLoop {
         // One time for the batch: the core closes no connection of this
         // batch for another of it (see `Core::admit`).
         let now = Instant::now();
-        for _ in 0..ACCEPT_BUDGET {
-            match self.listener.accept() {
+        // The listeners take turns, one connection each, so that no
+        // address's backlog waits behind another's. Each is accepted from
+        // until it would block (its readiness is edge-triggered): the pass
+        // is done when every one in a row has said so.
+        let count = self.listeners.len();
+        let mut empty_in_a_row = 0;
+        let mut index = 0;
+        let mut budget = ACCEPT_BUDGET;
+        while budget > 0 && empty_in_a_row < count {
+            let accepted = self.listeners[index].accept();
+            index = (index + 1) % count;
+            if !matches!(&accepted, Err(e) if e.kind() == ErrorKind::WouldBlock) {
+                budget -= 1;
+                empty_in_a_row = 0;
+            }
+            match accepted {
                 Ok((stream, peer)) => self.add_connection(stream, peer, now),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.accept_pending = false;
-                    return;
-                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => empty_in_a_row += 1,
                 // The peer gave up before we got to it: nothing to do.
                 Err(e)
                     if matches!(
@@ -537,7 +619,8 @@ impl EventLoop {
                 }
             }
         }
-        self.accept_pending = true;
+        // Budget spent with connections perhaps waiting: next pass.
+        self.accept_pending = empty_in_a_row < count;
     }
 
     /// Does what the core answers for a new connection: refuses it, or

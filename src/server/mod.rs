@@ -14,6 +14,9 @@
 //! - [`journal`]: the durable spool behind `--state-dir`.
 //! - [`logging`]: `chat-server`'s log, which never blocks or stops it, and
 //!   the summaries of repeated refusals.
+//! - [`notify`]: systemd's readiness and watchdog notifications.
+//! - [`password_input`]: the password `--hash-password` reads.
+//! - [`pid_file`]: the file `--pid-file` names.
 //! - [`state_dir`]: the state directory, opened safely.
 //! - [`store`]: the journal driven by the core, a bounded step per pass.
 
@@ -23,6 +26,9 @@ pub mod event_loop;
 pub mod fd_limit;
 pub mod journal;
 pub mod logging;
+pub mod notify;
+pub mod password_input;
+pub mod pid_file;
 pub mod state_dir;
 pub mod store;
 pub mod timer_wheel;
@@ -38,13 +44,18 @@ use self::core::{Core, CoreConfig};
 use self::credentials::CredentialsError;
 use self::event_loop::{Control, EventLoop, Limits, Stopper};
 use self::journal::JournalError;
+use self::notify::{Notifier, Watchdog};
+use self::pid_file::{PidFile, PidFileError};
 use self::store::Store;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub credentials: PathBuf,
-    pub bind: IpAddr,
+    /// Addresses to listen on, each on `port` (at least one, at most
+    /// [`MAX_LISTENERS`]; see [`resolve_bind`]).
+    pub bind: Vec<IpAddr>,
+    /// 0: a free port, the same on every address.
     pub port: u16,
     /// A client silent this long is considered gone.
     pub timeout: Duration,
@@ -86,6 +97,8 @@ pub struct Config {
     pub max_queued_bytes: usize,
     /// How long a message waits for an offline recipient.
     pub message_ttl: Duration,
+    /// Where to write the process id once listening (`--pid-file`).
+    pub pid_file: Option<PathBuf>,
 }
 
 pub use self::core::{
@@ -101,7 +114,7 @@ impl Config {
     pub fn new(credentials: PathBuf, bind: IpAddr, port: u16) -> Self {
         Config {
             credentials,
-            bind,
+            bind: vec![bind],
             port,
             timeout: Duration::from_secs(35),
             block_time: Duration::from_secs(60),
@@ -120,6 +133,7 @@ impl Config {
             send_burst: self::core::DEFAULT_SEND_BURST,
             max_queued_bytes: self::core::DEFAULT_MAX_QUEUED_BYTES,
             message_ttl: self::core::DEFAULT_MESSAGE_TTL,
+            pid_file: None,
         }
     }
 }
@@ -130,6 +144,7 @@ pub enum ServerError {
     Credentials(CredentialsError),
     Journal(JournalError),
     Listen { addr: SocketAddr, error: std::io::Error },
+    PidFile(PidFileError),
     Io(std::io::Error),
 }
 
@@ -139,6 +154,7 @@ impl fmt::Display for ServerError {
             ServerError::Credentials(e) => e.fmt(f),
             ServerError::Journal(e) => e.fmt(f),
             ServerError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            ServerError::PidFile(e) => e.fmt(f),
             ServerError::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
@@ -189,7 +205,49 @@ fn open_store(dir: &std::path::Path, core: &mut Core) -> Result<Store, ServerErr
     Ok(store)
 }
 
-/// Loads the credentials, listens, prints `Server listening on ADDR`, and
+/// Most addresses the server listens on at once.
+pub const MAX_LISTENERS: usize = event_loop::MAX_LISTENERS;
+
+/// Longest host name `--bind` takes (the DNS limit).
+const MAX_HOST: usize = 253;
+
+/// The addresses `--bind` names: each of `hosts` is an IP address (an IPv6
+/// one may be in brackets) or a host name, which stands for every address
+/// it resolves to. Duplicates are dropped, the order kept. The error is
+/// one line naming the host.
+pub fn resolve_bind(hosts: &[String]) -> Result<Vec<IpAddr>, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    for host in hosts {
+        let name = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if name.is_empty() || name.len() > MAX_HOST {
+            return Err(format!("--bind {host}: not a host name or IP address"));
+        }
+        let found: Vec<IpAddr> = match name.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => (name, 0)
+                .to_socket_addrs()
+                .map_err(|e| format!("--bind {host}: cannot resolve it: {e}"))?
+                .map(|a| a.ip())
+                .collect(),
+        };
+        if found.is_empty() {
+            return Err(format!("--bind {host}: the name has no address"));
+        }
+        for ip in found {
+            if !addrs.contains(&ip) {
+                addrs.push(ip);
+            }
+        }
+        if addrs.len() > MAX_LISTENERS {
+            return Err(format!("--bind: more than {MAX_LISTENERS} addresses to listen on"));
+        }
+    }
+    Ok(addrs)
+}
+
+/// Loads the credentials, listens, prints `Server listening on ADDR` for
+/// each address, writes the pid file, tells systemd it is ready, and
 /// serves until SIGINT or SIGTERM.
 pub fn run(config: &Config) -> Result<(), ServerError> {
     let accounts = credentials::load(&config.credentials, config.max_line)
@@ -202,24 +260,66 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     let (mut event_loop, local) = build(config, accounts, control)?;
     // Reading the credentials and the journal left freed memory behind.
     event_loop::release_memory();
-    announce(&format!("Server listening on {local}"));
-    event_loop.run().map_err(ServerError::Io)?;
+    // Written once the sockets listen, so whoever reads it can connect.
+    let pid_file = match &config.pid_file {
+        Some(path) => Some(PidFile::write(path).map_err(ServerError::PidFile)?),
+        None => None,
+    };
+    for addr in &local {
+        announce(&format!("Server listening on {addr}"));
+    }
+    let notifier = Notifier::from_env();
+    if let Some(notifier) = &notifier {
+        let addrs: Vec<String> = local.iter().map(SocketAddr::to_string).collect();
+        notifier.ready(&format!("Listening on {}", addrs.join(" ")));
+    }
+    let watchdog = notifier.as_ref().and_then(|_| Watchdog::from_env(Instant::now()));
+    event_loop.notify(notifier, watchdog);
+    let served = event_loop.run();
+    // Stopping now, whatever ended the loop: systemd must not take the
+    // shutdown's last seconds for a hang.
+    event_loop.notify_stopping();
+    served.map_err(ServerError::Io)?;
     announce("Notifying clients of server shutdown...");
     event_loop.shutdown().map_err(ServerError::Io)?;
     announce("Server is shutting down.");
+    drop(pid_file);
     Ok(())
 }
 
-/// Binds the listener and sets up the core, the journal and the loop.
+/// Binds a listener on each address of `config.bind`; with port 0, the
+/// first picks a free port and the rest listen on the same one.
+fn listen(config: &Config) -> Result<Vec<mio::net::TcpListener>, ServerError> {
+    let mut listeners = Vec::with_capacity(config.bind.len());
+    let mut port = config.port;
+    for &ip in &config.bind {
+        let addr = SocketAddr::new(ip, port);
+        let listener = mio::net::TcpListener::bind(addr)
+            .map_err(|error| ServerError::Listen { addr, error })?;
+        port = listener.local_addr().map_err(ServerError::Io)?.port();
+        listeners.push(listener);
+    }
+    if listeners.is_empty() {
+        let error =
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on");
+        let addr = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), config.port);
+        return Err(ServerError::Listen { addr, error });
+    }
+    Ok(listeners)
+}
+
+/// Binds the listeners and sets up the core, the journal and the loop.
 fn build(
     config: &Config,
     accounts: Vec<credentials::Account>,
     control: Control,
-) -> Result<(EventLoop, SocketAddr), ServerError> {
-    let addr = SocketAddr::new(config.bind, config.port);
-    let listener =
-        mio::net::TcpListener::bind(addr).map_err(|error| ServerError::Listen { addr, error })?;
-    let local = listener.local_addr().map_err(ServerError::Io)?;
+) -> Result<(EventLoop, Vec<SocketAddr>), ServerError> {
+    let listeners = listen(config)?;
+    let local = listeners
+        .iter()
+        .map(mio::net::TcpListener::local_addr)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ServerError::Io)?;
     let core_config = CoreConfig {
         timeout: config.timeout,
         block_time: config.block_time,
@@ -252,7 +352,7 @@ fn build(
     };
     let limits = Limits { max_output: config.max_output, max_line: config.max_line };
     let event_loop =
-        EventLoop::new(listener, core, store, limits, control).map_err(ServerError::Io)?;
+        EventLoop::new(listeners, core, store, limits, control).map_err(ServerError::Io)?;
     Ok((event_loop, local))
 }
 
@@ -301,7 +401,10 @@ impl EmbeddedServer {
                 password: credentials::Secret::Plain((*password).to_owned()),
             })
             .collect();
-        let (mut event_loop, addr) = build(config, accounts, Control::Embedded)?;
+        let (mut event_loop, local) = build(config, accounts, Control::Embedded)?;
+        let addr = *local.first().ok_or_else(|| {
+            ServerError::Io(std::io::Error::other("the embedded server listens nowhere"))
+        })?;
         let stopper = event_loop.stopper().ok_or_else(|| {
             ServerError::Io(std::io::Error::other("embedded loop has no stopper"))
         })?;
@@ -315,7 +418,7 @@ impl EmbeddedServer {
         Ok(EmbeddedServer { addr, stopper, thread: Some(thread) })
     }
 
-    /// Where clients connect.
+    /// Where clients connect (the first address it listens on).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -341,5 +444,49 @@ impl Drop for EmbeddedServer {
     fn drop(&mut self) {
         // Nothing to report to from a drop; stop() reports.
         let _ = self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn bind_takes_addresses_in_order_without_duplicates() {
+        let got = resolve_bind(&hosts(&["127.0.0.1", "[::1]", "::1", "127.0.0.1"])).unwrap();
+        assert_eq!(got, vec![IpAddr::from([127, 0, 0, 1]), "::1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn bind_resolves_host_names() {
+        let got = resolve_bind(&hosts(&["localhost"])).unwrap();
+        assert!(!got.is_empty() && got.iter().all(IpAddr::is_loopback), "{got:?}");
+    }
+
+    #[test]
+    fn bind_refuses_empty_names_and_too_many_addresses() {
+        assert_eq!(
+            resolve_bind(&hosts(&[""])),
+            Err("--bind : not a host name or IP address".to_string())
+        );
+        let many: Vec<String> = (1..=MAX_LISTENERS + 1).map(|i| format!("127.0.0.{i}")).collect();
+        let error = resolve_bind(&many).unwrap_err();
+        assert_eq!(error, format!("--bind: more than {MAX_LISTENERS} addresses to listen on"));
+        assert_eq!(resolve_bind(&many[..MAX_LISTENERS]).unwrap().len(), MAX_LISTENERS);
+    }
+
+    #[test]
+    fn every_address_is_listened_on_and_port_zero_is_shared() {
+        let mut config = Config::new(PathBuf::new(), IpAddr::from([127, 0, 0, 1]), 0);
+        config.bind.push("::1".parse().unwrap());
+        let listeners = listen(&config).unwrap();
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        assert_eq!(ports.len(), 2);
+        assert_ne!(ports[0], 0);
+        assert_eq!(ports[0], ports[1]);
     }
 }

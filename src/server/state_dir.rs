@@ -79,6 +79,16 @@ fn stat_fd(fd: &impl AsRawFd) -> io::Result<libc::stat> {
     }
 }
 
+/// Names the part of `path` that is a file where a directory must be.
+fn not_a_directory_above(path: &Path) -> String {
+    let file =
+        path.ancestors().skip(1).find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
+    match file {
+        Some(file) => format!("cannot create it: {} is a file, not a directory", file.display()),
+        None => "cannot create it: a part of the path is not a directory".to_string(),
+    }
+}
+
 fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
@@ -101,13 +111,23 @@ impl StateDir {
                     ),
                 ));
             }
+            Ok(meta) if meta.is_file() => {
+                return Err(error(path, "is a file, not a directory"));
+            }
             Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                return Err(error(path, not_a_directory_above(path)));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(path)
-                    .map_err(|e| error(path, format!("cannot create it: {e}")))?;
+                std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(
+                    |e| match e.raw_os_error() {
+                        // A missing parent that appeared as a file meanwhile.
+                        Some(libc::EEXIST | libc::ENOTDIR) => {
+                            error(path, not_a_directory_above(path))
+                        }
+                        _ => error(path, format!("cannot create it: {e}")),
+                    },
+                )?;
             }
             Err(e) => return Err(error(path, e)),
         }
@@ -277,6 +297,27 @@ mod tests {
     }
 
     #[test]
+    fn a_file_where_the_directory_should_be_is_named_in_one_line() {
+        let base = temp_path("is-a-file");
+        std::fs::create_dir_all(&base).unwrap();
+        let file = base.join("state");
+        std::fs::write(&file, b"").unwrap();
+        let err = StateDir::open(&file).unwrap_err().to_string();
+        assert_eq!(err, format!("state directory: {}: is a file, not a directory", file.display()));
+        let below = file.join("sub/dir");
+        let err = StateDir::open(&below).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "state directory: {}: cannot create it: {} is a file, not a directory",
+                below.display(),
+                file.display()
+            )
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
     fn a_planted_symbolic_link_is_refused_and_its_target_untouched() {
         let path = temp_path("symlink");
         let (dir, _) = StateDir::open(&path).unwrap();
@@ -318,14 +359,5 @@ mod tests {
         std::fs::create_dir(path.join("lock")).unwrap();
         assert!(dir.open_file("lock", Open::ReadWrite).is_err());
         std::fs::remove_dir_all(&path).unwrap();
-    }
-
-    #[test]
-    fn a_file_in_place_of_the_directory_is_named() {
-        let path = temp_path("file");
-        std::fs::write(&path, b"x").unwrap();
-        let err = StateDir::open(&path).unwrap_err().to_string();
-        assert!(err.ends_with("is not a directory"), "{err}");
-        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -191,6 +191,12 @@ impl Server {
         Self::launch(name, users, flags, shell)
     }
 
+    /// Starts a server for [`USERS`] from `command` (`chat-server` with,
+    /// say, extra environment variables) with extra flags.
+    pub fn start_from(name: &str, flags: &[&str], command: Command) -> Server {
+        Self::launch(name, USERS, flags, command)
+    }
+
     fn launch(name: &str, users: &[(&str, &str)], flags: &[&str], mut command: Command) -> Server {
         let dir = temp_dir(name);
         let credentials = write_credentials(&dir, users);
