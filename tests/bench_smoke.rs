@@ -25,6 +25,7 @@ fn every_scenario_runs_and_nothing_is_lost_or_repeated() {
         "loginflood",
         "flood",
         "idle",
+        "rest",
         "login",
         "spawn",
         "scale",

@@ -227,8 +227,8 @@ fn listening_port(line: &str) -> u16 {
 
 #[test]
 fn bind_twice_listens_on_both_addresses_on_one_port() {
-    let mut server = Server::start("bind-twice", &["--bind", "::1"]);
-    // The harness passes --bind 127.0.0.1 first; the second line is ::1's.
+    let mut server = Server::start("bind-twice", &["--bind", "127.0.0.1", "--bind", "::1"]);
+    // The first line (read by the harness) is 127.0.0.1's; the second ::1's.
     let second = server.out.next_line().expect("a second listening line");
     assert_eq!(second, format!("Server listening on [::1]:{}", server.port));
     let mut v4 = Raw::connect(server.port);
