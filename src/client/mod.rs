@@ -4,9 +4,9 @@
 //! connections ([`peers`]), SIGINT/SIGTERM, and a waker the standard-input
 //! thread ([`stdin`]) uses. Typed lines become commands ([`command`]); frames
 //! from the server become events ([`event`], with the texts of [`render`]),
-//! printed as text or JSON, each flushed at once. In interactive mode the
-//! terminal is set up by [`terminal`] and the typed line is redrawn after
-//! every event.
+//! printed as text or JSON, each flushed at once. When standard input is a
+//! terminal, [`console`] reads it (prompts, line editing, a password without
+//! echo) and prints events above the line being typed.
 //!
 //! Login: the username comes from `--user` or the first input line, the
 //! password from `--password-file`, `CHAT_PASSWORD` or the next line. While
@@ -24,6 +24,7 @@
 //! from [`Exit`] and [`Error`]), and any retrying of a lost server connection.
 
 pub mod command;
+pub mod console;
 pub mod event;
 pub mod peers;
 pub mod refusals;
@@ -53,7 +54,7 @@ use crate::protocol::{
 use command::Command;
 use event::Event;
 use peers::{PeerNotice, Peers};
-use stdin::{SharedLine, StdinEvent};
+use stdin::StdinEvent;
 use until::Pattern;
 
 const SERVER: Token = Token(0);
@@ -241,14 +242,15 @@ impl Phase {
     }
 }
 
-/// Standard output: each event printed and flushed at once; prompts, and
-/// the line being typed, in interactive mode.
+/// Standard output: each event printed and flushed at once; through the
+/// console (above the prompt and the line being typed) when standard input
+/// is a terminal.
 struct Output {
     format: Format,
-    /// The prompt on screen, with the cursor after it (interactive only).
+    /// The prompt asked for and not yet answered (console only).
     prompt: Option<&'static str>,
-    /// The line being typed (interactive only).
-    editor: Option<SharedLine>,
+    /// Standard input is a terminal: the console reads it.
+    console: Option<console::Console>,
     /// `--until`'s pattern, and whether an event has satisfied it.
     until: Option<Pattern>,
     matched: bool,
@@ -263,32 +265,32 @@ impl Output {
         if self.until.as_ref().is_some_and(|pattern| pattern.matches(event)) {
             self.matched = true;
         }
-        let mut out = io::stdout().lock();
         let text = lines.join("\n");
-        let result = match (self.prompt, &self.editor) {
-            // Erase the prompt and the typed line, print the event on lines
-            // of its own, then put the prompt and the typed line back.
-            (Some(prompt), Some(editor)) => {
-                let typed = stdin::lock(editor);
-                write!(out, "\r\x1b[K{text}\n{prompt}{}", typed.shown())
-            }
-            _ => writeln!(out, "{text}"),
-        };
-        result.and_then(|()| out.flush()).map_err(Error::Stdout)
-    }
-
-    fn prompt(&mut self, prompt: &'static str, echo: bool) -> Result<(), Error> {
-        let Some(editor) = &self.editor else {
-            return Ok(());
-        };
-        if self.prompt.is_some() {
-            return Ok(());
+        if let Some(console) = &self.console {
+            console.note_names(event);
+            return console.print(&text).map_err(Error::Stdout);
         }
         let mut out = io::stdout().lock();
-        stdin::lock(editor).echo = echo;
-        out.write_all(prompt.as_bytes()).and_then(|()| out.flush()).map_err(Error::Stdout)?;
-        self.prompt = Some(prompt);
+        writeln!(out, "{text}").and_then(|()| out.flush()).map_err(Error::Stdout)
+    }
+
+    /// Asks the console for the next line (a pipe or file is read ahead).
+    fn prompt(&mut self, prompt: &'static str, echo: bool) -> Result<(), Error> {
+        let Some(console) = &self.console else {
+            return Ok(());
+        };
+        if self.prompt.is_none() {
+            console.prompt(prompt, echo);
+            self.prompt = Some(prompt);
+        }
         Ok(())
+    }
+
+    /// After the session's last line: the terminal as it was.
+    fn finish(&mut self) {
+        if let Some(console) = &mut self.console {
+            console.finish();
+        }
     }
 }
 
@@ -360,14 +362,13 @@ struct Client {
     login_retry_at: Option<Instant>,
     /// Logins sent again after `DENIED busy` in a row.
     login_retries: u32,
-    /// Interactive mode: the terminal's settings, restored on drop.
-    _raw_input: Option<terminal::RawInput>,
 }
 
 /// Runs one client session until it ends.
 pub fn run(config: &Config) -> Result<Exit, Error> {
     let mut client = Client::start(config)?;
     let end = client.run_loop();
+    client.out.finish();
     client.flush_before_exit();
     match end {
         End::Exit(exit) => Ok(exit),
@@ -413,12 +414,7 @@ impl Client {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(local("install signal handlers"))?;
         let waker = Arc::new(Waker::new(registry, STDIN).map_err(local("create the input waker"))?);
-        let raw_input = match config.interactive {
-            true => Some(terminal::RawInput::enable().map_err(local("set up the terminal"))?),
-            false => None,
-        };
-        let editor = raw_input.as_ref().map(|_| SharedLine::default());
-        let stdin = stdin::spawn(Arc::clone(&waker), editor.clone())
+        let (console, stdin) = console::start(Arc::clone(&waker), config.interactive)
             .map_err(local("start the input reader"))?;
         let phase = match (&config.user, &config.password) {
             (None, _) => Phase::Username,
@@ -443,7 +439,7 @@ impl Client {
             out: Output {
                 format: config.format,
                 prompt: None,
-                editor,
+                console,
                 until: config.until.clone(),
                 matched: false,
             },
@@ -465,7 +461,6 @@ impl Client {
             exit_as: None,
             login_retry_at: None,
             login_retries: 0,
-            _raw_input: raw_input,
         })
     }
 
