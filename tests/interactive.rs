@@ -23,18 +23,35 @@ const HOME: &str = "\x1b[H";
 const END: &str = "\x1b[F";
 const DELETE: &str = "\x1b[3~";
 
-/// A pseudo-terminal `cols` wide and `rows` high: (master, slave).
+/// A pseudo-terminal `cols` wide and `rows` high: (master, slave). Both
+/// are closed on exec, so that no other program a test starts (tests run
+/// in parallel) keeps the terminal open.
 fn pty(cols: u16, rows: u16) -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (0, 0);
+    let last_error = || std::io::Error::last_os_error();
+    // SAFETY: posix_openpt returns a new descriptor (or -1), owned here.
+    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(master >= 0, "posix_openpt: {}", last_error());
+    // SAFETY: the descriptor was just opened and is owned by nobody else.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: the calls act on the master just opened; ptsname_r writes
+    // at most `name.len()` bytes, NUL included.
+    unsafe {
+        assert_eq!(libc::grantpt(master.as_raw_fd()), 0, "grantpt: {}", last_error());
+        assert_eq!(libc::unlockpt(master.as_raw_fd()), 0, "unlockpt: {}", last_error());
+        assert_eq!(libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()), 0);
+    }
+    // SAFETY: `name` is NUL-terminated by ptsname_r; open returns a new
+    // descriptor (or -1), owned here.
+    let slave =
+        unsafe { libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(slave >= 0, "open the terminal: {}", last_error());
+    // SAFETY: as above.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-    // SAFETY: openpty writes two new descriptors into the integers given;
-    // the name and termios arguments are null, the size is read.
-    let rc = unsafe {
-        libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size)
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just opened and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+    // SAFETY: TIOCSWINSZ reads the winsize given.
+    assert_eq!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) }, 0);
+    (master, slave)
 }
 
 fn termios(fd: &OwnedFd) -> libc::termios {

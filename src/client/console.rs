@@ -182,6 +182,13 @@ struct Shared {
     tty: Option<File>,
     /// How rustyline measures characters (to count the rows it used).
     widths: GraphemeClusterMode,
+    /// The terminal's settings when the client started.
+    saved: Settings,
+    /// With the editor, the settings between two lines: what is typed
+    /// while no line is being read (say while a login is checked) is kept
+    /// as typed, unseen, for the next `readline`, instead of being echoed
+    /// and line-edited by the terminal.
+    between: Option<Settings>,
 }
 
 impl Shared {
@@ -209,8 +216,6 @@ impl Shared {
 pub struct Console {
     shared: Arc<Shared>,
     reader: JoinHandle<()>,
-    /// The terminal's settings when the client started.
-    saved: Settings,
     finished: bool,
 }
 
@@ -275,7 +280,12 @@ pub fn start(
         prompts: interactive,
         tty,
         widths,
+        saved,
+        between: editor.as_ref().map(|_| saved.held_keys()),
     });
+    if let Some(between) = shared.between {
+        between.apply(libc::STDIN_FILENO)?;
+    }
     if let Some(ed) = editor.as_mut() {
         ed.set_helper(Some(ChatHelper { shared: Arc::clone(&shared) }));
     }
@@ -293,7 +303,7 @@ pub fn start(
     let reader = thread::Builder::new()
         .name("stdin".into())
         .spawn(move || read_requests(&for_reader, editor, &tx, &waker))?;
-    Ok((Some(Console { shared, reader, saved, finished: false }), rx))
+    Ok((Some(Console { shared, reader, finished: false }), rx))
 }
 
 impl Console {
@@ -415,7 +425,7 @@ impl Console {
         let _ = out.write_all(std::mem::take(&mut state.pending).as_bytes());
         let _ = out.flush();
         // Nothing useful can be done if this fails: the client is ending.
-        let _ = self.saved.apply(libc::STDIN_FILENO);
+        let _ = self.shared.saved.apply(libc::STDIN_FILENO);
     }
 }
 
@@ -462,8 +472,12 @@ fn on_continued(shared: &Shared) {
     if state.closing {
         return;
     }
-    if let (Activity::Editing | Activity::Password, Some(keys)) = (state.activity, state.keys) {
-        let _ = keys.apply(libc::STDIN_FILENO);
+    let settings = match state.activity {
+        Activity::Editing | Activity::Password => state.keys,
+        Activity::Idle => shared.between,
+    };
+    if let Some(settings) = settings {
+        let _ = settings.apply(libc::STDIN_FILENO);
     }
     match state.activity {
         Activity::Editing => {
@@ -732,7 +746,7 @@ fn read_password(shared: &Shared, buf: &mut LineBuffer, prompt: &'static str) ->
             KeyResult::Suspend => {
                 // As rustyline does for Ctrl-Z: the shell gets the
                 // terminal as it was; on return, keys again, prompt again.
-                let _ = before.apply(libc::STDIN_FILENO);
+                let _ = shared.saved.apply(libc::STDIN_FILENO);
                 // SAFETY: kill sends SIGTSTP to the client's process group.
                 unsafe {
                     libc::kill(0, libc::SIGTSTP);

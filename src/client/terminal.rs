@@ -53,9 +53,16 @@ impl Settings {
         Settings(t)
     }
 
-    /// Whether typed characters are echoed.
-    pub fn echoes(&self) -> bool {
-        self.0.c_lflag & libc::ECHO != 0
+    /// These settings with keys kept as typed until read (no line
+    /// editing by the terminal, no echo, Enter not turned into a newline),
+    /// but Ctrl-C and Ctrl-Z still sending their signals.
+    pub fn held_keys(&self) -> Settings {
+        let mut t = self.0;
+        t.c_lflag &= !(libc::ICANON | libc::ECHO);
+        t.c_iflag &= !libc::ICRNL;
+        t.c_cc[libc::VMIN] = 1;
+        t.c_cc[libc::VTIME] = 0;
+        Settings(t)
     }
 }
 
