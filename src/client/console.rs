@@ -170,6 +170,47 @@ struct State {
     names: BTreeSet<String>,
 }
 
+impl State {
+    fn new() -> State {
+        State {
+            request: None,
+            activity: Activity::Idle,
+            prompt: String::new(),
+            line: String::new(),
+            drawn: false,
+            keys: None,
+            pending: String::new(),
+            nudge: false,
+            plain_prompt: false,
+            closing: false,
+            names: BTreeSet::new(),
+        }
+    }
+
+    /// Queues `text` to be printed above the prompt at rustyline's next
+    /// redraw, and asks for a nudge so that one comes soon.
+    fn queue(&mut self, text: &str) {
+        self.pending.push_str(text);
+        self.pending.push('\n');
+        self.nudge = true;
+    }
+
+    /// What a redraw writes for the prompt: the queued lines (taken, so
+    /// each is written once) and then the prompt.
+    fn prompt_shown<'p>(&mut self, prompt: &'p str) -> Cow<'p, str> {
+        self.drawn = true;
+        if self.prompt != prompt {
+            prompt.clone_into(&mut self.prompt);
+        }
+        if self.pending.is_empty() {
+            return Cow::Borrowed(prompt);
+        }
+        let mut shown = std::mem::take(&mut self.pending);
+        shown.push_str(prompt);
+        Cow::Owned(shown)
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
@@ -262,19 +303,7 @@ pub fn start(
         false => File::options().write(true).open("/dev/tty").ok(),
     };
     let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            request: None,
-            activity: Activity::Idle,
-            prompt: String::new(),
-            line: String::new(),
-            drawn: false,
-            keys: None,
-            pending: String::new(),
-            nudge: false,
-            plain_prompt: false,
-            closing: false,
-            names: BTreeSet::new(),
-        }),
+        state: Mutex::new(State::new()),
         changed: Condvar::new(),
         screen: terminal::is_terminal(libc::STDOUT_FILENO),
         prompts: interactive,
@@ -327,9 +356,7 @@ impl Console {
         }
         match state.activity {
             Activity::Editing if !state.closing => {
-                state.pending.push_str(text);
-                state.pending.push('\n');
-                state.nudge = true;
+                state.queue(text);
                 self.shared.changed.notify_all();
                 Ok(())
             }
@@ -909,21 +936,16 @@ impl Highlighter for ChatHelper {
     /// cursor at the start of the first, and writes what it returns.
     fn highlight_prompt<'b, 's: 'b, 'p: 'b>(&'s self, prompt: &'p str, _: bool) -> Cow<'b, str> {
         let mut state = self.shared.lock();
-        state.drawn = true;
         if state.keys.is_none() {
             // Drawing happens in rustyline's mode: note it for on_continued.
             state.keys = Settings::of(libc::STDIN_FILENO).ok();
         }
-        if state.prompt != prompt {
-            prompt.clone_into(&mut state.prompt);
+        let shown = state.prompt_shown(prompt);
+        if matches!(shown, Cow::Owned(_)) {
+            // print() may be waiting for room in the queue.
+            self.shared.changed.notify_all();
         }
-        if state.pending.is_empty() {
-            return Cow::Borrowed(prompt);
-        }
-        let mut shown = std::mem::take(&mut state.pending);
-        self.shared.changed.notify_all();
-        shown.push_str(prompt);
-        Cow::Owned(shown)
+        shown
     }
 
     fn highlight<'l>(&self, line: &'l str, _pos: usize) -> Cow<'l, str> {
@@ -1061,6 +1083,21 @@ mod tests {
             keys.key(b'y');
         }
         assert_eq!(keys.bytes.len(), MAX_LINE - 1, "bounded");
+    }
+
+    #[test]
+    fn queued_lines_are_written_once_before_the_prompt() {
+        let mut state = State::new();
+        assert_eq!(state.prompt_shown("> "), "> ");
+        state.queue("User B has logged on.");
+        state.queue("B: hi\nthere");
+        assert!(state.nudge);
+        assert_eq!(state.prompt_shown("> "), "User B has logged on.\nB: hi\nthere\n> ");
+        assert_eq!(state.prompt_shown("> "), "> ", "taken by the first redraw");
+        // The history search draws its own prompt: that is what is erased.
+        assert_eq!(state.prompt_shown("(reverse-i-search)`': "), "(reverse-i-search)`': ");
+        assert_eq!(state.prompt, "(reverse-i-search)`': ");
+        assert!(state.drawn);
     }
 
     #[test]
