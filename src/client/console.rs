@@ -35,7 +35,15 @@
 //! [`ChatHelper::highlight_prompt`]). Every line is taken from the queue
 //! exactly once, whether a nudge or the user's own typing redraws first,
 //! so none is lost or doubled when rustyline stops between the two, and
-//! the poll loop never waits for the terminal.
+//! the poll loop never waits for the terminal. (One flaw: on the screen's
+//! top row, after Ctrl-L, the cursor cannot move up, and the first line
+//! printed then leaves a blank row above it.)
+//!
+//! Between two lines (while a login is checked, say) the terminal keeps
+//! keys as typed and unechoed, signals on, for the next `readline`. After
+//! the client was stopped and continued (Ctrl-Z and `fg`), a small thread
+//! woken by SIGCONT puts the reader's terminal settings back and has the
+//! prompt and the line drawn again: the shell had the terminal meanwhile.
 //!
 //! rustyline has no way to end a `readline` from another thread. While it
 //! reads, it catches SIGINT itself and returns as for Ctrl-C, so
