@@ -320,6 +320,13 @@ pub fn start(
         saved,
         between: editor.as_ref().map(|_| saved.held_keys()),
     });
+    // A panic aborts the client (no destructors run): the terminal's
+    // settings go back first.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = saved.apply(libc::STDIN_FILENO);
+        previous(info);
+    }));
     if let Some(between) = shared.between {
         between.apply(libc::STDIN_FILENO)?;
     }
