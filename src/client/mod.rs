@@ -9,8 +9,9 @@
 //! [`session::Action`]s it decides (frames to send, events to print,
 //! connecting, peer-to-peer work, the exit). Events are printed by one
 //! [`Output`], as text (the texts of [`render`]) or JSON ([`event`]), each
-//! flushed at once; in interactive mode the terminal is set up by
-//! [`terminal`] and the typed line is redrawn after every event.
+//! flushed at once. When standard input is a terminal, [`console`] reads
+//! it (prompts, line editing, a password without echo) and prints events
+//! above the line being typed.
 //!
 //! The server link is a [`crate::net::Connection`]: a non-blocking connect
 //! to each address the host resolves to, in turn, then budgeted reads and
@@ -21,6 +22,7 @@
 //! [`Error`]), and any retrying of a lost server connection.
 
 pub mod command;
+pub mod console;
 pub mod event;
 pub mod peers;
 pub mod refusals;
@@ -48,7 +50,7 @@ use event::Event;
 use peers::{PeerNotice, Peers};
 use session::{Action, Problem, Session, Settings};
 pub use session::{DEFAULT_SETTLE, LOGIN_RETRIES, LOGIN_RETRY_PAUSE};
-use stdin::{SharedLine, StdinEvent};
+use stdin::StdinEvent;
 use until::Pattern;
 
 const SERVER: Token = Token(0);
@@ -217,15 +219,15 @@ fn local(what: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Local { what, source }
 }
 
-/// Standard output: each event printed and flushed at once; prompts, and
-/// the line being typed, in interactive mode. The one place the client
-/// prints to the terminal.
+/// Standard output: each event printed and flushed at once; through the
+/// console (above the prompt and the line being typed) when standard input
+/// is a terminal. The one place the client prints to the terminal.
 struct Output {
     format: Format,
-    /// The prompt on screen, with the cursor after it (interactive only).
+    /// The prompt asked for and not yet answered (console only).
     prompt: Option<&'static str>,
-    /// The line being typed (interactive only).
-    editor: Option<SharedLine>,
+    /// Standard input is a terminal: the console reads it.
+    console: Option<console::Console>,
 }
 
 impl Output {
@@ -234,37 +236,37 @@ impl Output {
             Format::Text => event.lines.clone(),
             Format::Json => vec![event.json()],
         };
-        let mut out = io::stdout().lock();
         let text = lines.join("\n");
-        let result = match (self.prompt, &self.editor) {
-            // Erase the prompt and the typed line, print the event on lines
-            // of its own, then put the prompt and the typed line back.
-            (Some(prompt), Some(editor)) => {
-                let typed = stdin::lock(editor);
-                write!(out, "\r\x1b[K{text}\n{prompt}{}", typed.shown())
-            }
-            _ => writeln!(out, "{text}"),
-        };
-        result.and_then(|()| out.flush()).map_err(Error::Stdout)
-    }
-
-    fn prompt(&mut self, prompt: &'static str, echo: bool) -> Result<(), Error> {
-        let Some(editor) = &self.editor else {
-            return Ok(());
-        };
-        if self.prompt.is_some() {
-            return Ok(());
+        if let Some(console) = &self.console {
+            console.note_names(event);
+            return console.print(&text).map_err(Error::Stdout);
         }
         let mut out = io::stdout().lock();
-        stdin::lock(editor).echo = echo;
-        out.write_all(prompt.as_bytes()).and_then(|()| out.flush()).map_err(Error::Stdout)?;
-        self.prompt = Some(prompt);
+        writeln!(out, "{text}").and_then(|()| out.flush()).map_err(Error::Stdout)
+    }
+
+    /// Asks the console for the next line (a pipe or file is read ahead).
+    fn prompt(&mut self, prompt: &'static str, echo: bool) -> Result<(), Error> {
+        let Some(console) = &self.console else {
+            return Ok(());
+        };
+        if self.prompt.is_none() {
+            console.prompt(prompt, echo);
+            self.prompt = Some(prompt);
+        }
         Ok(())
     }
 
     /// The user pressed Enter: the cursor is past any prompt.
     fn line_entered(&mut self) {
         self.prompt = None;
+    }
+
+    /// After the session's last line: the terminal as it was.
+    fn finish(&mut self) {
+        if let Some(console) = &mut self.console {
+            console.finish();
+        }
     }
 }
 
@@ -371,14 +373,13 @@ struct Client {
     /// thread just sent (its final Eof would then wait for the next ping).
     _waker: Arc<Waker>,
     out: Output,
-    /// Interactive mode: the terminal's settings, restored on drop.
-    _raw_input: Option<terminal::RawInput>,
 }
 
 /// Runs one client session until it ends.
 pub fn run(config: &Config) -> Result<Exit, Error> {
     let mut client = Client::start(config)?;
     let end = client.run_loop();
+    client.out.finish();
     client.flush_before_exit();
     match end {
         End::Exit(exit) => Ok(exit),
@@ -396,12 +397,7 @@ impl Client {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(local("install signal handlers"))?;
         let waker = Arc::new(Waker::new(registry, STDIN).map_err(local("create the input waker"))?);
-        let raw_input = match config.interactive {
-            true => Some(terminal::RawInput::enable().map_err(local("set up the terminal"))?),
-            false => None,
-        };
-        let editor = raw_input.as_ref().map(|_| SharedLine::default());
-        let stdin = stdin::spawn(Arc::clone(&waker), editor.clone())
+        let (console, stdin) = console::start(Arc::clone(&waker), config.interactive)
             .map_err(local("start the input reader"))?;
         let settings = Settings {
             user: config.user.clone(),
@@ -423,8 +419,7 @@ impl Client {
             signals,
             stdin,
             _waker: waker,
-            out: Output { format: config.format, prompt: None, editor },
-            _raw_input: raw_input,
+            out: Output { format: config.format, prompt: None, console },
         })
     }
 
