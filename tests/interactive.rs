@@ -210,7 +210,7 @@ impl Term {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the program did not exit");
+            assert!(Instant::now() < deadline, "the program did not exit: {:#?}", self.rows());
             self.take(Duration::from_millis(20));
         }
     }
@@ -467,13 +467,18 @@ fn nothing_after_the_last_line_when_replaced() {
 
 /// Defect 6: the login deadline passed at `Username:`.
 #[test]
-fn nothing_after_the_last_line_on_login_timeout() {
-    let server = Server::start("pty-login-timeout", &["--login-timeout", "1"]);
+fn nothing_after_the_last_line_when_the_login_is_refused() {
+    // (The client contacts the server only once both are typed, so the
+    // server's login deadline can no longer end a session at a prompt:
+    // a refusal is the server's answer that ends one there now.)
+    let server = Server::start("pty-login-refused", &[]);
     let mut a = Term::client(&server, 80);
     a.expect("Username: ");
-    a.keys("hal");
-    assert_eq!(a.wait_exit().code(), Some(1));
-    a.ends_with("The server ended this session: no login in time.");
+    a.keys("zed\r");
+    a.expect("Password: ");
+    a.keys("podbaydoors\r");
+    assert_eq!(a.wait_exit().code(), Some(4));
+    a.ends_with("Not a valid user.");
 }
 
 /// Defect 6: Ctrl-D at `Username:`.
