@@ -36,6 +36,7 @@ pub const ONLINE_NAMES_PER_FRAME: usize = 64;
 /// Whether `name` is a valid username: 1 to [`MAX_NAME`] bytes of printable
 /// ASCII other than space. Keeping names this plain means they can never
 /// break a frame or a terminal.
+#[inline]
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME && name.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -68,6 +69,7 @@ impl fmt::Display for ParseError {
 }
 
 /// Splits the next space-separated field off `rest`.
+#[inline]
 fn field<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseError> {
     let s = rest.trim_start_matches(' ');
     if s.is_empty() {
@@ -79,6 +81,7 @@ fn field<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseErr
 }
 
 /// Takes the rest of the line as free text (one separating space removed).
+#[inline]
 fn text<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseError> {
     let s = rest.strip_prefix(' ').unwrap_or(rest);
     *rest = "";
@@ -88,6 +91,7 @@ fn text<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseErro
     Ok(s)
 }
 
+#[inline]
 fn name_field<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseError> {
     let value = field(rest, name)?;
     if valid_name(value) {
@@ -110,6 +114,7 @@ fn token_field<'a>(rest: &mut &'a str) -> Result<&'a str, ParseError> {
     }
 }
 
+#[inline]
 fn number_field<T: std::str::FromStr>(
     rest: &mut &str,
     name: &'static str,
@@ -122,6 +127,7 @@ fn number_field<T: std::str::FromStr>(
     value.parse().map_err(|_| ParseError::BadField(name))
 }
 
+#[inline]
 fn finish(rest: &str) -> Result<(), ParseError> {
     if rest.trim_matches(' ').is_empty() {
         Ok(())
@@ -133,12 +139,14 @@ fn finish(rest: &str) -> Result<(), ParseError> {
 /// Strips one trailing `\n` and every `\r` before it. All of them, not
 /// just one: a last field ending in `\r` would otherwise not survive
 /// encoding and parsing again (fuzzing found this).
+#[inline]
 pub fn trim_line_end(line: &str) -> &str {
     let line = line.strip_suffix('\n').unwrap_or(line);
     line.trim_end_matches('\r')
 }
 
 /// Splits a line into its verb and the rest.
+#[inline]
 fn verb(line: &str) -> Result<(&str, &str), ParseError> {
     let line = trim_line_end(line).trim_start_matches(' ');
     if line.trim().is_empty() {
@@ -148,6 +156,7 @@ fn verb(line: &str) -> Result<(&str, &str), ParseError> {
 }
 
 /// Splits `s` before its first space (or at its end).
+#[inline]
 fn split_at_space(s: &str) -> (&str, &str) {
     // A plain byte scan: this runs for every field of every line, fields
     // before the text are a few bytes long (where a memchr call costs more
@@ -816,6 +825,7 @@ impl<'a> ServerMsg<'a> {
 }
 
 /// Appends `n` in decimal, without `core::fmt`.
+#[inline]
 pub fn push_number(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();

@@ -693,10 +693,10 @@ impl EventLoop {
                 Line::Complete(bytes) => core.received(key, bytes, now),
                 Line::TooLong => core.line_too_long(key, now),
             }
-            if core.awaits_verification(key) || core.read_hold(key, now).is_some() {
-                Flow::Hold
-            } else {
+            if core.takes_more_lines(key, now) {
                 Flow::Continue
+            } else {
+                Flow::Hold
             }
         };
         let mut status = ReadStatus::Drained;

@@ -504,6 +504,7 @@ fn os_random(buf: &mut [u8]) -> bool {
 /// Encodes `msg` at the end of `out` and queues it for `conn`. A free
 /// function, so callers can encode frames that borrow other parts of the
 /// core (user names) without copying them.
+#[inline]
 fn emit(out: &mut String, effects: &mut Vec<Effect>, conn: ConnId, msg: &ServerMsg<'_>) {
     let start = out.len();
     msg.encode(out);
@@ -621,12 +622,14 @@ impl Core {
     }
 
     /// The id of the account `name`, if the credentials file lists it.
+    #[inline]
     fn user_id(&self, name: &str) -> Option<UserId> {
         self.users.find(name).filter(|&id| self.users[id].password.is_some())
     }
 
     /// Whether `id` is the account `name` and the credentials file lists
     /// it: what [`Core::user_id`] would say, without hashing.
+    #[inline]
     fn listed_as(&self, id: UserId, name: &str) -> bool {
         self.users.get(id).is_some_and(|u| u.password.is_some() && u.name == name)
     }
@@ -643,6 +646,7 @@ impl Core {
     }
 
     /// Whether `user` has blocked `other`.
+    #[inline]
     fn has_blocked(&self, user: UserId, other: UserId) -> bool {
         self.users[user].state().blocked.contains(&other)
     }
@@ -667,12 +671,14 @@ impl Core {
         changed
     }
 
+    #[inline]
     fn name(&self, user: UserId) -> &str {
         &self.users[user].name
     }
 
     // -- output helpers ------------------------------------------------------
 
+    #[inline]
     fn send(&mut self, conn: ConnId, msg: &ServerMsg<'_>) {
         emit(&mut self.out, &mut self.effects, conn, msg);
     }
@@ -862,6 +868,19 @@ impl Core {
         let hold = state.read_hold.filter(|&until| until > now);
         state.read_hold = hold;
         hold
+    }
+
+    /// Whether the event loop may feed `conn` its next line now: not while
+    /// its password is being checked ([`Core::awaits_verification`]) nor
+    /// during a read hold ([`Core::read_hold`]). One lookup, for every line.
+    pub fn takes_more_lines(&mut self, conn: ConnId, now: Instant) -> bool {
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return true; // Closed: the rest is ignored as it comes.
+        };
+        if state.read_hold.is_some_and(|until| until <= now) {
+            state.read_hold = None;
+        }
+        state.verifying.is_none() && state.read_hold.is_none()
     }
 
     /// A line longer than the protocol allows arrived and was dropped.

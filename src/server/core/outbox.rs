@@ -109,6 +109,7 @@ impl Texts {
     }
 
     /// The text of `len` bytes at `at`.
+    #[inline]
     fn get(&self, at: u64, len: usize) -> &str {
         let start = at.saturating_sub(self.base) as usize;
         self.buf.get(start..start + len).unwrap_or_default()
@@ -145,6 +146,7 @@ impl Texts {
 struct Senders(Vec<(UserId, u32)>);
 
 impl Senders {
+    #[inline]
     fn count(&self, sender: UserId) -> usize {
         match self.0.binary_search_by_key(&sender, |&(from, _)| from) {
             Ok(i) => self.0[i].1 as usize,
@@ -152,6 +154,7 @@ impl Senders {
         }
     }
 
+    #[inline]
     fn add(&mut self, sender: UserId) {
         match self.0.binary_search_by_key(&sender, |&(from, _)| from) {
             Ok(i) => self.0[i].1 += 1,
@@ -159,6 +162,7 @@ impl Senders {
         }
     }
 
+    #[inline]
     fn remove(&mut self, sender: UserId) {
         if let Ok(i) = self.0.binary_search_by_key(&sender, |&(from, _)| from) {
             self.0[i].1 -= 1;
@@ -243,6 +247,7 @@ impl Outbox {
     }
 
     /// The text of `stored`, one of this outbox's entries.
+    #[inline]
     pub fn text(&self, stored: &Stored) -> &str {
         self.texts.get(stored.text_at, stored.text_len())
     }
@@ -265,6 +270,7 @@ impl Outbox {
     }
 
     /// Adds an entry at the back with its text, keeping the counts.
+    #[inline]
     fn append(
         &mut self,
         seq: u64,
@@ -284,6 +290,7 @@ impl Outbox {
     }
 
     /// Removes the front entry, keeping the counts.
+    #[inline]
     fn pop_front(&mut self) -> Option<Stored> {
         let stored = self.entries.pop_front()?;
         self.texts.pop_front(stored.text_len());
@@ -451,6 +458,7 @@ impl Outboxes {
     }
 
     /// `user`'s outbox, to read.
+    #[inline]
     pub fn get(&self, user: UserId) -> &Outbox {
         self.boxes.get(user).and_then(Option::as_deref).unwrap_or(&EMPTY)
     }
@@ -492,6 +500,7 @@ impl Outboxes {
     }
 
     /// Whether a message of `len` bytes from `from` fits `to`'s outbox.
+    #[inline]
     pub fn admits(&self, to: UserId, from: UserId, len: usize, caps: &Caps) -> Result<(), Full> {
         let outbox = self.get(to);
         if outbox.len() >= caps.max_queued || outbox.count_from(from) >= caps.share() {

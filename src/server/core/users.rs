@@ -98,11 +98,13 @@ impl User {
     }
 
     /// The user's state, to read.
+    #[inline]
     pub fn state(&self) -> &UserState {
         self.state.as_deref().unwrap_or(&UNTOUCHED)
     }
 
     /// The user's state, to change (allocated on first use).
+    #[inline]
     pub fn state_mut(&mut self) -> &mut UserState {
         self.state.get_or_insert_with(Box::default)
     }
@@ -152,6 +154,7 @@ impl Users {
     }
 
     /// The id of the account `name`, listed in the credentials file or not.
+    #[inline]
     pub fn find(&self, name: &str) -> Option<UserId> {
         let list = &self.list;
         let found = self.index.find(hash(name), |&id| list[id as usize].name == name);
@@ -190,12 +193,14 @@ impl Users {
 impl Index<UserId> for Users {
     type Output = User;
 
+    #[inline]
     fn index(&self, id: UserId) -> &User {
         &self.list[id]
     }
 }
 
 impl IndexMut<UserId> for Users {
+    #[inline]
     fn index_mut(&mut self, id: UserId) -> &mut User {
         &mut self.list[id]
     }
