@@ -14,3 +14,4 @@ pub mod outbuf;
 pub mod protocol;
 pub mod secret;
 pub mod server;
+pub mod time;

@@ -571,10 +571,13 @@ pub enum ServerMsg<'a> {
         reason: DenyReason,
     },
     /// A chat message; the client acknowledges `seq` with `ACK`.
+    /// `accepted_ms` is when the server accepted it (milliseconds since
+    /// the Unix epoch, the server's clock).
     Msg {
         seq: u64,
         kind: MsgKind,
         from: &'a str,
+        accepted_ms: u64,
         text: &'a str,
     },
     /// The recipient `user`'s client acknowledged a direct message this
@@ -677,6 +680,7 @@ impl<'a> ServerMsg<'a> {
                 seq: number_field(rest, "sequence number")?,
                 kind: MsgKind::parse(field(rest, "kind")?)?,
                 from: name_field(rest, "username")?,
+                accepted_ms: number_field(rest, "time")?,
                 text: text(rest, "message")?,
             },
             "DELIVERED" => {
@@ -758,13 +762,15 @@ impl<'a> ServerMsg<'a> {
             }
             ServerMsg::Welcome { user } => word(out, "WELCOME", user),
             ServerMsg::Denied { reason } => word(out, "DENIED", reason.as_str()),
-            ServerMsg::Msg { seq, kind, from, text } => {
+            ServerMsg::Msg { seq, kind, from, accepted_ms, text } => {
                 out.push_str("MSG ");
                 push_number(out, *seq);
                 out.push(' ');
                 out.push_str(kind.as_str());
                 out.push(' ');
                 out.push_str(from);
+                out.push(' ');
+                push_number(out, *accepted_ms);
                 out.push(' ');
                 out.push_str(text);
             }
@@ -1142,7 +1148,8 @@ mod tests {
             round_trip_server(ServerMsg::Denied { reason });
         }
         for kind in [MsgKind::Direct, MsgKind::Offline, MsgKind::Broadcast] {
-            round_trip_server(ServerMsg::Msg { seq: 7, kind, from: "A", text: "it's me" });
+            let msg = ServerMsg::Msg { seq: 7, kind, from: "A", accepted_ms: 17, text: "it's me" };
+            round_trip_server(msg);
         }
         round_trip_server(ServerMsg::Delivered { user: "B", count: 1 });
         round_trip_server(ServerMsg::Delivered { user: "B", count: 64 });

@@ -157,7 +157,7 @@ fn a_server_that_sends_without_reading_is_treated_as_lost() {
     let first = u64::MAX - 1_000_000;
     let mut lost = false;
     for seq in first..first + 200_000 {
-        if server.write_all(format!("MSG {seq} direct B x\n").as_bytes()).is_err() {
+        if server.write_all(format!("MSG {seq} direct B 0 x\n").as_bytes()).is_err() {
             break;
         }
         match a.out.next_line().as_deref() {
@@ -189,7 +189,7 @@ fn messages_read_together_are_acknowledged_together() {
     server.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut frames = String::from("HELLO 1 35\nWELCOME A\n");
     for seq in 1..=1000 {
-        frames.push_str(&format!("MSG {seq} direct B message {seq}\n"));
+        frames.push_str(&format!("MSG {seq} direct B 0 message {seq}\n"));
     }
     // One write: the client reads it in one pass (well within its budget).
     server.write_all(frames.as_bytes()).expect("send");

@@ -379,3 +379,36 @@ fn a_start_without_a_user_keeps_that_users_messages_through_compaction() {
     let mut z = Raw::login(server.port, "Z", "Z_pwd");
     assert_eq!(z.line(), "MSG 1 offline A keep me");
 }
+
+#[test]
+fn a_saved_message_keeps_its_time_of_acceptance_across_a_restart() {
+    let state = temp_dir("state-time").join("state");
+    let state_flag = state.to_str().expect("utf-8 path");
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64
+    };
+    let mut server = Server::start("time-1", &["--state-dir", state_flag]);
+    let mut a = Raw::login(server.port, "A", "A_pwd");
+    let before = now_ms();
+    a.send("MESSAGE B keep my time");
+    a.until("QUEUED B offline");
+    let queued = now_ms();
+    signal(server.pid(), "KILL");
+    server.wait_exit();
+
+    let server = Server::start("time-2", &["--state-dir", state_flag]);
+    let mut b = Raw::connect(server.port);
+    b.send("HELLO 1\nLOGIN B 1 B_pwd");
+    b.until("WELCOME B");
+    let line = b.line_as_sent();
+    let fields: Vec<&str> = line.splitn(6, ' ').collect();
+    assert_eq!(
+        (fields[0], fields[2], fields[3], fields[5]),
+        ("MSG", "offline", "A", "keep my time")
+    );
+    let accepted: u64 = fields[4].parse().expect("a time");
+    assert!(before <= accepted && accepted <= queued, "{before} <= {accepted} <= {queued}");
+}

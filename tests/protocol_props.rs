@@ -65,7 +65,7 @@ proptest! {
         kind in prop_oneof![Just(MsgKind::Direct), Just(MsgKind::Offline), Just(MsgKind::Broadcast)],
     ) {
         server_round_trip(ServerMsg::Welcome { user: &user })?;
-        server_round_trip(ServerMsg::Msg { seq, kind, from: &user, text: &body })?;
+        server_round_trip(ServerMsg::Msg { seq, kind, from: &user, accepted_ms: seq / 3, text: &body })?;
         server_round_trip(ServerMsg::Delivered { user: &user, count: 1 })?;
         server_round_trip(ServerMsg::Delivered { user: &user, count: seq % MAX_DELIVERED_COUNT + 1 })?;
         server_round_trip(ServerMsg::Queued { user: &user, reason: QueueReason::Unreachable })?;

@@ -169,3 +169,82 @@ fn json_events_from_a_regular_file() {
     b.out.expect_next(r#"{"event":"bye","reason":"logout","text":"Logging out. Bye for now!"}"#);
     assert_eq!(b.wait_exit(), Some(0));
 }
+
+/// Milliseconds since the Unix epoch of an RFC 3339 UTC time as the client
+/// prints it (`2026-11-25T12:34:56.789Z`).
+fn parse_rfc3339_ms(text: &str) -> u64 {
+    let field = |range: std::ops::Range<usize>| -> u64 { text[range].parse().expect("a number") };
+    assert_eq!(text.len(), 24, "{text}");
+    assert!(text.ends_with('Z'), "UTC: {text}");
+    let (y, m, d) = (field(0..4) as i64, field(5..7) as i64, field(8..10) as i64);
+    // Days from the civil date (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe - 719_468) as u64;
+    let secs = days * 86_400 + field(11..13) * 3600 + field(14..16) * 60 + field(17..19);
+    secs * 1000 + field(20..23)
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
+}
+
+/// The `"time"` of a JSON event line.
+fn json_time(line: &str) -> u64 {
+    let start = line.find(r#""time":""#).expect("a time field") + r#""time":""#.len();
+    parse_rfc3339_ms(&line[start..start + 24])
+}
+
+#[test]
+fn json_events_have_a_time_and_a_message_the_servers_time_of_acceptance() {
+    let server = Server::start("json-time", &[]);
+    let mut a = server.login("A");
+    let before = unix_ms_now();
+    a.send("message B saved while you were away");
+    a.out.expect_next("User B is offline. The message will be delivered when B logs in.");
+    let queued = unix_ms_now();
+    let mut b = Client::spawn(
+        server.port,
+        &["--user", "B", "--format", "json"],
+        Some("B_pwd"),
+        Stdio::piped(),
+    );
+    let welcome = b.out.next_line_as_printed().expect("welcome");
+    let shown = b.out.next_line_as_printed().expect("the saved message");
+    let after = unix_ms_now();
+    assert!(shown.contains(r#""message":"saved while you were away""#), "{shown}");
+    let accepted = json_time(&shown);
+    assert!(
+        before <= accepted && accepted <= queued,
+        "the time the server accepted it ({before} <= {accepted} <= {queued}), \
+         not when it was shown"
+    );
+    let welcomed = json_time(&welcome);
+    assert!(queued <= welcomed && welcomed <= after, "other events: when shown");
+}
+
+#[test]
+fn timestamps_start_each_text_line_with_the_local_time() {
+    let server = Server::start("timestamps", &[]);
+    let mut b =
+        Client::spawn(server.port, &["--user", "B", "--timestamps"], Some("B_pwd"), Stdio::piped());
+    let welcome = b.out.next_line().expect("welcome");
+    let mut a = server.login("A");
+    b.out.next_line().expect("A's presence");
+    a.send("message B what time is it?");
+    let line = b.out.next_line().expect("the message");
+    for (line, text) in [(&welcome, "Welcome to the chat system!"), (&line, "A: what time is it?")]
+    {
+        let (clock, rest) = line.split_once(' ').expect("a time, then the line");
+        assert_eq!(rest, text);
+        let (hh, mm) = clock.split_once(':').expect("HH:MM");
+        assert!(hh.len() == 2 && mm.len() == 2, "{clock}");
+        assert!(hh.parse::<u8>().is_ok_and(|h| h < 24) && mm.parse::<u8>().is_ok_and(|m| m < 60));
+    }
+}

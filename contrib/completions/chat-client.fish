@@ -10,5 +10,6 @@ complete -c chat-client -l until -d 'Wait for the event PATTERN names, then log 
 complete -c chat-client -l wait -d 'Seconds --until waits' -r
 complete -c chat-client -l settle -d 'Before logging out (end of input, logout, --until), wait at most this long for the outcome of every message sent; then report those still unconfirmed (exit 9)' -r
 complete -c chat-client -l stay -d 'Stay logged in after standard input ends, until SIGINT, SIGTERM or server shutdown'
+complete -c chat-client -l timestamps -d 'Start each text line with the local time, HH:MM (for a message: when the server accepted it)'
 complete -c chat-client -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chat-client -s V -l version -d 'Print version'

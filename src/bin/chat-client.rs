@@ -63,6 +63,10 @@ struct Args {
     /// still unconfirmed (exit 9).
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_wait)]
     settle: f64,
+    /// Start each text line with the local time, HH:MM (for a message:
+    /// when the server accepted it).
+    #[arg(long)]
+    timestamps: bool,
     /// Server host name or IP address.
     host: String,
     /// Server port.
@@ -163,6 +167,7 @@ fn main() -> ExitCode {
         wait: Duration::from_secs_f64(args.wait),
         stay: args.stay,
         settle: Duration::from_secs_f64(args.settle),
+        timestamps: args.timestamps,
     };
     match chat::client::run(&config) {
         Ok(exit) => ExitCode::from(exit.code()),

@@ -25,6 +25,10 @@ pub enum Field {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub kind: &'static str,
+    /// When it happened by the server's clock (milliseconds since the Unix
+    /// epoch), for a chat message: when the server accepted it. `None`:
+    /// when the client shows it.
+    pub time_ms: Option<u64>,
     fields: Vec<(&'static str, Field)>,
     /// What text mode prints, one line each.
     pub lines: Vec<String>,
@@ -33,7 +37,7 @@ pub struct Event {
 impl Event {
     /// An event shown as `lines` in text mode.
     pub fn new(kind: &'static str, lines: Vec<String>) -> Event {
-        Event { kind, fields: Vec::new(), lines }
+        Event { kind, time_ms: None, fields: Vec::new(), lines }
     }
 
     /// An event of one fixed line.
@@ -71,10 +75,14 @@ impl Event {
         self.fields.iter().find(|(name, _)| *name == key).map(|(_, value)| value)
     }
 
-    /// One JSON object: `{"event": kind, fields..., "text": lines}`.
-    pub fn json(&self) -> String {
+    /// One JSON object: `{"event": kind, "time": RFC 3339, fields...,
+    /// "text": lines}`; `now_ms` is the time of an event without its own.
+    pub fn json(&self, now_ms: u64) -> String {
         let mut out = String::from("{\"event\":");
         json_string(&mut out, self.kind);
+        out.push_str(",\"time\":\"");
+        out.push_str(&crate::time::rfc3339(self.time_ms.unwrap_or(now_ms)));
+        out.push('"');
         for (key, value) in &self.fields {
             out.push(',');
             json_string(&mut out, key);
@@ -139,11 +147,15 @@ pub fn from_server(msg: &ServerMsg<'_>, me: &str) -> Option<Event> {
         | ServerMsg::Revoked { .. } => return None,
         ServerMsg::Welcome { user } => event("welcome").text("user", user),
         ServerMsg::Denied { reason } => event("denied").text("reason", reason.as_str()),
-        ServerMsg::Msg { seq, kind, from, text } => event("message")
-            .text("from", from)
-            .text("kind", kind.as_str())
-            .number("seq", *seq)
-            .text("message", text),
+        ServerMsg::Msg { seq, kind, from, accepted_ms, text } => {
+            let mut event = event("message")
+                .text("from", from)
+                .text("kind", kind.as_str())
+                .number("seq", *seq)
+                .text("message", text);
+            event.time_ms = Some(*accepted_ms);
+            event
+        }
         ServerMsg::Delivered { user, .. } => event("delivered").text("to", user),
         ServerMsg::Queued { user, reason } => {
             event("queued").text("to", user).text("reason", reason.as_str())
@@ -240,34 +252,43 @@ mod tests {
     use crate::protocol::{Failure, MsgKind, QueueReason};
 
     fn json(msg: ServerMsg<'_>) -> String {
-        from_server(&msg, "B").map(|e| e.json()).unwrap_or_default()
+        from_server(&msg, "B").map(|e| e.json(0)).unwrap_or_default()
     }
 
     #[test]
     fn frames_become_json_lines_with_their_text() {
+        let accepted_ms = 1_795_610_096_789;
+        let msg = ServerMsg::Msg {
+            seq: 7,
+            kind: MsgKind::Offline,
+            from: "A",
+            accepted_ms,
+            text: "hi \"you\"",
+        };
         assert_eq!(
-            json(ServerMsg::Msg { seq: 7, kind: MsgKind::Offline, from: "A", text: "hi \"you\"" }),
-            r#"{"event":"message","from":"A","kind":"offline","seq":7,"message":"hi \"you\"","text":"A: hi \"you\""}"#
+            json(msg),
+            r#"{"event":"message","time":"2026-11-25T12:34:56.789Z","from":"A","kind":"offline","seq":7,"message":"hi \"you\"","text":"A: hi \"you\""}"#,
+            "a message carries the server's time of acceptance"
         );
         assert_eq!(
             json(ServerMsg::Queued { user: "C", reason: QueueReason::Offline }),
-            r#"{"event":"queued","to":"C","reason":"offline","text":"User C is offline. The message will be delivered when C logs in."}"#
+            r#"{"event":"queued","time":"1970-01-01T00:00:00.000Z","to":"C","reason":"offline","text":"User C is offline. The message will be delivered when C logs in."}"#
         );
         assert_eq!(
             json(ServerMsg::Online { users: vec!["A", "C"], more: false }),
-            r#"{"event":"online","users":["A","C"],"more":false,"text":"A\nC\n(Warning: Users that have blocked you will not be listed)"}"#
+            r#"{"event":"online","time":"1970-01-01T00:00:00.000Z","users":["A","C"],"more":false,"text":"A\nC\n(Warning: Users that have blocked you will not be listed)"}"#
         );
         assert_eq!(
             json(ServerMsg::Fail(Failure::BlockedBy { user: "A" })),
-            r#"{"event":"error","code":"blocked-by","user":"A","text":"Your message could not be delivered as the recipient has blocked you."}"#
+            r#"{"event":"error","time":"1970-01-01T00:00:00.000Z","code":"blocked-by","user":"A","text":"Your message could not be delivered as the recipient has blocked you."}"#
         );
         assert_eq!(
             json(ServerMsg::Bye { reason: ByeReason::Shutdown }),
-            r#"{"event":"bye","reason":"shutdown","text":"Server is shutting down. Press Enter or CTRL-c to exit.\nClient is terminating. Bye!"}"#
+            r#"{"event":"bye","time":"1970-01-01T00:00:00.000Z","reason":"shutdown","text":"Server is shutting down. Press Enter or CTRL-c to exit.\nClient is terminating. Bye!"}"#
         );
         assert_eq!(
             json(ServerMsg::Expired { user: "C", count: 1, after_secs: 60 }),
-            r#"{"event":"expired","to":"C","count":1,"after_secs":60,"text":"Your message to C expired before C logged in (after 1 minute)."}"#
+            r#"{"event":"expired","time":"1970-01-01T00:00:00.000Z","to":"C","count":1,"after_secs":60,"text":"Your message to C expired before C logged in (after 1 minute)."}"#
         );
         assert_eq!(from_server(&ServerMsg::Hello { version: 1, timeout_secs: 3 }, "B"), None);
     }
@@ -298,12 +319,12 @@ mod tests {
     #[test]
     fn private_messages_and_unreachable_peers() {
         assert_eq!(
-            private("A", "psst").json(),
-            r#"{"event":"message","from":"A","kind":"private","message":"psst","text":"A: psst"}"#
+            private("A", "psst").json(0),
+            r#"{"event":"message","time":"1970-01-01T00:00:00.000Z","from":"A","kind":"private","message":"psst","text":"A: psst"}"#
         );
         let addr = SocketAddr::from(([127, 0, 0, 1], 5000));
         let event = peer_unavailable("A", addr, &["one".into()]);
         assert_eq!(event.lines.len(), 3);
-        assert!(event.json().contains(r#""unconfirmed":["one"]"#));
+        assert!(event.json(0).contains(r#""unconfirmed":["one"]"#));
     }
 }

@@ -109,6 +109,8 @@ pub struct Config {
     /// `--settle`: longest wait for the outcomes of what was sent before
     /// logging out.
     pub settle: Duration,
+    /// `--timestamps`: text lines start with the local `HH:MM`.
+    pub timestamps: bool,
 }
 
 /// How events are printed.
@@ -219,11 +221,25 @@ fn local(what: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Local { what, source }
 }
 
+/// `--timestamps`' prefix for something that happened at `at_ms`: the
+/// local `HH:MM`, with the date before it when that was not today (a
+/// message saved for you days ago says so).
+fn timestamp(at_ms: u64, now_ms: u64) -> String {
+    let (at, now) = (crate::time::local(at_ms), crate::time::local(now_ms));
+    if at.same_day(&now) {
+        at.hh_mm()
+    } else {
+        at.date_hh_mm()
+    }
+}
+
 /// Standard output: each event printed and flushed at once; through the
 /// console (above the prompt and the line being typed) when standard input
 /// is a terminal. The one place the client prints to the terminal.
 struct Output {
     format: Format,
+    /// `--timestamps`.
+    timestamps: bool,
     /// The prompt asked for and not yet answered (console only).
     prompt: Option<&'static str>,
     /// Standard input is a terminal: the console reads it.
@@ -232,11 +248,16 @@ struct Output {
 
 impl Output {
     fn event(&mut self, event: &Event) -> Result<(), Error> {
-        let lines = match self.format {
-            Format::Text => event.lines.clone(),
-            Format::Json => vec![event.json()],
+        let now_ms = crate::time::unix_ms(std::time::SystemTime::now());
+        let text = match self.format {
+            Format::Text if self.timestamps => {
+                let at = timestamp(event.time_ms.unwrap_or(now_ms), now_ms);
+                let lines: Vec<String> = event.lines.iter().map(|l| format!("{at} {l}")).collect();
+                lines.join("\n")
+            }
+            Format::Text => event.lines.join("\n"),
+            Format::Json => event.json(now_ms),
         };
-        let text = lines.join("\n");
         if let Some(console) = &self.console {
             console.note_names(event);
             return console.print(&text).map_err(Error::Stdout);
@@ -419,7 +440,12 @@ impl Client {
             signals,
             stdin,
             _waker: waker,
-            out: Output { format: config.format, prompt: None, console },
+            out: Output {
+                format: config.format,
+                timestamps: config.timestamps,
+                prompt: None,
+                console,
+            },
         })
     }
 
@@ -814,6 +840,14 @@ fn reads(event: &Readiness) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timestamp_has_the_date_only_when_it_was_not_today() {
+        let now = 1_795_610_096_789;
+        assert_eq!(timestamp(now - 60_000, now), crate::time::local(now - 60_000).hh_mm());
+        let days_ago = now - 3 * 86_400_000;
+        assert_eq!(timestamp(days_ago, now), crate::time::local(days_ago).date_hh_mm());
+    }
 
     #[test]
     fn brackets_around_an_ipv6_host_are_taken_off() {

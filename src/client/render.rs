@@ -330,10 +330,8 @@ mod tests {
     #[test]
     fn chat_texts() {
         for kind in [MsgKind::Direct, MsgKind::Offline, MsgKind::Broadcast] {
-            assert_eq!(
-                one(ServerMsg::Msg { seq: 1, kind, from: "A", text: "hi there!" }),
-                "A: hi there!"
-            );
+            let msg = ServerMsg::Msg { seq: 1, kind, from: "A", accepted_ms: 5, text: "hi there!" };
+            assert_eq!(one(msg), "A: hi there!", "as the original shows it");
         }
         assert_eq!(one(ServerMsg::Presence { user: "B", online: true }), "User B has logged on.");
         assert_eq!(one(ServerMsg::Presence { user: "C", online: false }), "User C has logged out.");

@@ -399,7 +399,9 @@ impl Session {
             ServerMsg::Hello { version, timeout_secs } => {
                 self.on_hello(*version, *timeout_secs, now)
             }
-            ServerMsg::Msg { seq, kind, from, text } => self.on_msg(*seq, *kind, from, text, now),
+            ServerMsg::Msg { seq, kind, from, accepted_ms, text } => {
+                self.on_msg(*seq, *kind, from, *accepted_ms, text, now)
+            }
             ServerMsg::Denied { reason } => self.on_denied(*reason, now),
             ServerMsg::Bye { reason } => self.on_bye(*reason),
             ServerMsg::Delivered { user, count } => {
@@ -687,7 +689,15 @@ impl Session {
         false
     }
 
-    fn on_msg(&mut self, seq: u64, kind: MsgKind, from: &str, text: &str, now: Instant) {
+    fn on_msg(
+        &mut self,
+        seq: u64,
+        kind: MsgKind,
+        from: &str,
+        accepted_ms: u64,
+        text: &str,
+        now: Instant,
+    ) {
         // Acknowledged at the end of the read, after showing it.
         self.ack_due = true;
         if seq <= self.last_seq {
@@ -699,7 +709,7 @@ impl Session {
         {
             return;
         }
-        let msg = ServerMsg::Msg { seq, kind, from, text };
+        let msg = ServerMsg::Msg { seq, kind, from, accepted_ms, text };
         if let Some(event) = event::from_server(&msg, &self.user) {
             self.show(event);
         }
@@ -1351,9 +1361,15 @@ mod tests {
         let until = Pattern::parse("B: the signal").ok();
         let mut h = H::logged_in(Settings { until, ..settings(None, None) });
         assert_eq!(h.eof(), Vec::<String>::new(), "--until stays after input ends");
-        assert_eq!(h.frame("MSG 1 direct B noise"), ["B: noise", "> ACK 1"]);
-        assert_eq!(h.frame("MSG 2 direct C B: the signal"), ["C: B: the signal", "> ACK 2"]);
-        assert_eq!(h.frame("MSG 3 direct B the signal"), ["B: the signal", "> ACK 3", "> LOGOUT"]);
+        assert_eq!(h.frame("MSG 1 direct B 1795610096789 noise"), ["B: noise", "> ACK 1"]);
+        assert_eq!(
+            h.frame("MSG 2 direct C 1795610096789 B: the signal"),
+            ["C: B: the signal", "> ACK 2"]
+        );
+        assert_eq!(
+            h.frame("MSG 3 direct B 1795610096789 the signal"),
+            ["B: the signal", "> ACK 3", "> LOGOUT"]
+        );
         assert_eq!(h.frame("BYE logout"), ["Logging out. Bye for now!", "EXIT 0"]);
     }
 
@@ -1374,16 +1390,16 @@ mod tests {
     #[test]
     fn a_message_shown_already_is_acknowledged_again_but_not_shown() {
         let mut h = H::logged_in(settings(None, None));
-        assert_eq!(h.frame("MSG 1 offline B one"), ["B: one", "> ACK 1"]);
-        assert_eq!(h.frame("MSG 1 offline B one"), ["> ACK 1"]);
-        assert_eq!(h.frame("MSG 2 direct B two"), ["B: two", "> ACK 2"]);
+        assert_eq!(h.frame("MSG 1 offline B 1795610096789 one"), ["B: one", "> ACK 1"]);
+        assert_eq!(h.frame("MSG 1 offline B 1795610096789 one"), ["> ACK 1"]);
+        assert_eq!(h.frame("MSG 2 direct B 1795610096789 two"), ["B: two", "> ACK 2"]);
         // A private message, then the sender's resend of it through the
         // server (its acknowledgement came too late): shown once.
         let private = PeerNotice::Private { from: "B".into(), text: "psst".into() };
         assert_eq!(h.peer(private), ["B: psst"]);
-        assert_eq!(h.frame("MSG 3 direct B psst"), ["> ACK 3"]);
+        assert_eq!(h.frame("MSG 3 direct B 1795610096789 psst"), ["> ACK 3"]);
         // Only the one copy: the same words again are a new message.
-        assert_eq!(h.frame("MSG 4 direct B psst"), ["B: psst", "> ACK 4"]);
+        assert_eq!(h.frame("MSG 4 direct B 1795610096789 psst"), ["B: psst", "> ACK 4"]);
         // The other order: the server's copy first, then the late private.
         let late = PeerNotice::Private { from: "B".into(), text: "psst".into() };
         assert_eq!(h.peer(late), Vec::<String>::new());
@@ -1392,14 +1408,14 @@ mod tests {
         let again = PeerNotice::Private { from: "B".into(), text: "two".into() };
         assert_eq!(h.peer(again), ["B: two"]);
         // Messages in one read are acknowledged together, after showing.
-        for line in ["MSG 5 direct B a", "MSG 6 direct B b"] {
+        for line in ["MSG 5 direct B 1795610096789 a", "MSG 6 direct B 1795610096789 b"] {
             let msg = ServerMsg::parse(line).expect("frame");
             h.s.server(&msg, h.now);
         }
         h.s.end_of_read(h.now);
         assert_eq!(h.out(), ["B: a", "B: b", "> ACK 6"]);
         // What was shown is acknowledged even when the session ends.
-        let msg = ServerMsg::parse("MSG 7 direct B last").expect("frame");
+        let msg = ServerMsg::parse("MSG 7 direct B 1795610096789 last").expect("frame");
         h.s.server(&msg, h.now);
         let bye = ServerMsg::parse("BYE replaced").expect("frame");
         h.s.server(&bye, h.now);
@@ -1525,7 +1541,7 @@ mod tests {
         assert_eq!(h.eof(), Vec::<String>::new());
         assert!(!h.s.accepts_input());
         assert_eq!(h.s.prompt(), None);
-        assert_eq!(h.frame("MSG 1 direct B still?"), ["B: still?", "> ACK 1"]);
+        assert_eq!(h.frame("MSG 1 direct B 1795610096789 still?"), ["B: still?", "> ACK 1"]);
     }
 
     #[test]

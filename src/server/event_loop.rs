@@ -337,6 +337,7 @@ impl EventLoop {
                 return Err(error);
             }
             let now = Instant::now();
+            self.core.set_wall_clock(now, std::time::SystemTime::now());
             if !events.is_empty() {
                 self.last_activity = now;
             } else if self.churn >= CHURN_BEFORE_TRIM

@@ -341,6 +341,7 @@ fn build(
         message_ttl: config.message_ttl,
     };
     let mut core = Core::new(accounts, core_config);
+    core.set_wall_clock(Instant::now(), std::time::SystemTime::now());
     let store = match &config.state_dir {
         Some(dir) => {
             let mut store = open_store(dir, &mut core)?;

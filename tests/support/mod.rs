@@ -59,7 +59,14 @@ impl Output {
     }
 
     /// The next line, or `None` at end of output; panics after [`WAIT`].
+    /// A JSON event is shown without its `time` field, which no test can
+    /// predict (see [`Output::next_line_as_printed`]).
     pub fn next_line(&mut self) -> Option<String> {
+        self.next_line_as_printed().map(without_json_time)
+    }
+
+    /// The next line exactly as printed, or `None` at end of output.
+    pub fn next_line_as_printed(&mut self) -> Option<String> {
         match self.lines.recv_timeout(WAIT) {
             Ok(line) => {
                 self.seen.push(line.clone());
@@ -411,8 +418,15 @@ impl Raw {
         self.writer.write_all(bytes).expect("send");
     }
 
-    /// The next line (empty at end of stream).
+    /// The next line (empty at end of stream), a `MSG` frame shown without
+    /// its time of acceptance (`MSG 1 direct A hi`), which no test can
+    /// predict: see [`Raw::line_as_sent`] for the frame as it came.
     pub fn line(&mut self) -> String {
+        without_time(self.line_as_sent())
+    }
+
+    /// The next line exactly as the server sent it (end of line removed).
+    pub fn line_as_sent(&mut self) -> String {
         let mut line = String::new();
         self.reader.read_line(&mut line).expect("read line");
         line.trim_end().to_owned()
@@ -505,5 +519,36 @@ pub fn connect_from(from: [u8; 4], port: u16) -> TcpStream {
         let result = libc::connect(fd, (&server as *const libc::sockaddr_in).cast(), size);
         assert_eq!(result, 0, "connect from {from:?}: {}", std::io::Error::last_os_error());
         stream
+    }
+}
+
+/// `MSG <seq> <kind> <from> <time> <text>` without `<time>`; any other
+/// line as it is.
+pub fn without_time(line: String) -> String {
+    let Some(rest) = line.strip_prefix("MSG ") else {
+        return line;
+    };
+    let fields: Vec<&str> = rest.splitn(5, ' ').collect();
+    match fields.as_slice() {
+        [seq, kind, from, time, text] if time.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("MSG {seq} {kind} {from} {text}")
+        }
+        _ => line,
+    }
+}
+
+/// A JSON event line (`{"event":"…","time":"…",…}`) without its `time`
+/// field; any other line as it is.
+pub fn without_json_time(line: String) -> String {
+    if !line.starts_with("{\"event\":") {
+        return line;
+    }
+    let Some(at) = line.find(",\"time\":\"") else {
+        return line;
+    };
+    let value_start = at + ",\"time\":\"".len();
+    match line[value_start..].find('"') {
+        Some(len) => format!("{}{}", &line[..at], &line[value_start + len + 1..]),
+        None => line,
     }
 }

@@ -533,8 +533,9 @@ fn chat_payload<'a>(line: &'a str, ready: &mut bool, ack: &mut Option<u64>) -> O
     let rest = line.strip_prefix("MSG ")?;
     let (seq, rest) = rest.split_once(' ')?;
     *ack = seq.parse().ok().or(*ack);
-    // kind, sender, then the text.
-    let mut parts = rest.splitn(3, ' ');
+    // kind, sender, time of acceptance, then the text.
+    let mut parts = rest.splitn(4, ' ');
+    parts.next()?;
     parts.next()?;
     parts.next()?;
     parts.next()

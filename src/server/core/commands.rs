@@ -163,7 +163,8 @@ impl Core {
         let online = self.users[to].state().session.is_some();
         let kind = if online { live_kind } else { MsgKind::Offline };
         let notify = online && live_kind == MsgKind::Direct;
-        let pushed = self.outboxes.push(to, &caps, kind, from, text, notify, now);
+        let accepted = self.wall.accepted(now);
+        let pushed = self.outboxes.push(to, &caps, kind, from, text, notify, accepted);
         let Ok(seq) = pushed else {
             return Delivery::QueueFull; // Not reached: admitted just above.
         };
@@ -837,6 +838,22 @@ mod tests {
         assert_eq!(h.to(2).len(), 1);
         h.line(2, "ACK 1");
         assert_eq!(h.to(2), vec!["MSG 2 direct A small"]);
+    }
+
+    #[test]
+    fn a_message_carries_when_the_server_accepted_it_not_when_it_was_sent_on() {
+        use super::super::tests::WALL_AT_START;
+        let mut h = Harness::new();
+        h.login(1, "A");
+        h.login(2, "B");
+        h.advance(Duration::from_millis(1500));
+        h.line(1, "MESSAGE B live");
+        h.line(1, "MESSAGE C saved");
+        h.take();
+        assert_eq!(h.times(), vec![WALL_AT_START + 1500], "B's copy");
+        h.advance(Duration::from_secs(3600));
+        h.login(3, "C");
+        assert_eq!(h.times(), vec![WALL_AT_START + 1500], "an hour later, the same time");
     }
 
     #[test]

@@ -22,7 +22,7 @@
 use std::collections::BTreeSet;
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
 
@@ -41,7 +41,7 @@ mod users;
 use admission::{AddressTable, Arrivals, Over};
 use confirm::Confirmations;
 pub use confirm::CONFIRM_DELAY;
-use outbox::{Caps, Outboxes};
+use outbox::{Accepted, Caps, Outboxes};
 use presence::{Decision, Presence};
 use send_rate::RateLimit;
 pub(crate) use throttle::throttle_key;
@@ -462,6 +462,31 @@ pub struct Core {
     delivered_scratch: Vec<(UserId, u64)>,
     /// `DELIVERED` frames gathered for a moment before they are sent.
     confirmations: Confirmations,
+    /// The wall-clock time of a recent monotonic one.
+    wall: WallClock,
+}
+
+/// A monotonic time and the wall-clock time it was (milliseconds since
+/// the Unix epoch), to date what the core accepts without reading a clock.
+/// Until the event loop sets it, every time is the epoch.
+#[derive(Debug, Clone, Copy, Default)]
+struct WallClock {
+    anchor: Option<(Instant, u64)>,
+}
+
+impl WallClock {
+    /// The acceptance of something at `at`, with its wall-clock time.
+    #[inline]
+    fn accepted(&self, at: Instant) -> Accepted {
+        let Some((then, ms)) = self.anchor else {
+            return Accepted { at, unix_ms: 0 };
+        };
+        let unix_ms = match at.checked_duration_since(then) {
+            Some(after) => ms.saturating_add(after.as_millis() as u64),
+            None => ms.saturating_sub(then.duration_since(at).as_millis() as u64),
+        };
+        Accepted { at, unix_ms }
+    }
 }
 
 /// Journal bytes a record takes besides a message's text, near enough
@@ -554,6 +579,7 @@ impl Core {
             verifications: 0,
             delivered_scratch: Vec::new(),
             confirmations: Confirmations::default(),
+            wall: WallClock::default(),
         }
     }
 
@@ -592,6 +618,13 @@ impl Core {
             let record = make(self);
             self.records.push((user, record));
         }
+    }
+
+    /// Ties the core's monotonic times to the wall clock: `now` is `wall`.
+    /// The event loop calls it every pass, so the times messages carry
+    /// follow the system clock's adjustments.
+    pub fn set_wall_clock(&mut self, now: Instant, wall: SystemTime) {
+        self.wall = WallClock { anchor: Some((now, crate::time::unix_ms(wall))) };
     }
 
     /// Sets how much journal space new messages may take until the next
@@ -1291,7 +1324,9 @@ impl Core {
         for stored in outbox.at(positions) {
             let from = &self.users[stored.from].name;
             let text = outbox.text(stored);
-            let msg = ServerMsg::Msg { seq: stored.seq, kind: stored.kind, from, text };
+            let accepted_ms = stored.accepted.unix_ms;
+            let msg =
+                ServerMsg::Msg { seq: stored.seq, kind: stored.kind, from, accepted_ms, text };
             emit(&mut self.out, &mut self.effects, conn, &msg);
         }
     }
@@ -1342,7 +1377,8 @@ impl Core {
         match record {
             Record::Queued { user, seq, kind, from, text, at } => {
                 let (user, from) = (id(self, user), id(self, from));
-                self.outboxes.restore(user, *seq, *kind, from, text, *at);
+                let accepted = self.wall.accepted(*at);
+                self.outboxes.restore(user, *seq, *kind, from, text, accepted);
             }
             Record::Acked { user, seq } => {
                 let user = id(self, user);
@@ -1413,7 +1449,7 @@ impl Core {
                     kind: stored.kind,
                     from: self.users[stored.from].name.clone(),
                     text: outbox.text(stored).to_owned(),
-                    at: stored.accepted,
+                    at: stored.accepted.at,
                 });
                 bytes += SNAPSHOT_RECORD_BYTES + stored.text_len();
                 cursor.after = Some(stored.seq);
@@ -1599,6 +1635,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     /// Predictable "randomness" for tests: each call fills with a counter.
     fn counting_random(buf: &mut [u8]) -> bool {
@@ -1620,6 +1657,22 @@ mod tests {
         /// Password checks asked for and not yet answered.
         pub checks: Vec<Verification>,
         sent: Vec<(ConnId, String)>,
+        times: Vec<u64>,
+    }
+
+    /// The wall-clock time a harness starts at, in ms since the Unix epoch.
+    pub const WALL_AT_START: u64 = 1_795_610_096_789;
+
+    /// `MSG <seq> <kind> <from> <time> <text>` without its time, which goes
+    /// to `times`; any other line as it is.
+    fn without_time(line: &str, times: &mut Vec<u64>) -> String {
+        match ServerMsg::parse(line) {
+            Ok(ServerMsg::Msg { seq, kind, from, accepted_ms, text }) => {
+                times.push(accepted_ms);
+                format!("MSG {seq} {} {from} {text}", kind.as_str())
+            }
+            _ => line.to_owned(),
+        }
     }
 
     impl Harness {
@@ -1648,8 +1701,9 @@ mod tests {
             let mut core = Core::new(accounts, config);
             core.random = counting_random;
             let now = Instant::now();
+            core.set_wall_clock(now, UNIX_EPOCH + Duration::from_millis(WALL_AT_START));
             let (armed, closed, checks, sent) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            Harness { core, now, armed, closed, checks, sent }
+            Harness { core, now, armed, closed, checks, sent, times: Vec::new() }
         }
 
         /// Moves the core's effects into the harness's records.
@@ -1661,7 +1715,7 @@ mod tests {
                         let lines = String::from_utf8_lossy(effects.bytes(start, end));
                         assert!(lines.ends_with('\n'), "whole lines only: {lines:?}");
                         for line in lines.lines() {
-                            self.sent.push((conn, line.to_owned()));
+                            self.sent.push((conn, without_time(line, &mut self.times)));
                         }
                     }
                     Effect::Close { conn } => self.closed.push(conn),
@@ -1669,6 +1723,14 @@ mod tests {
                     Effect::Verify(job) => self.checks.push(*job),
                 }
             }
+        }
+
+        /// The acceptance times (`MSG`'s time field) of the messages sent
+        /// since the last call, in order: [`Harness::take`] shows `MSG`
+        /// lines without them, so that the other tests read as the chat.
+        pub fn times(&mut self) -> Vec<u64> {
+            self.collect();
+            std::mem::take(&mut self.times)
         }
 
         /// Lines sent since the last call, as (conn, line without newline).

@@ -40,6 +40,22 @@ use std::time::{Duration, Instant};
 use super::UserId;
 use crate::protocol::MsgKind;
 
+/// When a message was accepted: the server's monotonic time (its lifetime
+/// counts from it) and the wall-clock time its recipient is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub at: Instant,
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
+
+/// A time alone, with no wall-clock time known (tests, mostly).
+impl From<Instant> for Accepted {
+    fn from(at: Instant) -> Self {
+        Accepted { at, unix_ms: 0 }
+    }
+}
+
 /// A chat message waiting in a recipient's outbox until acknowledged. Its
 /// text is kept by the outbox ([`Outbox::text`]).
 #[derive(Debug, Clone)]
@@ -56,7 +72,7 @@ pub struct Stored {
     pub notify: bool,
     /// When the server accepted it (or, for a message from a journal that
     /// did not record it, when the journal was read).
-    pub accepted: Instant,
+    pub accepted: Accepted,
 }
 
 impl Stored {
@@ -72,7 +88,7 @@ impl Stored {
 
     /// Whether it has waited `ttl` or longer at `now`.
     fn expired(&self, ttl: Duration, now: Instant) -> bool {
-        self.accepted.checked_add(ttl).is_some_and(|due| due <= now)
+        self.accepted.at.checked_add(ttl).is_some_and(|due| due <= now)
     }
 }
 
@@ -238,7 +254,7 @@ impl Outbox {
 
     /// When the oldest message waiting was accepted.
     pub fn oldest(&self) -> Option<Instant> {
-        self.entries.front().map(|stored| stored.accepted)
+        self.entries.front().map(|stored| stored.accepted.at)
     }
 
     /// Bytes of text waiting.
@@ -278,7 +294,7 @@ impl Outbox {
         from: UserId,
         text: &str,
         notify: bool,
-        at: Instant,
+        accepted: Accepted,
     ) {
         // Texts are bounded by the line limit, far below 4 GiB.
         let text_len = u32::try_from(text.len()).unwrap_or(u32::MAX);
@@ -286,7 +302,7 @@ impl Outbox {
         let text_at = self.texts.push(text);
         self.text_bytes += text.len();
         self.senders.add(from);
-        self.entries.push_back(Stored { seq, kind, from, text_at, text_len, notify, accepted: at });
+        self.entries.push_back(Stored { seq, kind, from, text_at, text_len, notify, accepted });
     }
 
     /// Removes the front entry, keeping the counts.
@@ -299,11 +315,18 @@ impl Outbox {
         Some(stored)
     }
 
-    /// Queues a message accepted at `now`; returns its number.
-    fn push(&mut self, kind: MsgKind, from: UserId, text: &str, notify: bool, now: Instant) -> u64 {
+    /// Queues a message accepted then; returns its number.
+    fn push(
+        &mut self,
+        kind: MsgKind,
+        from: UserId,
+        text: &str,
+        notify: bool,
+        accepted: impl Into<Accepted>,
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.append(seq, kind, from, text, notify, now);
+        self.append(seq, kind, from, text, notify, accepted.into());
         seq
     }
 
@@ -389,10 +412,17 @@ impl Outbox {
 
     /// Replay: a message from the journal. Kept unless it is already here
     /// (a snapshot and the records after it may both hold it).
-    fn restore(&mut self, seq: u64, kind: MsgKind, from: UserId, text: &str, at: Instant) {
+    fn restore(
+        &mut self,
+        seq: u64,
+        kind: MsgKind,
+        from: UserId,
+        text: &str,
+        accepted: impl Into<Accepted>,
+    ) {
         self.next_seq = self.next_seq.max(seq + 1);
         if self.entries.back().is_none_or(|last| last.seq < seq) {
-            self.append(seq, kind, from, text, false, at);
+            self.append(seq, kind, from, text, false, accepted.into());
         }
     }
 
@@ -512,7 +542,7 @@ impl Outboxes {
         Ok(())
     }
 
-    /// Queues a message for `to` accepted at `now`, if it fits the caps;
+    /// Queues a message for `to` accepted then, if it fits the caps;
     /// returns its number.
     #[allow(clippy::too_many_arguments)]
     pub fn push(
@@ -523,10 +553,10 @@ impl Outboxes {
         from: UserId,
         text: &str,
         notify: bool,
-        now: Instant,
+        accepted: impl Into<Accepted>,
     ) -> Result<u64, Full> {
         self.admits(to, from, text.len(), caps)?;
-        Ok(self.change(to, |outbox| outbox.push(kind, from, text, notify, now)))
+        Ok(self.change(to, |outbox| outbox.push(kind, from, text, notify, accepted)))
     }
 
     /// See [`Outbox::send_window`].
@@ -576,9 +606,9 @@ impl Outboxes {
         kind: MsgKind,
         from: UserId,
         text: &str,
-        at: Instant,
+        accepted: impl Into<Accepted>,
     ) {
-        self.change(user, |outbox| outbox.restore(seq, kind, from, text, at));
+        self.change(user, |outbox| outbox.restore(seq, kind, from, text, accepted));
     }
 
     /// See [`Outbox::restore_acknowledged`].
