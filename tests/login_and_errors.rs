@@ -251,7 +251,9 @@ fn a_server_that_stays_busy_is_given_up_on_with_exit_1() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     let port = listener.local_addr().expect("address").port();
     let server = fake_server(listener, &["DENIED busy"]);
-    let mut a = Client::spawn(port, &["--user", "A"], Some("A_pwd"), Stdio::piped());
+    // (A hidden flag shortens the pause between tries from 1 s.)
+    let flags = ["--user", "A", "--login-retry-pause", "0.05"];
+    let mut a = Client::spawn(port, &flags, Some("A_pwd"), Stdio::piped());
     for _ in 0..10 {
         a.out.expect_next("The server is busy. Trying again shortly...");
     }

@@ -21,7 +21,9 @@ use support::{grant_address, signal, wait_until_asleep, Client, Server, WAIT};
 fn a_private_message_unconfirmed_at_the_end_of_input_is_reported_with_exit_9() {
     let server = Server::start("private-at-eof", &[]);
     let mut a = server.login("A");
-    let mut b = server.login("B");
+    // Waiting a second, not the default five, for the outcome.
+    let mut b = server.client(&["--user", "B", "--settle", "1"], Some("B_pwd"));
+    b.out.expect_next("Welcome to the chat system!");
     a.out.expect_next("User B has logged on.");
     grant_address(&mut a, &mut b);
     signal(a.pid(), "STOP");

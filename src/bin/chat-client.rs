@@ -67,6 +67,11 @@ struct Args {
     /// when the server accepted it).
     #[arg(long)]
     timestamps: bool,
+    /// Seconds before a login the server was too busy to check is sent
+    /// again (for tests; hidden).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, hide = true,
+          value_parser = parse_wait)]
+    login_retry_pause: f64,
     /// Server host name or IP address.
     host: String,
     /// Server port.
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
         stay: args.stay,
         settle: Duration::from_secs_f64(args.settle),
         timestamps: args.timestamps,
+        retry_pause: Duration::from_secs_f64(args.login_retry_pause),
     };
     match chat::client::run(&config) {
         Ok(exit) => ExitCode::from(exit.code()),

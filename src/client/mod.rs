@@ -111,6 +111,8 @@ pub struct Config {
     pub settle: Duration,
     /// `--timestamps`: text lines start with the local `HH:MM`.
     pub timestamps: bool,
+    /// The pause before a login the server was too busy for is sent again.
+    pub retry_pause: Duration,
 }
 
 /// How events are printed.
@@ -428,6 +430,7 @@ impl Client {
             wait: config.wait,
             stay: config.stay,
             settle: config.settle,
+            retry_pause: config.retry_pause,
         };
         Ok(Client {
             poll,

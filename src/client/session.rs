@@ -110,6 +110,9 @@ pub struct Settings {
     pub stay: bool,
     /// `--settle`: longest wait for outcomes before logging out.
     pub settle: Duration,
+    /// The pause before a login the server was too busy to check is sent
+    /// again ([`LOGIN_RETRY_PAUSE`]; shorter only in tests).
+    pub retry_pause: Duration,
 }
 
 /// A failure that ends the session with a message on standard error.
@@ -204,6 +207,7 @@ pub struct Session {
     interactive: bool,
     stay: bool,
     settle: Duration,
+    retry_pause: Duration,
     until: Option<Pattern>,
     phase: Phase,
     user: String,
@@ -259,6 +263,7 @@ impl Session {
             interactive: settings.interactive,
             stay: settings.stay || settings.until.is_some(),
             settle: settings.settle,
+            retry_pause: settings.retry_pause,
             until: settings.until,
             phase: Phase::Username,
             user_given: settings.user.is_some(),
@@ -649,7 +654,7 @@ impl Session {
             DenyReason::Busy => {
                 self.show(event::local_denied(reason, render::BUSY));
                 self.login_retries += 1;
-                self.login_retry_at = Some(now + LOGIN_RETRY_PAUSE);
+                self.login_retry_at = Some(now + self.retry_pause);
             }
         }
     }
@@ -1085,6 +1090,7 @@ mod tests {
             wait: Duration::from_secs(30),
             stay: false,
             settle: DEFAULT_SETTLE,
+            retry_pause: LOGIN_RETRY_PAUSE,
         }
     }
 

@@ -6,7 +6,7 @@
 //!   its command table and handlers, outboxes, login throttle and
 //!   admission of connections.
 //! - [`event_loop`]: the `mio` loop that moves bytes and fires timers.
-//! - [`timer_wheel`]: one-second-bucket deadlines for heartbeats and lockouts.
+//! - [`timer_wheel`]: deadlines in tenth-of-a-second buckets (heartbeats, lockouts, held-back notices).
 //! - [`verifier`]: the helper thread that checks argon2id password hashes.
 //! - [`credentials`]: the credentials file.
 //! - [`fd_limit`]: the open file limit, raised at start, and the default

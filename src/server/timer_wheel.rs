@@ -1,10 +1,12 @@
-//! A hashed timer wheel with one-second buckets.
+//! A hashed timer wheel with tenth-of-a-second buckets.
 //!
-//! Heartbeat timeouts and lockout expiries only need second precision, so a
-//! deadline is rounded up to the next whole second after the wheel's start
-//! and hashed into one of a fixed number of slots. Insertion is O(1);
-//! expiry visits only the slots of the seconds that passed. Entries further
-//! away than one turn of the wheel wait in their slot for later turns.
+//! Heartbeat timeouts, lockout expiries and presence notices held back for
+//! a moment need no finer precision, so a deadline is rounded up to the
+//! next [`TICK`] after the wheel's start and hashed into one of a fixed
+//! number of slots. Insertion is O(1); expiry visits only the slots of the
+//! ticks that passed. Entries further away than one turn of the wheel wait
+//! in their slot for later turns. (A tick of a whole second held notices
+//! that were due after one second for up to two.)
 //!
 //! The wheel does not cancel entries one by one: owners validate a fired
 //! entry against their own state (a stale heartbeat timer is simply
@@ -15,12 +17,14 @@
 
 use std::time::{Duration, Instant};
 
-/// Slots in the wheel; one turn covers this many seconds. Deadlines in this
-/// server are at most a few minutes away, so most entries fire in their
-/// first turn.
+/// The wheel's step: a deadline fires at most this late.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Slots in the wheel; one turn covers this many ticks (6.4 s). Entries
+/// further away (heartbeats, lockouts) are looked at once a turn until due.
 const SLOTS: u64 = 64;
 
-/// Deadlines of type `T`, fired in one-second steps.
+/// Deadlines of type `T`, fired in steps of [`TICK`].
 #[derive(Debug)]
 pub struct TimerWheel<T> {
     start: Instant,
@@ -37,13 +41,15 @@ impl<T> TimerWheel<T> {
 
     /// The tick at or after `at` (deadlines are never fired early).
     fn tick_at_or_after(&self, at: Instant) -> u64 {
-        let since = at.saturating_duration_since(self.start);
-        since.as_secs() + u64::from(since.subsec_nanos() > 0)
+        let since = at.saturating_duration_since(self.start).as_nanos();
+        let tick = TICK.as_nanos();
+        u64::try_from(since.div_ceil(tick)).unwrap_or(u64::MAX)
     }
 
     /// The last tick that has fully passed at `now`.
     fn tick_before(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.start).as_secs()
+        let since = now.saturating_duration_since(self.start).as_nanos();
+        u64::try_from(since / TICK.as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn slot(tick: u64) -> usize {
@@ -51,7 +57,7 @@ impl<T> TimerWheel<T> {
         (tick % SLOTS) as usize
     }
 
-    /// Schedules `value` to fire at `at` (rounded up to the next second).
+    /// Schedules `value` to fire at `at` (rounded up to the next tick).
     pub fn insert(&mut self, at: Instant, value: T) {
         let tick = self.tick_at_or_after(at).max(self.done + 1);
         self.slots[Self::slot(tick)].push((tick, value));
@@ -98,7 +104,7 @@ impl<T> TimerWheel<T> {
         }
         (self.done + 1..=self.done + SLOTS)
             .find(|&tick| !self.slots[Self::slot(tick)].is_empty())
-            .map(|tick| self.start + Duration::from_secs(tick))
+            .map(|tick| self.start + TICK * u32::try_from(tick).unwrap_or(u32::MAX))
     }
 
     pub fn len(&self) -> usize {
@@ -123,8 +129,9 @@ fn shrink<T>(slot: &mut Vec<T>) {
 mod tests {
     use super::*;
 
-    fn secs(s: f64) -> Duration {
-        Duration::from_secs_f64(s)
+    /// `t` ticks.
+    fn ticks(t: f64) -> Duration {
+        TICK.mul_f64(t)
     }
 
     fn expire(wheel: &mut TimerWheel<u32>, now: Instant) -> Vec<u32> {
@@ -138,11 +145,11 @@ mod tests {
     fn fires_at_or_after_the_deadline_never_before() {
         let t0 = Instant::now();
         let mut wheel = TimerWheel::new(t0);
-        wheel.insert(t0 + secs(2.5), 1);
-        wheel.insert(t0 + secs(3.0), 2);
-        assert_eq!(wheel.next_deadline(), Some(t0 + secs(3.0)));
-        assert_eq!(expire(&mut wheel, t0 + secs(2.9)), Vec::<u32>::new());
-        assert_eq!(expire(&mut wheel, t0 + secs(3.0)), vec![1, 2]);
+        wheel.insert(t0 + ticks(2.5), 1);
+        wheel.insert(t0 + ticks(3.0), 2);
+        assert_eq!(wheel.next_deadline(), Some(t0 + ticks(3.0)));
+        assert_eq!(expire(&mut wheel, t0 + ticks(2.9)), Vec::<u32>::new());
+        assert_eq!(expire(&mut wheel, t0 + ticks(3.0)), vec![1, 2]);
         assert!(wheel.is_empty());
         assert_eq!(wheel.next_deadline(), None);
     }
@@ -151,12 +158,12 @@ mod tests {
     fn entries_beyond_one_turn_wait_for_their_turn() {
         let t0 = Instant::now();
         let mut wheel = TimerWheel::new(t0);
-        wheel.insert(t0 + secs(SLOTS as f64 + 5.0), 7);
-        wheel.insert(t0 + secs(5.0), 3);
-        assert_eq!(expire(&mut wheel, t0 + secs(5.0)), vec![3]);
-        assert_eq!(expire(&mut wheel, t0 + secs(SLOTS as f64 + 4.0)), Vec::<u32>::new());
+        wheel.insert(t0 + ticks(SLOTS as f64 + 5.0), 7);
+        wheel.insert(t0 + ticks(5.0), 3);
+        assert_eq!(expire(&mut wheel, t0 + ticks(5.0)), vec![3]);
+        assert_eq!(expire(&mut wheel, t0 + ticks(SLOTS as f64 + 4.0)), Vec::<u32>::new());
         assert_eq!(wheel.len(), 1);
-        assert_eq!(expire(&mut wheel, t0 + secs(SLOTS as f64 + 5.0)), vec![7]);
+        assert_eq!(expire(&mut wheel, t0 + ticks(SLOTS as f64 + 5.0)), vec![7]);
     }
 
     #[test]
@@ -164,9 +171,9 @@ mod tests {
         let t0 = Instant::now();
         let mut wheel = TimerWheel::new(t0);
         for i in 0..200u32 {
-            wheel.insert(t0 + secs(f64::from(i) * 1.5), i);
+            wheel.insert(t0 + ticks(f64::from(i) * 1.5), i);
         }
-        let fired = expire(&mut wheel, t0 + secs(1000.0));
+        let fired = expire(&mut wheel, t0 + ticks(1000.0));
         assert_eq!(fired, (0..200).collect::<Vec<_>>());
         assert!(wheel.is_empty());
     }
@@ -176,23 +183,23 @@ mod tests {
         let t0 = Instant::now();
         let mut wheel = TimerWheel::new(t0);
         for i in 0..10_000u32 {
-            wheel.insert(t0 + secs(30.0), i);
+            wheel.insert(t0 + ticks(30.0), i);
         }
         let peak: usize = wheel.slots.iter().map(Vec::capacity).sum();
         wheel.retain(|&i| i % 1000 == 0);
         assert_eq!(wheel.len(), 10);
         let after: usize = wheel.slots.iter().map(Vec::capacity).sum();
         assert!(after * 10 < peak, "capacity {peak} -> {after}");
-        assert_eq!(expire(&mut wheel, t0 + secs(30.0)).len(), 10);
+        assert_eq!(expire(&mut wheel, t0 + ticks(30.0)).len(), 10);
     }
 
     #[test]
     fn past_deadlines_fire_on_the_next_tick() {
         let t0 = Instant::now();
         let mut wheel = TimerWheel::new(t0);
-        assert_eq!(expire(&mut wheel, t0 + secs(10.0)), Vec::<u32>::new());
-        wheel.insert(t0 + secs(1.0), 9);
-        assert_eq!(wheel.next_deadline(), Some(t0 + secs(11.0)));
-        assert_eq!(expire(&mut wheel, t0 + secs(11.0)), vec![9]);
+        assert_eq!(expire(&mut wheel, t0 + ticks(10.0)), Vec::<u32>::new());
+        wheel.insert(t0 + ticks(1.0), 9);
+        assert_eq!(wheel.next_deadline(), Some(t0 + ticks(11.0)));
+        assert_eq!(expire(&mut wheel, t0 + ticks(11.0)), vec![9]);
     }
 }
