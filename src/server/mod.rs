@@ -47,6 +47,7 @@ use self::journal::JournalError;
 use self::notify::{Notifier, Watchdog};
 use self::pid_file::{PidFile, PidFileError};
 use self::store::Store;
+use crate::protocol::{ByeReason, ServerMsg, VERSION};
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -99,6 +100,27 @@ pub struct Config {
     pub message_ttl: Duration,
     /// Where to write the process id once listening (`--pid-file`).
     pub pid_file: Option<PathBuf>,
+    /// `--tls-cert` and `--tls-key`: every listener speaks TLS with them.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of the server's TLS certificate chain and key, read at
+/// start and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Loads the pair; the error is one line naming the file and the cause.
+    pub fn load(&self) -> Result<crate::tls::Acceptor, String> {
+        let acceptor = crate::tls::Acceptor::from_pem_files(&self.cert, &self.key)?;
+        let mut notice = String::new();
+        ServerMsg::Hello { version: VERSION, timeout_secs: 0 }.encode(&mut notice);
+        ServerMsg::Bye { reason: ByeReason::TlsRequired }.encode(&mut notice);
+        Ok(acceptor.with_plain_notice(notice.as_bytes()))
+    }
 }
 
 pub use self::core::{
@@ -134,6 +156,7 @@ impl Config {
             max_queued_bytes: self::core::DEFAULT_MAX_QUEUED_BYTES,
             message_ttl: self::core::DEFAULT_MESSAGE_TTL,
             pid_file: None,
+            tls: None,
         }
     }
 }
@@ -143,8 +166,13 @@ impl Config {
 pub enum ServerError {
     Credentials(CredentialsError),
     Journal(JournalError),
-    Listen { addr: SocketAddr, error: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     PidFile(PidFileError),
+    /// The TLS certificate or key did not load.
+    Tls(String),
     Io(std::io::Error),
 }
 
@@ -155,6 +183,7 @@ impl fmt::Display for ServerError {
             ServerError::Journal(e) => e.fmt(f),
             ServerError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             ServerError::PidFile(e) => e.fmt(f),
+            ServerError::Tls(e) => write!(f, "TLS: {e}"),
             ServerError::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
@@ -314,6 +343,11 @@ fn build(
     accounts: Vec<credentials::Account>,
     control: Control,
 ) -> Result<(EventLoop, Vec<SocketAddr>), ServerError> {
+    // Before listening: a certificate that does not load stops the start.
+    let tls = match &config.tls {
+        Some(files) => Some((files.clone(), files.load().map_err(ServerError::Tls)?)),
+        None => None,
+    };
     let listeners = listen(config)?;
     let local = listeners
         .iter()
@@ -351,8 +385,16 @@ fn build(
         None => None,
     };
     let limits = Limits { max_output: config.max_output, max_line: config.max_line };
-    let event_loop =
+    let mut event_loop =
         EventLoop::new(listeners, core, store, limits, control).map_err(ServerError::Io)?;
+    if let Some((files, acceptor)) = tls {
+        event_loop.set_tls(files, acceptor);
+    } else if let Some(ip) = config.bind.iter().find(|ip| !ip.is_loopback()) {
+        log::warn!(
+            "listening on {ip} without TLS: passwords and messages cross the network in \
+             clear text (give --tls-cert and --tls-key)"
+        );
+    }
     Ok((event_loop, local))
 }
 
