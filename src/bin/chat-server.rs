@@ -50,9 +50,9 @@ Examples:
 /// Exit status: 0 after SIGINT or SIGTERM, and after --hash-password,
 /// --self-signed or --generate; 1 if the server could not start or had to
 /// stop (one line on standard error names the cause: credentials, address,
-/// port, state directory, pid file, TLS certificate or key), or
-/// --hash-password, --self-signed or --generate failed; 2 for a bad
-/// command line.
+/// port, state directory, pid file, TLS certificate or key), or if
+/// --hash-password, --self-signed or --generate failed; 2 for
+/// a bad command line.
 #[derive(Debug, Parser)]
 #[command(name = "chat-server", version, verbatim_doc_comment,
           override_usage = "chat-server [OPTIONS] PORT\n       chat-server --hash-password\n       \
