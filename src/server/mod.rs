@@ -387,15 +387,23 @@ fn build(
     let limits = Limits { max_output: config.max_output, max_line: config.max_line };
     let mut event_loop =
         EventLoop::new(listeners, core, store, limits, control).map_err(ServerError::Io)?;
+    if let Some(warning) = clear_text_warning(&config.bind, tls.is_some()) {
+        log::warn!("{warning}");
+    }
     if let Some((files, acceptor)) = tls {
         event_loop.set_tls(files, acceptor);
-    } else if let Some(ip) = config.bind.iter().find(|ip| !ip.is_loopback()) {
-        log::warn!(
-            "listening on {ip} without TLS: passwords and messages cross the network in \
-             clear text (give --tls-cert and --tls-key)"
-        );
     }
     Ok((event_loop, local))
+}
+
+/// What the server says once at start when it listens beyond loopback
+/// without TLS: passwords would cross the network readable.
+fn clear_text_warning(bind: &[IpAddr], tls: bool) -> Option<String> {
+    let ip = bind.iter().find(|ip| !ip.is_loopback()).filter(|_| !tls)?;
+    Some(format!(
+        "listening on {ip} without TLS: passwords and messages cross the network in clear \
+         text (give --tls-cert and --tls-key)"
+    ))
 }
 
 /// A chat server running on a thread of this program, for loopback tests:
@@ -495,6 +503,16 @@ mod tests {
 
     fn hosts(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn listening_beyond_loopback_without_tls_is_warned_about() {
+        let loopback = [IpAddr::from([127, 0, 0, 1]), "::1".parse().unwrap()];
+        assert_eq!(clear_text_warning(&loopback, false), None);
+        let public = [IpAddr::from([127, 0, 0, 1]), IpAddr::from([0, 0, 0, 0])];
+        let warning = clear_text_warning(&public, false).expect("a warning");
+        assert!(warning.starts_with("listening on 0.0.0.0 without TLS: passwords"), "{warning}");
+        assert_eq!(clear_text_warning(&public, true), None, "not with TLS");
     }
 
     #[test]
