@@ -7,6 +7,7 @@
 //! - [`server`]: the chat state machine and the event loop that feeds it.
 //! - [`client`]: the terminal client's poll loop, command parsing and rendering.
 //! - [`generate`]: `--generate`'s man pages and shell completions.
+//! - [`tls`]: TLS sessions for [`net`] (feature `tls`), certificates and trust.
 pub mod client;
 pub mod generate;
 pub mod net;
@@ -15,3 +16,4 @@ pub mod protocol;
 pub mod secret;
 pub mod server;
 pub mod time;
+pub mod tls;

@@ -27,9 +27,16 @@
 //! Buffers hold memory only while they hold data, so an idle connection
 //! costs its socket and a few words.
 //!
+//! The transport is a [`Stream`]: a plain socket, or a TLS session on one
+//! ([`crate::tls`]; made by [`Connection::accepted_tls`] and
+//! [`Connection::connect_tls`]). Callers see the same lines either way;
+//! with TLS, a read may also write (a handshake reply, sent at once) and a
+//! write may leave records for the WRITABLE event, which [`Connection::flush`]
+//! asks for while any are left.
+//!
 //! Not here: what lines mean, deadlines (the owner's timers decide when a
-//! silent or slow peer is dropped), and encryption: the transport is a
-//! [`Stream`], so a TLS session can take its place without touching callers.
+//! silent or slow peer is dropped, in a TLS handshake as in a login), and
+//! certificates ([`crate::tls`]).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -39,6 +46,7 @@ use mio::{Interest, Registry, Token};
 
 use crate::outbuf::{Full, OutBuf};
 use crate::protocol::{Line, LineBuffer, READ_CHUNK};
+use crate::tls::{self, TlsStream};
 
 thread_local! {
     /// The read buffer connections on this thread share: a connection that
@@ -49,39 +57,85 @@ thread_local! {
     static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The transport under a connection: today plain TCP.
-#[derive(Debug)]
+/// The transport under a connection: plain TCP, or TLS over TCP (boxed:
+/// a session is large, and plain connections should not pay for it).
 pub enum Stream {
     Tcp(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stream::Tcp(stream) => f.debug_tuple("Tcp").field(stream).finish(),
+            Stream::Tls(stream) => f.debug_tuple("Tls").field(stream.tcp()).finish(),
+        }
+    }
 }
 
 impl Stream {
     fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Tcp(stream) => stream,
+            Stream::Tls(stream) => stream.tcp(),
         }
     }
 
     fn tcp_mut(&mut self) -> &mut TcpStream {
         match self {
             Stream::Tcp(stream) => stream,
+            Stream::Tls(stream) => stream.tcp_mut(),
+        }
+    }
+
+    /// TLS: the last read stopped before the socket was drained.
+    fn more_waiting(&self) -> bool {
+        match self {
+            Stream::Tcp(_) => false,
+            Stream::Tls(stream) => stream.more_waiting(),
+        }
+    }
+
+    /// TLS: records wait for the socket to take them.
+    fn wants_write(&self) -> bool {
+        match self {
+            Stream::Tcp(_) => false,
+            Stream::Tls(stream) => stream.wants_write(),
+        }
+    }
+
+    /// TLS: writes the records waiting (handshake, alerts), as far as the
+    /// socket takes them.
+    fn send_pending(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(_) => Ok(()),
+            Stream::Tls(stream) => stream.send_pending(),
         }
     }
 }
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp_mut().read(buf)
+        match self {
+            Stream::Tcp(stream) => stream.read(buf),
+            Stream::Tls(stream) => stream.read(buf),
+        }
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tcp_mut().write(buf)
+        match self {
+            Stream::Tcp(stream) => stream.write(buf),
+            Stream::Tls(stream) => stream.write(buf),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.tcp_mut().flush()
+        match self {
+            Stream::Tcp(stream) => stream.flush(),
+            Stream::Tls(stream) => stream.flush(),
+        }
     }
 }
 
@@ -134,8 +188,25 @@ impl Connection {
         // Lines are small and interactive: send them at once. A socket that
         // refuses the option still works, only less promptly.
         let _ = stream.set_nodelay(true);
+        Connection::over(Stream::Tcp(stream), max_line, max_output)
+    }
+
+    /// A connection accepted by a TLS listener: the handshake runs as the
+    /// client's records arrive (see [`Connection::read_lines`]).
+    pub fn accepted_tls(
+        stream: TcpStream,
+        acceptor: &tls::Acceptor,
+        max_line: usize,
+        max_output: usize,
+    ) -> io::Result<Connection> {
+        let _ = stream.set_nodelay(true);
+        let session = acceptor.stream(stream)?;
+        Ok(Connection::over(Stream::Tls(Box::new(session)), max_line, max_output))
+    }
+
+    fn over(stream: Stream, max_line: usize, max_output: usize) -> Connection {
         Connection {
-            stream: Stream::Tcp(stream),
+            stream,
             input: LineBuffer::with_limit(max_line),
             output: OutBuf::new(max_output),
             writable: false,
@@ -155,9 +226,40 @@ impl Connection {
         Ok(connection)
     }
 
+    /// Like [`Connection::connect`], then TLS: the client's first flight
+    /// goes out once connected, and output queued meanwhile is sent once
+    /// the handshake is done.
+    pub fn connect_tls(
+        addr: SocketAddr,
+        connector: &tls::Connector,
+        max_line: usize,
+        max_output: usize,
+    ) -> io::Result<Connection> {
+        let stream = TcpStream::connect(addr)?;
+        let _ = stream.set_nodelay(true);
+        let session = connector.stream(stream)?;
+        let mut connection = Connection::over(Stream::Tls(Box::new(session)), max_line, max_output);
+        connection.connecting = true;
+        Ok(connection)
+    }
+
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// Why its TLS session failed, once it has (a certificate refused, a
+    /// peer that does not speak TLS): what to tell the user.
+    pub fn tls_failure(&self) -> Option<&tls::Failure> {
+        match &self.stream {
+            Stream::Tcp(_) => None,
+            Stream::Tls(stream) => stream.failure(),
+        }
+    }
+
     /// Registers with the poll under `token`.
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        self.writable = self.connecting || !self.output.is_empty();
+        self.writable = self.connecting || !self.output.is_empty() || self.stream.wants_write();
         let interest = self.interest();
         registry.register(self.stream.tcp_mut(), token, interest)
     }
@@ -265,6 +367,9 @@ impl Connection {
                 return ReadStatus::MoreWaiting;
             }
         }
+        if self.stream.more_waiting() {
+            return ReadStatus::MoreWaiting; // TLS: a read stopped at its cap.
+        }
         self.input.shrink_if_empty();
         ReadStatus::Drained
     }
@@ -317,9 +422,10 @@ impl Connection {
         self.output.clear();
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued and not yet written; TLS records the socket has not
+    /// taken count as one more (rustls does not say how many bytes).
     pub fn pending_output(&self) -> usize {
-        self.output.pending()
+        self.output.pending() + usize::from(self.stream.wants_write())
     }
 
     /// Writes what is queued, as much as the socket takes, and asks the
@@ -328,8 +434,9 @@ impl Connection {
     pub fn flush(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         if !self.connecting {
             self.output.write_to(&mut self.stream)?;
+            self.stream.send_pending()?;
         }
-        let wants = self.connecting || !self.output.is_empty();
+        let wants = self.connecting || !self.output.is_empty() || self.stream.wants_write();
         if wants != self.writable {
             self.writable = wants;
             let interest = self.interest();
@@ -594,6 +701,77 @@ mod tests {
             }
         };
         assert!(failed, "a refused connect is an error");
+        Ok(())
+    }
+
+    /// Polls and moves bytes on both ends of a TLS pair (the handshake
+    /// runs inside reads and flushes) until `done` or 5 s.
+    #[cfg(feature = "tls")]
+    fn pump_tls(
+        poll: &mut Poll,
+        ends: &mut [Connection; 2],
+        seen: &mut [Vec<String>; 2],
+        mut done: impl FnMut(&[Vec<String>; 2]) -> bool,
+    ) -> io::Result<()> {
+        let mut events = Events::with_capacity(8);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done(seen) {
+            assert!(Instant::now() < deadline, "stuck: {seen:?}");
+            poll.poll(&mut events, Some(Duration::from_millis(50)))?;
+            for (i, end) in ends.iter_mut().enumerate() {
+                let token = Token(i);
+                if end.is_connecting() && !end.finish_connect(poll.registry(), token)? {
+                    continue;
+                }
+                end.flush(poll.registry(), token)?;
+                let (lines, status) = collect(end, 1 << 20);
+                assert_ne!(status, ReadStatus::Closed, "{:?}", end.tls_failure());
+                seen[i].extend(lines);
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_carries_lines_both_ways_and_big_output_drains_on_writable() -> io::Result<()> {
+        let made = tls::self_signed("127.0.0.1").map_err(io::Error::other)?;
+        let dir = std::env::temp_dir().join(format!("chat-net-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("c.pem"), &made.cert_pem)?;
+        std::fs::write(dir.join("k.pem"), &made.key_pem)?;
+        let acceptor = tls::Acceptor::from_pem_files(&dir.join("c.pem"), &dir.join("k.pem"))
+            .map_err(io::Error::other)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        let connector = tls::Connector::pinned(made.fingerprint, [127, 0, 0, 1].into())
+            .map_err(io::Error::other)?;
+        let mut poll = Poll::new()?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let mut client =
+            Connection::connect_tls(listener.local_addr()?, &connector, 4096, 8 << 20)?;
+        client.queue(b"HELLO 1\n").expect("room");
+        client.register(poll.registry(), Token(0))?;
+        let (accepted, _) = listener.accept()?;
+        accepted.set_nonblocking(true)?;
+        let mut server =
+            Connection::accepted_tls(TcpStream::from_std(accepted), &acceptor, 4096, 8 << 20)?;
+        server.queue(b"HELLO 1 35\n").expect("room");
+        server.register(poll.registry(), Token(1))?;
+        let mut ends = [client, server];
+        let mut seen = [Vec::new(), Vec::new()];
+        pump_tls(&mut poll, &mut ends, &mut seen, |s| !s[0].is_empty() && !s[1].is_empty())?;
+        assert_eq!(seen, [vec!["HELLO 1 35".to_owned()], vec!["HELLO 1".to_owned()]]);
+        assert!(ends.iter().all(Connection::is_tls));
+        // More than the sockets hold at once: the rest goes on WRITABLE.
+        let line = [b'z'; 1000];
+        for _ in 0..4000 {
+            ends[1].queue(&line).expect("room");
+            ends[1].queue(b"\n").expect("room");
+        }
+        seen = [Vec::new(), Vec::new()];
+        pump_tls(&mut poll, &mut ends, &mut seen, |s| s[0].len() == 4000)?;
+        assert!(seen[0].iter().all(|l| l.len() == 1000));
+        assert_eq!(ends[1].pending_output(), 0);
         Ok(())
     }
 

@@ -114,6 +114,19 @@ fn token_field<'a>(rest: &mut &'a str) -> Result<&'a str, ParseError> {
     }
 }
 
+/// An optional last field: a certificate's SHA-256 fingerprint, 64
+/// lowercase hex digits.
+fn optional_cert_field<'a>(rest: &mut &'a str) -> Result<Option<&'a str>, ParseError> {
+    if rest.trim_matches(' ').is_empty() {
+        return Ok(None);
+    }
+    let value = field(rest, "cert")?;
+    match crate::tls::is_wire_fingerprint(value) {
+        true => Ok(Some(value)),
+        false => Err(ParseError::BadField("cert")),
+    }
+}
+
 #[inline]
 fn number_field<T: std::str::FromStr>(
     rest: &mut &str,
@@ -176,11 +189,14 @@ pub enum ClientMsg<'a> {
     Hello {
         version: u32,
     },
-    /// Log in; `p2p_port` is where this client accepts private messages.
+    /// Log in; `p2p_port` is where this client accepts private messages,
+    /// and `cert`, if given, the SHA-256 fingerprint of the certificate its
+    /// peer-to-peer listener presents (TLS).
     Login {
         user: &'a str,
         p2p_port: u16,
         password: &'a str,
+        cert: Option<&'a str>,
     },
     /// A direct message, saved for later if the recipient is offline.
     Message {
@@ -227,7 +243,8 @@ impl<'a> ClientMsg<'a> {
                 let user = name_field(rest, "username")?;
                 let p2p_port = number_field(rest, "port")?;
                 let password = field(rest, "password")?;
-                ClientMsg::Login { user, p2p_port, password }
+                let cert = optional_cert_field(rest)?;
+                ClientMsg::Login { user, p2p_port, password, cert }
             }
             "MESSAGE" => {
                 let to = name_field(rest, "username")?;
@@ -253,8 +270,11 @@ impl<'a> ClientMsg<'a> {
         // Writing to a String cannot fail.
         let _ = match self {
             ClientMsg::Hello { version } => writeln!(out, "HELLO {version}"),
-            ClientMsg::Login { user, p2p_port, password } => {
+            ClientMsg::Login { user, p2p_port, password, cert: None } => {
                 writeln!(out, "LOGIN {user} {p2p_port} {password}")
+            }
+            ClientMsg::Login { user, p2p_port, password, cert: Some(cert) } => {
+                writeln!(out, "LOGIN {user} {p2p_port} {password} {cert}")
             }
             ClientMsg::Message { to, text } => writeln!(out, "MESSAGE {to} {text}"),
             ClientMsg::Broadcast { text } => writeln!(out, "BROADCAST {text}"),
@@ -398,6 +418,9 @@ pub enum ByeReason {
     /// The client's address holds its share of connections, or opens them
     /// too fast; sent right after accepting.
     TooManyConnections,
+    /// The server speaks TLS and the client sent plain text; sent in plain
+    /// text, right after the client's first bytes, as `HELLO 1 0` then this.
+    TlsRequired,
 }
 
 impl ByeReason {
@@ -412,6 +435,7 @@ impl ByeReason {
             ByeReason::LoginTimeout => "login-timeout",
             ByeReason::ServerFull => "server-full",
             ByeReason::TooManyConnections => "too-many-connections",
+            ByeReason::TlsRequired => "tls-required",
         }
     }
 
@@ -426,6 +450,7 @@ impl ByeReason {
             "login-timeout" => Ok(ByeReason::LoginTimeout),
             "server-full" => Ok(ByeReason::ServerFull),
             "too-many-connections" => Ok(ByeReason::TooManyConnections),
+            "tls-required" => Ok(ByeReason::TlsRequired),
             _ => Err(ParseError::BadField("reason")),
         }
     }
@@ -622,12 +647,15 @@ pub enum ServerMsg<'a> {
         user: &'a str,
     },
     /// `user` granted their peer-to-peer address; a private message
-    /// connection to it must present `token`.
+    /// connection to it must present `token`, and, if `cert` is given,
+    /// speak TLS and accept only the certificate with that SHA-256
+    /// fingerprint.
     Address {
         user: &'a str,
         ip: IpAddr,
         port: u16,
         token: &'a str,
+        cert: Option<&'a str>,
     },
     /// To a grantor: `user` was given your address and may connect with
     /// `token` (the only token your client should accept from `user`).
@@ -723,6 +751,7 @@ impl<'a> ServerMsg<'a> {
                 ip: field(rest, "ip")?.parse().map_err(|_| ParseError::BadField("ip"))?,
                 port: number_field(rest, "port")?,
                 token: token_field(rest)?,
+                cert: optional_cert_field(rest)?,
             },
             "GRANTED" => ServerMsg::Granted {
                 user: name_field(rest, "username")?,
@@ -801,9 +830,13 @@ impl<'a> ServerMsg<'a> {
             ServerMsg::Unblocked { user } => word(out, "UNBLOCKED", user),
             ServerMsg::ConsentAsked { user } => word(out, "CONSENT-ASKED", user),
             ServerMsg::ConsentRequest { user } => word(out, "CONSENT-REQUEST", user),
-            ServerMsg::Address { user, ip, port, token } => {
+            ServerMsg::Address { user, ip, port, token, cert } => {
                 // Writing to a String cannot fail.
                 let _ = write!(out, "ADDRESS {user} {ip} {port} {token}");
+                if let Some(cert) = cert {
+                    out.push(' ');
+                    out.push_str(cert);
+                }
             }
             ServerMsg::Granted { user, token } => {
                 word(out, "GRANTED", user);
@@ -1095,7 +1128,24 @@ mod tests {
     #[test]
     fn client_frames_round_trip() {
         round_trip_client(ClientMsg::Hello { version: 1 });
-        round_trip_client(ClientMsg::Login { user: "A", p2p_port: 51791, password: "A_pwd" });
+        round_trip_client(ClientMsg::Login {
+            user: "A",
+            p2p_port: 51791,
+            password: "A_pwd",
+            cert: None,
+        });
+        let cert = "ab".repeat(32);
+        round_trip_client(ClientMsg::Login {
+            user: "A",
+            p2p_port: 51791,
+            password: "A_pwd",
+            cert: Some(&cert),
+        });
+        assert_eq!(
+            ClientMsg::parse("LOGIN A 1 pw ABAB"),
+            Err(ParseError::BadField("cert")),
+            "a fingerprint is 64 lowercase hex digits"
+        );
         round_trip_client(ClientMsg::Message { to: "B", text: "hi  there! " });
         round_trip_client(ClientMsg::Broadcast { text: "hello all" });
         round_trip_client(ClientMsg::Online);
@@ -1170,9 +1220,18 @@ mod tests {
             ip: "129.35.26.1".parse().unwrap(),
             port: 51791,
             token: "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+            cert: None,
         });
         let ip = "::1".parse().unwrap();
-        round_trip_server(ServerMsg::Address { user: "A", ip, port: 1, token: "x" });
+        round_trip_server(ServerMsg::Address { user: "A", ip, port: 1, token: "x", cert: None });
+        let cert = "0f".repeat(32);
+        round_trip_server(ServerMsg::Address {
+            user: "A",
+            ip,
+            port: 1,
+            token: "x",
+            cert: Some(&cert),
+        });
         round_trip_server(ServerMsg::Granted { user: "B", token: "abc123" });
         round_trip_server(ServerMsg::Revoked { user: "B" });
         round_trip_server(ServerMsg::AddressChanged { user: "A" });
@@ -1209,6 +1268,7 @@ mod tests {
             ByeReason::LoginTimeout,
             ByeReason::ServerFull,
             ByeReason::TooManyConnections,
+            ByeReason::TlsRequired,
         ] {
             round_trip_server(ServerMsg::Bye { reason });
         }
@@ -1240,7 +1300,7 @@ mod tests {
         );
         assert_eq!(
             ClientMsg::parse("LOGIN A 0 pw\r\r"),
-            Ok(ClientMsg::Login { user: "A", p2p_port: 0, password: "pw" })
+            Ok(ClientMsg::Login { user: "A", p2p_port: 0, password: "pw", cert: None })
         );
         assert_eq!(ClientMsg::parse("BROADCAST \r\r"), Err(ParseError::MissingField("message")));
     }

@@ -43,7 +43,7 @@ proptest! {
     #[test]
     fn client_frames(user in name(), body in text(), port: u16, seq: u64, version: u32) {
         client_round_trip(ClientMsg::Hello { version })?;
-        client_round_trip(ClientMsg::Login { user: &user, p2p_port: port, password: &user })?;
+        client_round_trip(ClientMsg::Login { user: &user, p2p_port: port, password: &user, cert: None })?;
         client_round_trip(ClientMsg::Message { to: &user, text: &body })?;
         client_round_trip(ClientMsg::Broadcast { text: &body })?;
         client_round_trip(ClientMsg::Block { user: &user })?;
@@ -71,7 +71,7 @@ proptest! {
         server_round_trip(ServerMsg::Queued { user: &user, reason: QueueReason::Unreachable })?;
         server_round_trip(ServerMsg::Presence { user: &user, online: seq % 2 == 0 })?;
         server_round_trip(ServerMsg::Online { users: vec![&user, &other], more: seq % 2 == 1 })?;
-        server_round_trip(ServerMsg::Address { user: &user, ip, port, token: &grant })?;
+        server_round_trip(ServerMsg::Address { user: &user, ip, port, token: &grant, cert: None })?;
         server_round_trip(ServerMsg::Granted { user: &user, token: &grant })?;
         server_round_trip(ServerMsg::Revoked { user: &user })?;
         server_round_trip(ServerMsg::Fail(Failure::BlockedBy { user: &user }))?;

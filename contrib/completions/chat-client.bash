@@ -23,7 +23,7 @@ _chat__client() {
 
     case "${cmd}" in
         chat__client)
-            opts="-h -V --generate --user --password-file --format --until --wait --stay --settle --timestamps --login-retry-pause --help --version"
+            opts="-h -V --generate --user --password-file --format --until --wait --stay --settle --tls --ca --pin --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -57,7 +57,11 @@ _chat__client() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --login-retry-pause)
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pin)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

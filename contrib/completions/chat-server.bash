@@ -23,7 +23,7 @@ _chat__server() {
 
     case "${cmd}" in
         chat__server)
-            opts="-h -V --credentials --block-time --timeout --bind --pid-file --max-queued --max-output --state-dir --max-line --max-connections --max-connections-per-address --connection-rate --login-timeout --login-attempts --send-rate --send-burst --max-queued-bytes --message-ttl --login-rate --throttle-table --log-level --log-format --hash-password --generate --help --version"
+            opts="-h -V --credentials --block-time --timeout --bind --pid-file --max-queued --max-output --state-dir --max-line --max-connections --max-connections-per-address --connection-rate --login-timeout --login-attempts --send-rate --send-burst --max-queued-bytes --message-ttl --login-rate --throttle-table --log-level --log-format --hash-password --tls-cert --tls-key --self-signed --out --generate --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -115,6 +115,22 @@ _chat__server() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text journal json" -- "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --self-signed)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --generate)

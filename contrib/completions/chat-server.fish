@@ -27,6 +27,10 @@ trace\t''"
 complete -c chat-server -l log-format -d 'Log line format: `text` (an RFC 3339 UTC timestamp, the level, the message), `journal` (`<N>` priority prefixes for journald, which adds the time; the default when stderr is the journal), or `json` (one object per line: time, level, message)' -r -f -a "text\t''
 journal\t''
 json\t''"
+complete -c chat-server -l tls-cert -d 'Speak TLS with this certificate chain (PEM, the server\'s own certificate first); needs --tls-key. Re-read on SIGHUP' -r -F
+complete -c chat-server -l tls-key -d 'The private key of --tls-cert (PEM). Re-read on SIGHUP' -r -F
+complete -c chat-server -l self-signed -d 'Make a new key and a self-signed certificate for NAME (the host name or IP address clients connect to), write them to DIR/cert.pem and DIR/key.pem (mode 0600, never over existing files), print the certificate\'s SHA-256 fingerprint (for `chat-client --pin`) and exit' -r
+complete -c chat-server -l out -d 'Where --self-signed writes the certificate and key' -r -F
 complete -c chat-server -l generate -d 'Write a man page or a shell completion script to standard output and exit' -r -f -a "man\t'A man page (roff, section 1)'
 bash\t'A bash completion script'
 zsh\t'A zsh completion script'

@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
             let line = format!("LOGIN {} 65535 {password}\n", account.name);
             assert!(line.len() <= max_line, "{} bytes over {max_line}", line.len());
             let parsed = ClientMsg::parse(&line);
-            let expected = ClientMsg::Login { user: &account.name, p2p_port: 65535, password };
+            let expected =
+                ClientMsg::Login { user: &account.name, p2p_port: 65535, password, cert: None };
             assert_eq!(parsed, Ok(expected));
         }
     }

@@ -20,8 +20,10 @@ use chat::client::{Config, Exit, Format};
 /// known. The password comes from --password-file, else the environment
 /// variable CHAT_PASSWORD, else the next input line (never the command
 /// line). Before logging out, the client waits up to --settle seconds for
-/// the outcome of every message it sent. Exit codes: 0 logged out, 1
-/// connection failed or lost, 2 usage, 3 wrong password, 4 unknown user,
+/// the outcome of every message it sent. With --tls (or --ca or --pin) the
+/// server link is TLS 1.3, and private messages go over TLS too, each peer
+/// pinned to the certificate the server vouches for. Exit codes: 0 logged
+/// out, 1 connection failed or lost (or TLS refused), 2 usage, 3 wrong password, 4 unknown user,
 /// 5 locked out, 6 server shut down, 7 replaced by a new login, 8 --until
 /// timed out, 9 a message was refused or left unconfirmed.
 #[derive(Debug, Parser)]
@@ -72,6 +74,20 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 1.0, hide = true,
           value_parser = parse_wait)]
     login_retry_pause: f64,
+    /// Speak TLS to the server, trusting the system's certificate
+    /// authorities (see --ca and --pin for others). Private messages then
+    /// go over TLS too.
+    #[arg(long)]
+    tls: bool,
+    /// Trust the certificates in this PEM file (a CA, or the server's own
+    /// certificate) instead of the system's; implies --tls.
+    #[arg(long, value_name = "PATH", conflicts_with = "pin")]
+    ca: Option<PathBuf>,
+    /// Trust only the server certificate with this SHA-256 fingerprint (as
+    /// `chat-server --self-signed` prints it; colons allowed); implies
+    /// --tls.
+    #[arg(long, value_name = "SHA256", value_parser = parse_pin)]
+    pin: Option<chat::tls::Fingerprint>,
     /// Server host name or IP address.
     host: String,
     /// Server port.
@@ -105,6 +121,10 @@ fn parse_user(name: &str) -> Result<String, String> {
             chat::protocol::MAX_NAME
         ))
     }
+}
+
+fn parse_pin(text: &str) -> Result<chat::tls::Fingerprint, String> {
+    chat::tls::parse_fingerprint(text)
 }
 
 fn parse_wait(secs: &str) -> Result<f64, String> {
@@ -174,6 +194,12 @@ fn main() -> ExitCode {
         settle: Duration::from_secs_f64(args.settle),
         timestamps: args.timestamps,
         retry_pause: Duration::from_secs_f64(args.login_retry_pause),
+        tls: match (args.pin, args.ca) {
+            (Some(pin), _) => Some(chat::tls::Trust::Pin(pin)),
+            (None, Some(ca)) => Some(chat::tls::Trust::Ca(ca)),
+            (None, None) if args.tls => Some(chat::tls::Trust::System),
+            (None, None) => None,
+        },
     };
     match chat::client::run(&config) {
         Ok(exit) => ExitCode::from(exit.code()),

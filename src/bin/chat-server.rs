@@ -19,6 +19,8 @@ Examples:
   chat-server --bind 127.0.0.1 --bind ::1 --state-dir /var/lib/chat 12000
   chat-server --hash-password            # paste the hash after the username
   kill -HUP \"$(cat /run/chat-server.pid)\"  # after editing the credentials
+  chat-server --self-signed chat.example.org --out /etc/chat  # prints the fingerprint
+  chat-server --tls-cert /etc/chat/cert.pem --tls-key /etc/chat/key.pem 12000
   chat-server --generate man > chat-server.1";
 
 /// The chat system's server: one event loop serving every client.
@@ -35,18 +37,26 @@ Examples:
 /// printable ASCII characters without spaces. A password is the password
 /// itself or its argon2id hash, as printed by --hash-password.
 ///
-/// Signals: SIGHUP re-reads the credentials file without dropping anyone
-/// (a file that does not load keeps the current users); SIGINT and SIGTERM
-/// tell every client the server is shutting down, then exit.
+/// TLS: with --tls-cert and --tls-key every listener speaks TLS 1.3 only;
+/// a client that sends plain text is answered `BYE tls-required` in plain
+/// text. Without them, a server listening on an address other than
+/// loopback warns once that passwords cross the network in clear text.
 ///
-/// Exit status: 0 after SIGINT or SIGTERM, and after --hash-password or
-/// --generate; 1 if the server could not start or had to stop (one line on
-/// standard error names the cause: credentials, address, port, state
-/// directory, pid file), or --hash-password or --generate failed; 2 for
+/// Signals: SIGHUP re-reads the credentials file, and the TLS certificate
+/// and key, without dropping anyone (files that do not load keep the
+/// current ones); SIGINT and SIGTERM tell every client the server is
+/// shutting down, then exit.
+///
+/// Exit status: 0 after SIGINT or SIGTERM, and after --hash-password,
+/// --self-signed or --generate; 1 if the server could not start or had to
+/// stop (one line on standard error names the cause: credentials, address,
+/// port, state directory, pid file, TLS certificate or key), or if
+/// --hash-password, --self-signed or --generate failed; 2 for
 /// a bad command line.
 #[derive(Debug, Parser)]
 #[command(name = "chat-server", version, verbatim_doc_comment,
           override_usage = "chat-server [OPTIONS] PORT\n       chat-server --hash-password\n       \
+                            chat-server --self-signed NAME --out DIR\n       \
                             chat-server --generate <WHAT>",
           after_help = "Signals, the credentials file, systemd and exit codes: see --help.",
           after_long_help = AFTER_LONG_HELP)]
@@ -173,12 +183,30 @@ struct Args {
     /// from standard input, without a prompt (for scripts).
     #[arg(long)]
     hash_password: bool,
+    /// Speak TLS with this certificate chain (PEM, the server's own
+    /// certificate first); needs --tls-key. Re-read on SIGHUP.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM). Re-read on SIGHUP.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Make a new key and a self-signed certificate for NAME (the host
+    /// name or IP address clients connect to), write them to DIR/cert.pem
+    /// and DIR/key.pem (mode 0600, never over existing files), print the
+    /// certificate's SHA-256 fingerprint (for `chat-client --pin`) and
+    /// exit.
+    #[arg(long, value_name = "NAME", requires = "out",
+          conflicts_with_all = ["hash_password", "tls_cert"])]
+    self_signed: Option<String>,
+    /// Where --self-signed writes the certificate and key.
+    #[arg(long, value_name = "DIR", requires = "self_signed")]
+    out: Option<PathBuf>,
     /// Write a man page or a shell completion script to standard output
     /// and exit.
     #[arg(long, value_name = "WHAT", value_enum, exclusive = true)]
     generate: Option<Generate>,
     /// Port to listen on; 0 picks a free one (printed on the first line).
-    #[arg(required_unless_present = "hash_password")]
+    #[arg(required_unless_present_any = ["hash_password", "self_signed"])]
     port: Option<u16>,
 }
 
@@ -261,6 +289,48 @@ fn hash_password() -> ExitCode {
     }
 }
 
+/// `--self-signed NAME --out DIR`: a new key and certificate in DIR, and
+/// the certificate's fingerprint on standard output.
+fn self_signed(name: &str, out: &std::path::Path) -> ExitCode {
+    match write_self_signed(name, out) {
+        Ok(fingerprint) => {
+            let (cert, key) = (out.join("cert.pem"), out.join("key.pem"));
+            println!("Wrote {} and {}", cert.display(), key.display());
+            println!("SHA-256 fingerprint: {fingerprint}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chat-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_self_signed(name: &str, out: &std::path::Path) -> Result<String, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let made = chat::tls::self_signed(name)?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let cert = out.join("cert.pem");
+    let key = out.join("key.pem");
+    for path in [&cert, &key] {
+        if path.exists() {
+            return Err(format!("{}: already exists (not overwritten)", path.display()));
+        }
+    }
+    // The key first: a certificate without its key would be of no use.
+    for (path, text) in [(&key, &made.key_pem), (&cert, &made.cert_pem)] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut file| file.write_all(text.as_bytes()).and_then(|()| file.sync_all()))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(chat::tls::hex(&made.fingerprint))
+}
+
 /// `--generate`'s texts (see [`chat::generate`]).
 const GENERATED: chat::generate::Texts = chat::generate::Texts {
     man: include_str!("../../contrib/man/chat-server.1"),
@@ -273,6 +343,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(what) = args.generate {
         return chat::generate::run("chat-server", what, &GENERATED);
+    }
+    if let (Some(name), Some(out)) = (&args.self_signed, &args.out) {
+        return self_signed(name, out);
     }
     let Some(port) = args.port.filter(|_| !args.hash_password) else {
         return hash_password();
@@ -315,6 +388,10 @@ fn main() -> ExitCode {
         max_queued_bytes: usize::try_from(args.max_queued_bytes).unwrap_or(usize::MAX),
         message_ttl: Duration::from_secs(args.message_ttl),
         pid_file: args.pid_file,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(chat::server::TlsFiles { cert, key }),
+            _ => None,
+        },
     };
     let code = match chat::server::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -215,6 +215,15 @@ pub fn peer_unavailable(user: &str, addr: SocketAddr, unconfirmed: &[String]) ->
         .names("unconfirmed", unconfirmed.to_vec())
 }
 
+/// A private connection to `user` at `addr` was refused: the peer there
+/// presented another certificate than the one the server vouched for.
+pub fn peer_wrong_certificate(user: &str, addr: SocketAddr) -> Event {
+    Event::line("peer_certificate", &render::wrong_certificate(user, addr))
+        .text("user", user)
+        .text("ip", &addr.ip().to_string())
+        .number("port", u64::from(addr.port()))
+}
+
 /// A message whose outcome was not known when the client logged out:
 /// `kind` is `message` (through the server) or `private`.
 pub fn unconfirmed(kind: &'static str, to: &str, text: &str) -> Event {

@@ -16,6 +16,12 @@
 //! The server link is a [`crate::net::Connection`]: a non-blocking connect
 //! to each address the host resolves to, in turn, then budgeted reads and
 //! one bounded write path. Nothing here reads or writes a socket itself.
+//! With `--tls` (or `--ca`, `--pin`) the link is TLS, checked as
+//! [`crate::tls::Trust`] says; the client then also makes a fresh
+//! peer-to-peer certificate, sends its fingerprint with LOGIN, and its
+//! peer links are TLS too ([`peers`]). A TLS failure (a certificate
+//! refused, a server that answers in plain text) ends the session with one
+//! line saying so.
 //!
 //! Not here: what anything means (the session decides), flag parsing and
 //! the process exit code (the binary does that from [`Exit`] and
@@ -46,6 +52,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::net::{Connection, Flow, ReadStatus};
 use crate::protocol::{Line, ServerMsg, MAX_LINE};
+use crate::tls::{self, Connector, PeerIdentity, Trust};
 use event::Event;
 use peers::{PeerNotice, Peers};
 use session::{Action, Problem, Session, Settings};
@@ -113,6 +120,8 @@ pub struct Config {
     pub timestamps: bool,
     /// The pause before a login the server was too busy for is sent again.
     pub retry_pause: Duration,
+    /// `--tls`, `--ca`, `--pin`: the server link is TLS, trusting this.
+    pub tls: Option<Trust>,
 }
 
 /// How events are printed.
@@ -173,6 +182,8 @@ pub enum Error {
     Stdin(io::Error),
     /// Standard output could not be written.
     Stdout(io::Error),
+    /// TLS could not be set up, or the server link's TLS failed.
+    Tls(String),
 }
 
 impl fmt::Display for Error {
@@ -188,6 +199,7 @@ impl fmt::Display for Error {
             Error::StdinEnded => f.write_str("standard input ended before login"),
             Error::Stdin(e) => write!(f, "cannot read standard input: {e}"),
             Error::Stdout(e) => write!(f, "cannot write standard output: {e}"),
+            Error::Tls(why) => f.write_str(why),
         }
     }
 }
@@ -199,6 +211,7 @@ impl From<Problem> for Error {
         match problem {
             Problem::NoHello => Error::NoHello,
             Problem::StdinEnded => Error::StdinEnded,
+            Problem::Tls(why) => Error::Tls(why),
         }
     }
 }
@@ -303,6 +316,8 @@ fn bare_host(host: &str) -> &str {
 /// blocking the loop, until one answers.
 struct Dialer {
     target: String,
+    /// With TLS: how each attempt's session starts.
+    tls: Option<Connector>,
     /// The addresses not tried yet, first to try last.
     left: Vec<SocketAddr>,
     conn: Connection,
@@ -328,6 +343,7 @@ impl Dialer {
     fn start(
         host: &str,
         port: u16,
+        tls: Option<Connector>,
         registry: &mio::Registry,
         now: Instant,
     ) -> Result<Dialer, Error> {
@@ -339,25 +355,29 @@ impl Dialer {
         };
         left.reverse();
         let no_address = io::Error::new(io::ErrorKind::NotFound, "no address found");
-        Dialer::next(target, left, no_address, registry, now)
+        Dialer::next((target, tls), left, no_address, registry, now)
     }
 
     /// Starts connecting to the next address; `last` is why the previous
     /// one failed (reported if none is left).
     fn next(
-        target: String,
+        (target, tls): (String, Option<Connector>),
         mut left: Vec<SocketAddr>,
         mut last: io::Error,
         registry: &mio::Registry,
         now: Instant,
     ) -> Result<Dialer, Error> {
         while let Some(addr) = left.pop() {
-            let started = Connection::connect(addr, MAX_LINE, MAX_SERVER_OUTPUT)
-                .and_then(|mut conn| conn.register(registry, SERVER).map(|()| conn));
+            let started = match &tls {
+                None => Connection::connect(addr, MAX_LINE, MAX_SERVER_OUTPUT),
+                Some(tls) => Connection::connect_tls(addr, tls, MAX_LINE, MAX_SERVER_OUTPUT),
+            };
+            let started =
+                started.and_then(|mut conn| conn.register(registry, SERVER).map(|()| conn));
             match started {
                 Ok(conn) => {
                     let deadline = now + SERVER_CONNECT_TIMEOUT;
-                    return Ok(Dialer { target, left, conn, deadline });
+                    return Ok(Dialer { target, tls, left, conn, deadline });
                 }
                 Err(e) => last = e,
             }
@@ -373,7 +393,7 @@ impl Dialer {
         now: Instant,
     ) -> Result<Dialer, Error> {
         let _ = self.conn.deregister(registry);
-        Dialer::next(self.target, self.left, error, registry, now)
+        Dialer::next((self.target, self.tls), self.left, error, registry, now)
     }
 }
 
@@ -386,6 +406,11 @@ struct Client {
     broken: bool,
     host: String,
     port: u16,
+    /// With TLS: how the server link starts its session.
+    tls: Option<Connector>,
+    /// With TLS: this client's peer-to-peer certificate, until the peers'
+    /// listener takes it.
+    identity: Option<PeerIdentity>,
     /// Bound when the server connection first comes up, on the local
     /// address that reaches the server.
     peers: Option<Peers>,
@@ -420,9 +445,18 @@ impl Client {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(local("install signal handlers"))?;
         let waker = Arc::new(Waker::new(registry, STDIN).map_err(local("create the input waker"))?);
+        let (tls, identity) = match &config.tls {
+            None => (None, None),
+            Some(trust) => {
+                let connector = Connector::new(trust, &config.host).map_err(Error::Tls)?;
+                let identity = PeerIdentity::generate().map_err(Error::Tls)?;
+                (Some(connector), Some(identity))
+            }
+        };
         let (console, stdin) = console::start(Arc::clone(&waker), config.interactive)
             .map_err(local("start the input reader"))?;
         let settings = Settings {
+            p2p_cert: identity.as_ref().map(|identity| tls::hex(&identity.fingerprint())),
             user: config.user.clone(),
             password: config.password.clone(),
             interactive: config.interactive,
@@ -439,6 +473,8 @@ impl Client {
             broken: false,
             host: config.host.clone(),
             port: config.port,
+            tls,
+            identity,
             peers: None,
             signals,
             stdin,
@@ -630,8 +666,11 @@ impl Client {
         let _ = conn.limit_send_buffer(peers::SEND_BUFFER);
         if self.peers.is_none() {
             let ip = conn.local_addr().map_err(local("set up the server connection"))?.ip();
-            let peers = Peers::bind(ip, self.poll.registry(), LISTENER, FIRST_PEER)
+            let mut peers = Peers::bind(ip, self.poll.registry(), LISTENER, FIRST_PEER)
                 .map_err(local("listen for private messages"))?;
+            if let Some(identity) = self.identity.take() {
+                peers.use_tls(identity);
+            }
             self.peers = Some(peers);
         }
         let port = self.peers.as_ref().map_or(0, Peers::port);
@@ -667,9 +706,12 @@ impl Client {
             }
         });
         *more = status == ReadStatus::MoreWaiting;
+        let failed = conn.tls_failure().map(|failure| tls_problem(&self.host, self.port, failure));
         self.session.end_of_read(now);
-        if status == ReadStatus::Closed {
-            self.session.server_closed(now);
+        match (status, failed) {
+            (ReadStatus::Closed, Some(why)) => self.session.server_tls_failed(why, now),
+            (ReadStatus::Closed, None) => self.session.server_closed(now),
+            _ => {}
         }
         self.perform()
     }
@@ -702,7 +744,8 @@ impl Client {
         let now = Instant::now();
         match action {
             Action::Connect => {
-                let dialer = Dialer::start(&self.host, self.port, self.poll.registry(), now)?;
+                let tls = self.tls.clone();
+                let dialer = Dialer::start(&self.host, self.port, tls, self.poll.registry(), now)?;
                 self.link = Link::Dialing(dialer);
                 self.broken = false;
             }
@@ -715,10 +758,12 @@ impl Client {
             Action::Show(event) => {
                 self.out.event(&event)?;
             }
-            Action::PeerSend { from, to, addr, token, text } => {
+            Action::PeerSend { from, to, addr, token, cert, text } => {
                 let Some(peers) = &mut self.peers else { return Ok(()) };
                 let mut notices = Vec::new();
-                let peer = (to.as_str(), addr, token.as_str());
+                // The server sends only well-formed fingerprints.
+                let cert = cert.and_then(|cert| tls::parse_fingerprint(&cert).ok());
+                let peer = (to.as_str(), addr, token.as_str(), cert);
                 peers.send_private(self.poll.registry(), &from, peer, &text, &mut notices);
                 for notice in notices {
                     self.session.peer(notice, now);
@@ -835,6 +880,22 @@ impl Client {
     }
 }
 
+/// The one line that says why the server link's TLS failed.
+fn tls_problem(host: &str, port: u16, failure: &tls::Failure) -> String {
+    match failure {
+        tls::Failure::PeerIsPlain => format!(
+            "the server at {host}:{port} does not speak TLS (it answered in plain text): \
+             connect without --tls, --ca and --pin"
+        ),
+        tls::Failure::Certificate(why) => {
+            format!("refused the server at {host}:{port}: {why} (check --ca or --pin)")
+        }
+        tls::Failure::Protocol(why) => {
+            format!("TLS with the server at {host}:{port} failed: {why}")
+        }
+    }
+}
+
 /// Whether a readiness event calls for reading.
 fn reads(event: &Readiness) -> bool {
     event.is_readable() || event.is_read_closed() || event.is_error()
@@ -871,7 +932,8 @@ mod tests {
         // Tried last to first: the closed port first.
         let left = vec![open.local_addr()?, closed];
         let none = io::Error::new(io::ErrorKind::NotFound, "none");
-        let mut dialer = Dialer::next("test".into(), left, none, poll.registry(), Instant::now())
+        let target = ("test".to_owned(), None);
+        let mut dialer = Dialer::next(target, left, none, poll.registry(), Instant::now())
             .map_err(|e| io::Error::other(e.to_string()))?;
         let mut events = Events::with_capacity(8);
         let deadline = Instant::now() + Duration::from_secs(5);

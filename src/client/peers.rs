@@ -13,6 +13,15 @@
 //! Anything malformed closes that one connection and never affects the
 //! others or the server connection.
 //!
+//! With TLS ([`Peers::use_tls`], when the server link is TLS), the listener
+//! accepts only TLS connections, presenting this client's own fresh
+//! self-signed certificate ([`crate::tls::PeerIdentity`]), whose
+//! fingerprint the server hands out with the address; an outgoing
+//! connection to an address that came with a fingerprint speaks TLS and
+//! accepts only that certificate: another is refused
+//! ([`PeerNotice::WrongCertificate`]), its messages reported unconfirmed.
+//! The grant token is checked inside TLS as before.
+//!
 //! The listener may face the internet, so incoming connections are
 //! bounded: one that has not sent its `PEER` line within
 //! [`HANDSHAKE_TIMEOUT`] is closed, and when [`MAX_HANDSHAKING`] are
@@ -48,6 +57,7 @@ use super::READ_BUDGET;
 use crate::net::{Connection, Flow, ReadStatus};
 use crate::protocol::{Line, PeerMsg, MAX_LINE, VERSION};
 use crate::secret::constant_time_eq;
+use crate::tls::{Connector, Fingerprint, PeerIdentity};
 
 /// Most incoming peer connections held at once: a peer opening connections
 /// without end must not exhaust this client's file descriptors.
@@ -86,6 +96,9 @@ pub enum PeerNotice {
     Refused { claimed: String },
     /// More such refusals, counted instead of shown one by one.
     RefusedMore(RefusalSummary),
+    /// The private connection to `user` at `addr` was refused: the peer
+    /// there presented another certificate than the one the server gave.
+    WrongCertificate { user: String, addr: SocketAddr },
 }
 
 /// Private messages sent on one outgoing connection and not yet
@@ -131,6 +144,8 @@ pub struct Peers {
     /// user allowed to connect with each.
     grants: HashMap<String, String>,
     refusals: RefusalThrottle,
+    /// With TLS: the certificate incoming connections are accepted with.
+    identity: Option<PeerIdentity>,
 }
 
 impl Peers {
@@ -147,7 +162,14 @@ impl Peers {
         registry.register(&mut listener, listener_token, Interest::READABLE)?;
         let port = listener.local_addr()?.port();
         let (conns, grants, refusals) = (Slab::new(), HashMap::new(), RefusalThrottle::default());
-        Ok(Peers { listener, listener_token, port, conns, first_token, grants, refusals })
+        let identity = None;
+        Ok(Peers { listener, listener_token, port, conns, first_token, grants, refusals, identity })
+    }
+
+    /// From now on, incoming connections must speak TLS, and are accepted
+    /// presenting `identity`'s certificate.
+    pub fn use_tls(&mut self, identity: PeerIdentity) {
+        self.identity = Some(identity);
     }
 
     /// The port peers connect to.
@@ -252,7 +274,20 @@ impl Peers {
             if incoming.count() >= MAX_INCOMING {
                 continue; // Dropping the stream refuses the connection.
             }
-            let mut link = Connection::accepted(stream, MAX_LINE, MAX_PENDING);
+            let mut link = match &self.identity {
+                None => Connection::accepted(stream, MAX_LINE, MAX_PENDING),
+                Some(identity) => {
+                    match Connection::accepted_tls(
+                        stream,
+                        identity.acceptor(),
+                        MAX_LINE,
+                        MAX_PENDING,
+                    ) {
+                        Ok(link) => link,
+                        Err(_) => continue, // Dropping the stream refuses it.
+                    }
+                }
+            };
             // Failing only costs the smaller buffer.
             let _ = link.limit_send_buffer(SEND_BUFFER);
             let entry = self.conns.vacant_entry();
@@ -294,7 +329,12 @@ impl Peers {
     /// notice, with `extra` (a message that could not even be queued).
     fn fail(&mut self, key: usize, registry: &Registry, notices: &mut Vec<PeerNotice>) {
         let conn = self.remove(key, registry);
+        let wrong_certificate =
+            matches!(conn.link.tls_failure(), Some(crate::tls::Failure::Certificate(_)));
         if let Kind::Outgoing { user, addr, unacked } = conn.kind {
+            if wrong_certificate {
+                notices.push(PeerNotice::WrongCertificate { user: user.clone(), addr });
+            }
             let unconfirmed: Vec<String> =
                 unacked.messages.into_iter().map(|(_, text)| text).collect();
             if !unconfirmed.is_empty() {
@@ -342,14 +382,15 @@ impl Peers {
     }
 
     /// Sends one private message to `user` at `addr` as `me`, reusing an open
-    /// connection when the peer is still there. If the peer is not
-    /// available, the connection (if any) is closed and a notice lists
-    /// every message it did not acknowledge, this one included.
+    /// connection when the peer is still there (over TLS, accepting only the
+    /// certificate `cert`, when given). If the peer is not available, the
+    /// connection (if any) is closed and a notice lists every message it
+    /// did not acknowledge, this one included.
     pub fn send_private(
         &mut self,
         registry: &Registry,
         me: &str,
-        (user, addr, token): (&str, SocketAddr, &str),
+        (user, addr, token, cert): (&str, SocketAddr, &str, Option<Fingerprint>),
         text: &str,
         notices: &mut Vec<PeerNotice>,
     ) {
@@ -363,7 +404,7 @@ impl Peers {
                 if let Some(key) = stale {
                     self.fail(key, registry, notices);
                 }
-                match self.connect(registry, me, (user, addr, token)) {
+                match self.connect(registry, me, (user, addr, token), cert) {
                     Ok(key) => key,
                     Err(_) => {
                         let unconfirmed = take_unconfirmed(notices, user, addr, text);
@@ -411,8 +452,15 @@ impl Peers {
         registry: &Registry,
         me: &str,
         (user, addr, grant): (&str, SocketAddr, &str),
+        cert: Option<Fingerprint>,
     ) -> io::Result<usize> {
-        let mut link = Connection::connect(addr, MAX_LINE, MAX_PENDING)?;
+        let mut link = match cert {
+            None => Connection::connect(addr, MAX_LINE, MAX_PENDING)?,
+            Some(pin) => {
+                let connector = Connector::pinned(pin, addr.ip()).map_err(io::Error::other)?;
+                Connection::connect_tls(addr, &connector, MAX_LINE, MAX_PENDING)?
+            }
+        };
         link.limit_send_buffer(SEND_BUFFER)?;
         let hello = PeerMsg::Hello { version: VERSION, from: me, token: grant };
         queue(&mut link, &hello)
@@ -880,8 +928,14 @@ mod tests {
         let mut notices = Vec::new();
         // The connect does not wait: both messages are queued at once and
         // go out when it completes.
-        peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "hello", &mut notices);
-        peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "hello again", &mut notices);
+        peers.send_private(poll.registry(), "A", ("B", addr, "t0k", None), "hello", &mut notices);
+        peers.send_private(
+            poll.registry(),
+            "A",
+            ("B", addr, "t0k", None),
+            "hello again",
+            &mut notices,
+        );
         assert!(notices.is_empty());
         assert_eq!(peers.conns.len(), 1, "one connection, reused");
         pump_until(&mut poll, &mut peers, |p, _| !p.has_pending_output())?;
@@ -899,7 +953,7 @@ mod tests {
         let addr = remote.local_addr()?;
         let mut notices = Vec::new();
         for text in ["one", "two", "three"] {
-            peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), text, &mut notices);
+            peers.send_private(poll.registry(), "A", ("B", addr, "t0k", None), text, &mut notices);
         }
         let (mut stream, _) = remote.accept()?;
         stream.write_all(b"PACK 1\n")?;
@@ -929,7 +983,7 @@ mod tests {
         let remote = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = remote.local_addr()?;
         let mut notices = Vec::new();
-        peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "hello", &mut notices);
+        peers.send_private(poll.registry(), "A", ("B", addr, "t0k", None), "hello", &mut notices);
         pump_until(&mut poll, &mut peers, |p, _| !p.has_pending_output())?;
         let (stream, _) = remote.accept()?;
         drop(remote);
@@ -939,7 +993,7 @@ mod tests {
         // The old connection is seen as closed at the next send (its
         // message is reported), and the new connect is refused (reported
         // when the refusal comes): each message once, none lost.
-        peers.send_private(poll.registry(), "A", ("B", addr, "t0k"), "again", &mut notices);
+        peers.send_private(poll.registry(), "A", ("B", addr, "t0k", None), "again", &mut notices);
         let later = pump_until(&mut poll, &mut peers, |_, n| !n.is_empty())?;
         notices.extend(later);
         let mut reported: Vec<String> = notices

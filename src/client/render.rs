@@ -32,6 +32,9 @@ pub const LOGGED_OUT: &str = "Logging out. Bye for now!";
 pub const SHUTDOWN: &str = "Server is shutting down. Press Enter or CTRL-c to exit.";
 pub const TERMINATING: &str = "Client is terminating. Bye!";
 pub const LOST_CONNECTION: &str = "Lost connection to the server.";
+
+/// A TLS server's answer to a client that spoke plain text.
+pub const TLS_REQUIRED: &str = "The server requires TLS: connect with --tls (and --ca or --pin).";
 pub const NO_ADDRESS: &str = "Please request user address first (getaddress <user>).";
 pub const RESEND_HOWTO: &str = "To send them through the server instead, enter: resend";
 pub const NOTHING_TO_RESEND: &str = "There are no unconfirmed private messages to resend.";
@@ -142,6 +145,16 @@ pub fn refused_peer(user: &str) -> String {
     format!("Refused a private connection claiming to be {user}: it had no valid grant.")
 }
 
+/// A private connection refused because the peer's certificate is not the
+/// one the server handed out with its address.
+pub fn wrong_certificate(user: &str, addr: SocketAddr) -> String {
+    format!(
+        "Refused the private connection to {user} at {}: it presented a certificate other \
+         than the one the server gave for {user}.",
+        addr
+    )
+}
+
 /// A message sent through the server whose outcome had not come when the
 /// client logged out: the server keeps it, but the client cannot say it
 /// was delivered.
@@ -235,6 +248,7 @@ fn bye_lines(reason: ByeReason) -> Vec<String> {
         ByeReason::TooManyConnections => {
             &["Too many connections from your address. Please try again later."]
         }
+        ByeReason::TlsRequired => &[TLS_REQUIRED],
     };
     lines.iter().map(|line| (*line).to_owned()).collect()
 }
@@ -364,7 +378,7 @@ mod tests {
         );
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         assert_eq!(
-            one(ServerMsg::Address { user: "A", ip, port: 51791, token: "t" }),
+            one(ServerMsg::Address { user: "A", ip, port: 51791, token: "t", cert: None }),
             "User A ip: 127.0.0.1, port: 51791"
         );
         assert_eq!(
@@ -458,6 +472,10 @@ mod tests {
         assert_eq!(
             bye(ByeReason::TooManyConnections),
             vec!["Too many connections from your address. Please try again later."]
+        );
+        assert_eq!(
+            bye(ByeReason::TlsRequired),
+            vec!["The server requires TLS: connect with --tls (and --ca or --pin)."]
         );
     }
 

@@ -113,15 +113,20 @@ pub struct Settings {
     /// The pause before a login the server was too busy to check is sent
     /// again ([`LOGIN_RETRY_PAUSE`]; shorter only in tests).
     pub retry_pause: Duration,
+    /// The SHA-256 fingerprint (hex) of this client's peer-to-peer
+    /// certificate, sent with LOGIN (the server link is TLS).
+    pub p2p_cert: Option<String>,
 }
 
 /// A failure that ends the session with a message on standard error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
     /// The server did not send its HELLO within [`HELLO_TIMEOUT`].
     NoHello,
     /// Standard input ended before the login succeeded.
     StdinEnded,
+    /// The server link's TLS failed: what to tell the user.
+    Tls(String),
 }
 
 /// Something the session wants done, in order.
@@ -137,8 +142,17 @@ pub enum Action {
     /// Print an event.
     Show(Event),
     /// Send a private message from `from` to `to` at `addr` with the grant
-    /// `token`; report what the peers say with [`Session::peer`].
-    PeerSend { from: String, to: String, addr: SocketAddr, token: String, text: String },
+    /// `token` (over TLS, accepting only the certificate with the
+    /// fingerprint `cert`, when given); report what the peers say with
+    /// [`Session::peer`].
+    PeerSend {
+        from: String,
+        to: String,
+        addr: SocketAddr,
+        token: String,
+        cert: Option<String>,
+        text: String,
+    },
     /// Accept connections from `user` presenting `token`.
     PeerAllow { user: String, token: String },
     /// Withdraw every grant between this user and `user`.
@@ -240,7 +254,10 @@ pub struct Session {
     refused: u64,
     /// Messages whose outcome was still open when it was needed.
     left_open: u64,
-    addresses: HashMap<String, (SocketAddr, String)>,
+    /// Granted addresses: where, the grant token, the certificate's
+    /// fingerprint (if the grantor listens with TLS).
+    addresses: HashMap<String, (SocketAddr, String, Option<String>)>,
+    p2p_cert: Option<String>,
     /// Messages shown recently, newest last: when, whether it came from
     /// a peer (else the server), sender, text.
     recent: VecDeque<(Instant, bool, String, String)>,
@@ -286,6 +303,7 @@ impl Session {
             refused: 0,
             left_open: 0,
             addresses: HashMap::new(),
+            p2p_cert: settings.p2p_cert,
             recent: VecDeque::new(),
             last_seq: 0,
             ack_due: false,
@@ -383,6 +401,17 @@ impl Session {
         self.p2p_port = p2p_port;
         self.hello_deadline = Some(now + HELLO_TIMEOUT);
         self.send(&ClientMsg::Hello { version: VERSION });
+    }
+
+    /// The server link's TLS session failed (a certificate refused, a server
+    /// that does not speak TLS): ends the session, `why` on standard error.
+    pub fn server_tls_failed(&mut self, why: String, _now: Instant) {
+        if self.phase == Phase::Done || !self.linked {
+            return;
+        }
+        self.linked = false;
+        self.report_open();
+        self.fail(Problem::Tls(why));
     }
 
     /// The server closed the connection (or it failed) without a goodbye.
@@ -498,8 +527,11 @@ impl Session {
                 self.show(Event::line("peer_refused", &line).text("claimed", &claimed));
             }
             PeerNotice::RefusedMore(summary) => self.show(event::refused_more(&summary)),
+            PeerNotice::WrongCertificate { user, addr } => {
+                self.show(event::peer_wrong_certificate(&user, addr))
+            }
             PeerNotice::Unavailable { user, addr, unconfirmed } => {
-                if self.addresses.get(&user).is_some_and(|(a, _)| *a == addr) {
+                if self.addresses.get(&user).is_some_and(|(a, ..)| *a == addr) {
                     self.addresses.remove(&user);
                 }
                 self.show(event::peer_unavailable(&user, addr, &unconfirmed));
@@ -619,7 +651,10 @@ impl Session {
         let password = self.password.clone().unwrap_or_default();
         let user = self.user.clone();
         self.phase = Phase::LoginPending;
-        self.send(&ClientMsg::Login { user: &user, p2p_port: self.p2p_port, password: &password });
+        let cert = self.p2p_cert.clone();
+        let p2p_port = self.p2p_port;
+        let cert = cert.as_deref();
+        self.send(&ClientMsg::Login { user: &user, p2p_port, password: &password, cert });
     }
 
     fn on_denied(&mut self, reason: DenyReason, now: Instant) {
@@ -744,8 +779,9 @@ impl Session {
                 }
             }
             ServerMsg::Fail(failure) => self.on_fail(failure),
-            ServerMsg::Address { user, ip, port, token } => {
-                let granted = (SocketAddr::new(*ip, *port), (*token).to_owned());
+            ServerMsg::Address { user, ip, port, token, cert } => {
+                let cert = cert.map(str::to_owned);
+                let granted = (SocketAddr::new(*ip, *port), (*token).to_owned(), cert);
                 // A new grant starts a new connection (the old token is void).
                 self.actions.push(Action::PeerCloseTo { user: (*user).to_owned() });
                 self.addresses.insert((*user).to_owned(), granted);
@@ -814,7 +850,8 @@ impl Session {
             | ByeReason::ProtocolError
             | ByeReason::LoginTimeout
             | ByeReason::ServerFull
-            | ByeReason::TooManyConnections => Exit::Failure,
+            | ByeReason::TooManyConnections
+            | ByeReason::TlsRequired => Exit::Failure,
         };
         self.report_open();
         if let Some(event) = event::from_server(&ServerMsg::Bye { reason }, &self.user) {
@@ -920,7 +957,7 @@ impl Session {
     }
 
     fn private(&mut self, to: &str, text: &str) {
-        let Some((addr, token)) = self.addresses.get(to) else {
+        let Some((addr, token, cert)) = self.addresses.get(to) else {
             return self.show(Event::error("no-address", render::NO_ADDRESS));
         };
         self.privates.push((to.to_owned(), text.to_owned()));
@@ -929,6 +966,7 @@ impl Session {
             to: to.to_owned(),
             addr: *addr,
             token: token.clone(),
+            cert: cert.clone(),
             text: text.to_owned(),
         });
     }
@@ -1091,6 +1129,7 @@ mod tests {
             stay: false,
             settle: DEFAULT_SETTLE,
             retry_pause: LOGIN_RETRY_PAUSE,
+            p2p_cert: None,
         }
     }
 

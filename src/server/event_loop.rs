@@ -11,6 +11,13 @@
 //! the credentials file) arrive as poll events through `signal-hook-mio`,
 //! so the handler does nothing but wake the loop.
 //!
+//! With TLS (`--tls-cert`, `--tls-key`), every accepted connection is a
+//! TLS session inside its [`Connection`]; the handshake is read and
+//! written like lines, within the same per-pass budget, and the core's
+//! login deadline closes a connection whose handshake never ends as it
+//! closes one that never logs in. SIGHUP reloads the certificate and key
+//! with the credentials; files that do not load keep the old ones.
+//!
 //! Under systemd, the loop itself says `WATCHDOG=1` when its [`Watchdog`]
 //! is due (its deadline bounds the poll timeout like any timer's), so a
 //! loop that hangs stops saying it; and a reload is framed by `RELOADING=1`
@@ -57,6 +64,7 @@ use super::notify::{Notifier, Watchdog};
 use super::store::Store;
 use super::timer_wheel::TimerWheel;
 use super::verifier::Verifier;
+use super::TlsFiles;
 use crate::net::{Connection, Flow, ReadStatus};
 use crate::protocol::{ByeReason, Line, ServerMsg, VERSION};
 
@@ -245,6 +253,8 @@ pub struct EventLoop {
     last_activity: Instant,
     /// The timer wheel's size after its last sweep.
     timers_swept: usize,
+    /// With TLS: the files (re-read on SIGHUP) and what they loaded.
+    tls: Option<(TlsFiles, crate::tls::Acceptor)>,
 }
 
 impl EventLoop {
@@ -307,7 +317,14 @@ impl EventLoop {
             churn: 0,
             last_activity: Instant::now(),
             timers_swept: 0,
+            tls: None,
         })
+    }
+
+    /// Makes every connection accepted from now on a TLS session with
+    /// `acceptor` (loaded from `files`, which SIGHUP loads again).
+    pub fn set_tls(&mut self, files: TlsFiles, acceptor: crate::tls::Acceptor) {
+        self.tls = Some((files, acceptor));
     }
 
     /// Serves until SIGINT or SIGTERM; then call [`EventLoop::shutdown`].
@@ -566,9 +583,32 @@ impl EventLoop {
                 format!("Reload failed, kept the current users: {e}")
             }
         };
+        let status = match self.reload_tls() {
+            Some(tls) => format!("{status}; {tls}"),
+            None => status,
+        };
         if let Some(notifier) = &self.notifier {
             notifier.ready(&status);
         }
+    }
+
+    /// SIGHUP, with TLS: loads the certificate and key again. New
+    /// connections get the new ones; open ones keep their sessions. Files
+    /// that do not load leave the current pair in force, and the log says
+    /// why. Returns what to tell systemd.
+    fn reload_tls(&mut self) -> Option<String> {
+        let (files, acceptor) = self.tls.as_mut()?;
+        Some(match files.load() {
+            Ok(loaded) => {
+                *acceptor = loaded;
+                info!("reloaded the TLS certificate {}", files.cert.display());
+                "reloaded the TLS certificate".to_owned()
+            }
+            Err(e) => {
+                warn!("SIGHUP: keeping the current TLS certificate: {e}");
+                format!("kept the current TLS certificate: {e}")
+            }
+        })
     }
 
     /// Accepts until the backlog is empty or [`ACCEPT_BUDGET`] is spent
@@ -636,7 +676,19 @@ impl EventLoop {
             Admit::Accept | Admit::Evict(_) => {}
         }
         self.churn += CONNECTION_CHURN;
-        let mut link = Connection::accepted(stream, self.limits.max_line, self.limits.max_output);
+        let (max_line, max_output) = (self.limits.max_line, self.limits.max_output);
+        let mut link = match &self.tls {
+            None => Connection::accepted(stream, max_line, max_output),
+            Some((_, acceptor)) => {
+                match Connection::accepted_tls(stream, acceptor, max_line, max_output) {
+                    Ok(link) => link,
+                    Err(e) => {
+                        warn!("cannot start TLS with {peer}: {e}");
+                        return;
+                    }
+                }
+            }
+        };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = link.register(self.poll.registry(), Token(key)) {

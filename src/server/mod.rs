@@ -47,6 +47,7 @@ use self::journal::JournalError;
 use self::notify::{Notifier, Watchdog};
 use self::pid_file::{PidFile, PidFileError};
 use self::store::Store;
+use crate::protocol::{ByeReason, ServerMsg, VERSION};
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -99,6 +100,27 @@ pub struct Config {
     pub message_ttl: Duration,
     /// Where to write the process id once listening (`--pid-file`).
     pub pid_file: Option<PathBuf>,
+    /// `--tls-cert` and `--tls-key`: every listener speaks TLS with them.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of the server's TLS certificate chain and key, read at
+/// start and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Loads the pair; the error is one line naming the file and the cause.
+    pub fn load(&self) -> Result<crate::tls::Acceptor, String> {
+        let acceptor = crate::tls::Acceptor::from_pem_files(&self.cert, &self.key)?;
+        let mut notice = String::new();
+        ServerMsg::Hello { version: VERSION, timeout_secs: 0 }.encode(&mut notice);
+        ServerMsg::Bye { reason: ByeReason::TlsRequired }.encode(&mut notice);
+        Ok(acceptor.with_plain_notice(notice.as_bytes()))
+    }
 }
 
 pub use self::core::{
@@ -134,6 +156,7 @@ impl Config {
             max_queued_bytes: self::core::DEFAULT_MAX_QUEUED_BYTES,
             message_ttl: self::core::DEFAULT_MESSAGE_TTL,
             pid_file: None,
+            tls: None,
         }
     }
 }
@@ -143,8 +166,13 @@ impl Config {
 pub enum ServerError {
     Credentials(CredentialsError),
     Journal(JournalError),
-    Listen { addr: SocketAddr, error: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     PidFile(PidFileError),
+    /// The TLS certificate or key did not load.
+    Tls(String),
     Io(std::io::Error),
 }
 
@@ -155,6 +183,7 @@ impl fmt::Display for ServerError {
             ServerError::Journal(e) => e.fmt(f),
             ServerError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             ServerError::PidFile(e) => e.fmt(f),
+            ServerError::Tls(e) => write!(f, "TLS: {e}"),
             ServerError::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
@@ -314,6 +343,11 @@ fn build(
     accounts: Vec<credentials::Account>,
     control: Control,
 ) -> Result<(EventLoop, Vec<SocketAddr>), ServerError> {
+    // Before listening: a certificate that does not load stops the start.
+    let tls = match &config.tls {
+        Some(files) => Some((files.clone(), files.load().map_err(ServerError::Tls)?)),
+        None => None,
+    };
     let listeners = listen(config)?;
     let local = listeners
         .iter()
@@ -352,9 +386,25 @@ fn build(
         None => None,
     };
     let limits = Limits { max_output: config.max_output, max_line: config.max_line };
-    let event_loop =
+    let mut event_loop =
         EventLoop::new(listeners, core, store, limits, control).map_err(ServerError::Io)?;
+    if let Some(warning) = clear_text_warning(&config.bind, tls.is_some()) {
+        log::warn!("{warning}");
+    }
+    if let Some((files, acceptor)) = tls {
+        event_loop.set_tls(files, acceptor);
+    }
     Ok((event_loop, local))
+}
+
+/// What the server says once at start when it listens beyond loopback
+/// without TLS: passwords would cross the network readable.
+fn clear_text_warning(bind: &[IpAddr], tls: bool) -> Option<String> {
+    let ip = bind.iter().find(|ip| !ip.is_loopback()).filter(|_| !tls)?;
+    Some(format!(
+        "listening on {ip} without TLS: passwords and messages cross the network in clear \
+         text (give --tls-cert and --tls-key)"
+    ))
 }
 
 /// A chat server running on a thread of this program, for loopback tests:
@@ -454,6 +504,16 @@ mod tests {
 
     fn hosts(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn listening_beyond_loopback_without_tls_is_warned_about() {
+        let loopback = [IpAddr::from([127, 0, 0, 1]), "::1".parse().unwrap()];
+        assert_eq!(clear_text_warning(&loopback, false), None);
+        let public = [IpAddr::from([127, 0, 0, 1]), IpAddr::from([0, 0, 0, 0])];
+        let warning = clear_text_warning(&public, false).expect("a warning");
+        assert!(warning.starts_with("listening on 0.0.0.0 without TLS: passwords"), "{warning}");
+        assert_eq!(clear_text_warning(&public, true), None, "not with TLS");
     }
 
     #[test]

@@ -352,14 +352,22 @@ impl Drop for Client {
 
 /// Runs a binary to completion with a timeout: (exit code, stdout, stderr).
 pub fn run(bin: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(bin)
-        .args(args)
+    let mut command = Command::new(bin);
+    command.args(args);
+    run_command(command)
+}
+
+/// Runs a command to completion with a timeout, standard input closed:
+/// (exit code, stdout, stderr).
+pub fn run_command(mut command: Command) -> (Option<i32>, String, String) {
+    let bin = format!("{:?}", command.get_program());
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let status = wait_exit(&mut child, bin);
+    let status = wait_exit(&mut child, &bin);
     let mut out = String::new();
     let mut err = String::new();
     let _ = std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out);

@@ -172,10 +172,24 @@ impl Load {
         names: Vec<String>,
         limit: Duration,
     ) -> io::Result<Load> {
+        Load::connect_with(addr, target, names, limit, None)
+    }
+
+    /// [`Load::connect`], over TLS with `tls` when given.
+    pub fn connect_with(
+        addr: SocketAddr,
+        target: Target,
+        names: Vec<String>,
+        limit: Duration,
+        tls: Option<&chat::tls::Connector>,
+    ) -> io::Result<Load> {
         let poll = Poll::new()?;
         let mut conns = Vec::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
-            let mut link = Connection::connect(addr, MAX_LINE, MAX_OUTPUT)?;
+            let mut link = match tls {
+                None => Connection::connect(addr, MAX_LINE, MAX_OUTPUT)?,
+                Some(tls) => Connection::connect_tls(addr, tls, MAX_LINE, MAX_OUTPUT)?,
+            };
             if target == Target::Chat {
                 let login = format!("HELLO 1\nLOGIN {name} 0 pw\n");
                 link.queue(login.as_bytes()).map_err(|_| ErrorKind::OutOfMemory)?;

@@ -48,6 +48,11 @@ struct Args {
     /// Small counts and short runs: checks that every scenario works.
     #[arg(long, global = true)]
     smoke: bool,
+    /// Also run `direct`, `fanout`, `latency`, `login` and `idle` against
+    /// a server speaking TLS (a self-signed certificate made for the run,
+    /// pinned), reporting the `tls_` figures beside the plain ones.
+    #[arg(long, global = true)]
+    tls: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -24,6 +24,38 @@ pub struct Settings {
     connect: Option<SocketAddr>,
     duration: Duration,
     smoke: bool,
+    /// `--tls`: the certificate the TLS runs' server presents.
+    tls: Option<BenchTls>,
+}
+
+/// A self-signed certificate and key for the TLS runs, in a temporary
+/// folder (removed on drop), and the client side pinned to it.
+struct BenchTls {
+    dir: PathBuf,
+    server_args: Vec<String>,
+    connector: chat::tls::Connector,
+}
+
+impl BenchTls {
+    fn new() -> io::Result<BenchTls> {
+        let made = chat::tls::self_signed("127.0.0.1").map_err(io::Error::other)?;
+        let dir = std::env::temp_dir().join(format!("chat-bench-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, &made.cert_pem)?;
+        std::fs::write(&key, &made.key_pem)?;
+        let trust = chat::tls::Trust::Pin(made.fingerprint);
+        let connector = chat::tls::Connector::new(&trust, "127.0.0.1").map_err(io::Error::other)?;
+        let path = |p: &PathBuf| p.display().to_string();
+        let server_args = vec!["--tls-cert".into(), path(&cert), "--tls-key".into(), path(&key)];
+        Ok(BenchTls { dir, server_args, connector })
+    }
+}
+
+impl Drop for BenchTls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Settings {
@@ -32,13 +64,25 @@ impl Settings {
         if !(0.05..=600.0).contains(&duration) {
             return Err(io::Error::other("--duration must be between 0.05 and 600 seconds"));
         }
+        if args.tls && args.connect.is_some() {
+            return Err(io::Error::other("--tls needs a server it starts (not --connect)"));
+        }
         Ok(Settings {
             server: target::server_binary(args.server.clone())?,
             server_args: args.server_args.clone(),
             connect: args.connect,
             duration: Duration::from_secs_f64(duration),
             smoke: args.smoke,
+            tls: if args.tls { Some(BenchTls::new()?) } else { None },
         })
+    }
+
+    /// A server speaking TLS (`--tls`), and the client side pinned to it.
+    fn tls_server(&self, names: &[String]) -> io::Result<Option<(Target, &chat::tls::Connector)>> {
+        let Some(tls) = &self.tls else { return Ok(None) };
+        let mut extra = self.server_args.clone();
+        extra.extend(tls.server_args.iter().cloned());
+        Ok(Some((Target::server(&self.server, names, &extra)?, &tls.connector)))
     }
 
     /// `full` normally, `small` with `--smoke`.
@@ -177,6 +221,31 @@ fn against_relay(s: &Settings, users: usize, shape: Shape, mode: &str) -> io::Re
     load.run(shape, s.duration, DRAIN, relay.pid())
 }
 
+/// Runs `shape` over `users` TLS connections against a TLS server
+/// (`--tls`; `None` without it).
+fn against_tls_server(s: &Settings, users: usize, shape: Shape) -> io::Result<Option<Outcome>> {
+    let names = names(users);
+    let Some((server, tls)) = s.tls_server(&names)? else { return Ok(None) };
+    let mut load = Load::connect_with(server.addr, Speaks::Chat, names, LOGIN_LIMIT, Some(tls))?;
+    load.run(shape, s.duration, DRAIN, server.pid()).map(Some)
+}
+
+/// The TLS run's figures beside the plain server's: rate, CPU per
+/// delivered message, and its ratio to the plain server's.
+fn with_tls(report: Report, plain: &Outcome, tls: Option<&Outcome>) -> Report {
+    let Some(tls) = tls else { return report };
+    let nan = f64::NAN;
+    let tls_ns = tls.cpu_ns_per_msg().unwrap_or(nan);
+    report
+        .num("tls_rate", tls.rate())
+        .int("tls_lost", tls.lost)
+        .int("tls_duplicated", tls.duplicated)
+        .num("tls_cpu_ns_per_msg", tls_ns)
+        .num("tls_cpu_vs_plain", tls_ns / plain.cpu_ns_per_msg().unwrap_or(nan))
+        .num("tls_server_cpu_pct", tls.target_cpu_pct().unwrap_or(nan))
+        .num("tls_generator_cpu_pct", tls.generator_cpu_pct())
+}
+
 fn with_outcome(report: Report, o: &Outcome) -> Report {
     report
         .num("rate", o.rate())
@@ -225,8 +294,9 @@ fn direct(s: &Settings, pairs: usize, window: usize) -> io::Result<Report> {
     let shape = Shape::Direct { window };
     let server = against_server(s, 2 * pairs, shape)?;
     let relay = against_relay(s, 2 * pairs, shape, "direct")?;
+    let tls = against_tls_server(s, 2 * pairs, shape)?;
     let report = with_outcome(Report::new("direct"), &server).int("pairs", pairs as u64);
-    Ok(versus_relay(report, &server, &relay))
+    Ok(with_tls(versus_relay(report, &server, &relay), &server, tls.as_ref()))
 }
 
 fn fanout(s: &Settings, receivers: usize, window: usize) -> io::Result<Report> {
@@ -234,8 +304,9 @@ fn fanout(s: &Settings, receivers: usize, window: usize) -> io::Result<Report> {
     let shape = Shape::Fanout { window };
     let server = against_server(s, receivers + 1, shape)?;
     let relay = against_relay(s, receivers + 1, shape, "fanout")?;
+    let tls = against_tls_server(s, receivers + 1, shape)?;
     let report = with_outcome(Report::new("fanout"), &server).int("receivers", receivers as u64);
-    Ok(versus_relay(report, &server, &relay))
+    Ok(with_tls(versus_relay(report, &server, &relay), &server, tls.as_ref()))
 }
 
 /// The `p`-th percentile (0..=100) of sorted samples.
@@ -267,7 +338,13 @@ fn latency(s: &Settings, rate: f64, pairs: usize) -> io::Result<Report> {
         .int("relay_p50_us", percentile(&relay.latencies_us, 50.0))
         .int("relay_p99_us", percentile(&relay.latencies_us, 99.0))
         .int("relay_p999_us", percentile(&relay.latencies_us, 99.9));
-    Ok(with_cpu(report, &server, &relay))
+    let report = with_cpu(report, &server, &relay);
+    let Some(mut tls) = against_tls_server(s, 2 * pairs, shape)? else { return Ok(report) };
+    tls.latencies_us.sort_unstable();
+    let report = report
+        .int("tls_p50_us", percentile(&tls.latencies_us, 50.0))
+        .int("tls_p99_us", percentile(&tls.latencies_us, 99.0));
+    Ok(with_tls(report, &server, Some(&tls)))
 }
 
 /// How long the flood runs before the measured run starts, so that the
@@ -394,6 +471,7 @@ fn idle(s: &Settings, connections: usize) -> io::Result<Report> {
         )));
     }
     let names = names(connections);
+    let names_again = names.clone();
     let server = s.server(&names)?;
     let pid = server.pid().ok_or_else(|| io::Error::other("idle needs a server it started"))?;
     settle();
@@ -403,12 +481,26 @@ fn idle(s: &Settings, connections: usize) -> io::Result<Report> {
     load.idle(Duration::from_secs(2))?;
     let loaded = load::rss_kib(pid)?;
     let per_connection = (loaded.saturating_sub(at_rest) * 1024) / load.len().max(1) as u64;
-    Ok(Report::new("idle")
+    drop((load, server));
+    let report = Report::new("idle")
         .int("connections", connections as u64)
         .int("rss_idle_kib", at_rest)
         .int("rss_loaded_kib", loaded)
         .int("bytes_per_connection", per_connection)
-        .int("fd_limit", limit))
+        .int("fd_limit", limit);
+    let Some((server, tls)) = s.tls_server(&names_again)? else { return Ok(report) };
+    let pid = server.pid().ok_or_else(|| io::Error::other("idle needs a server it started"))?;
+    settle();
+    let at_rest = load::rss_kib(pid)?;
+    let mut load =
+        Load::connect_with(server.addr, Speaks::Chat, names_again, LOGIN_LIMIT, Some(tls))?;
+    load.idle(Duration::from_secs(2))?;
+    let loaded = load::rss_kib(pid)?;
+    let per_connection = (loaded.saturating_sub(at_rest) * 1024) / load.len().max(1) as u64;
+    Ok(report
+        .int("tls_rss_idle_kib", at_rest)
+        .int("tls_rss_loaded_kib", loaded)
+        .int("tls_bytes_per_connection", per_connection))
 }
 
 /// The server's anonymous memory (heap and stacks, not the mapped binary)
@@ -466,11 +558,80 @@ fn login(s: &Settings, logins: usize) -> io::Result<Report> {
         done += worker.join().map_err(|_| io::Error::other("login worker panicked"))??;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    Ok(Report::new("login")
+    let report = Report::new("login")
         .num("rate", done as f64 / elapsed)
         .int("logins", done)
         .int("lost", 0)
-        .int("duplicated", 0))
+        .int("duplicated", 0);
+    drop(server);
+    let Some((server, tls)) = s.tls_server(&names)? else { return Ok(report) };
+    let addr = server.addr;
+    let start = Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let share = logins / WORKERS + usize::from(w < logins % WORKERS);
+            let tls = tls.clone();
+            std::thread::spawn(move || -> io::Result<u64> {
+                for _ in 0..share {
+                    login_once_tls(addr, &format!("u{w}"), &tls)?;
+                }
+                Ok(share as u64)
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for worker in workers {
+        done += worker.join().map_err(|_| io::Error::other("login worker panicked"))??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(report.num("tls_rate", done as f64 / elapsed).int("tls_logins", done))
+}
+
+/// One full connect, TLS handshake, login, logout, through the shared
+/// connection type (blocking on its own poll, at most 10 s).
+fn login_once_tls(addr: SocketAddr, user: &str, tls: &chat::tls::Connector) -> io::Result<()> {
+    use chat::net::{Connection, Flow};
+    use chat::protocol::{Line, MAX_LINE};
+    use mio::{Events, Poll, Token};
+    let mut poll = Poll::new()?;
+    let mut conn = Connection::connect_tls(addr, tls, MAX_LINE, 64 * 1024)?;
+    let hello = format!("HELLO 1\nLOGIN {user} 0 pw\n");
+    conn.queue(hello.as_bytes()).map_err(|_| io::Error::other("output full"))?;
+    conn.register(poll.registry(), Token(0))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut events = Events::with_capacity(4);
+    let (mut welcomed, mut done) = (false, false);
+    while !done {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "TLS login took over 10 s"));
+        }
+        poll.poll(&mut events, Some(left))?;
+        if conn.is_connecting() && !conn.finish_connect(poll.registry(), Token(0))? {
+            continue;
+        }
+        conn.flush(poll.registry(), Token(0))?;
+        let mut send_logout = false;
+        let status = conn.read_lines(usize::MAX, |line| {
+            if let Line::Complete(bytes) = line {
+                if bytes.starts_with(b"WELCOME ") {
+                    send_logout = true;
+                } else if bytes.starts_with(b"BYE ") {
+                    done = true;
+                }
+            }
+            Flow::Continue
+        });
+        if send_logout && !welcomed {
+            welcomed = true;
+            conn.queue(b"LOGOUT\n").map_err(|_| io::Error::other("output full"))?;
+            conn.flush(poll.registry(), Token(0))?;
+        }
+        if status == chat::net::ReadStatus::Closed && !done {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed"));
+        }
+    }
+    Ok(())
 }
 
 /// One full connect, login, logout.

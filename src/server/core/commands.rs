@@ -40,7 +40,8 @@ impl Core {
     pub(super) fn before_login(&mut self, conn: ConnId, msg: ClientMsg<'_>, now: Instant) {
         match msg {
             ClientMsg::Hello { version } => self.hello(conn, version),
-            ClientMsg::Login { user, p2p_port, password } => {
+            ClientMsg::Login { user, p2p_port, password, cert } => {
+                self.note_p2p_cert(conn, cert);
                 self.login(conn, user, p2p_port, password, now)
             }
             // Arriving resets the heartbeat; the answer, in order with the
@@ -348,7 +349,7 @@ impl Core {
         let Some(state) = self.conns.get(&conn) else {
             return;
         };
-        let (ip, port) = (state.ip, state.p2p_port);
+        let (ip, port, cert) = (state.ip, state.p2p_port, state.p2p_cert.clone());
         let Some(token) = self.new_token() else {
             log::error!("no randomness for a grant token; refusing consent");
             self.refuse(conn, Failure::NoRequest { user: name });
@@ -358,7 +359,9 @@ impl Core {
         log::info!("user {} gave their address to {name}", self.name(me));
         let granter = self.name(me).to_owned();
         self.send(conn, &ServerMsg::Granted { user: name, token: &token });
-        self.send_to_user(asker, &ServerMsg::Address { user: &granter, ip, port, token: &token });
+        let cert = cert.as_deref();
+        let address = ServerMsg::Address { user: &granter, ip, port, token: &token, cert };
+        self.send_to_user(asker, &address);
     }
 
     /// Withdraws every peer-to-peer grant and pending consent request

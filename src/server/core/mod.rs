@@ -303,6 +303,9 @@ struct Conn {
     pub ip: IpAddr,
     pub user: Option<UserId>,
     pub p2p_port: u16,
+    /// The fingerprint of the certificate its peer-to-peer listener
+    /// presents (TLS), from its last LOGIN; handed out with its address.
+    p2p_cert: Option<Box<str>>,
     last_seen: Instant,
     /// Due time of this connection's one live heartbeat timer.
     heartbeat_due: Instant,
@@ -850,6 +853,7 @@ impl Core {
             ip,
             user: None,
             p2p_port: 0,
+            p2p_cert: None,
             last_seen: now,
             heartbeat_due: due,
             login_due,
@@ -1096,6 +1100,15 @@ impl Core {
     }
 
     // -- login ---------------------------------------------------------------
+
+    /// Keeps the peer-to-peer certificate fingerprint a LOGIN names (or
+    /// forgets an earlier one): it is the logged-in session's once the
+    /// login succeeds.
+    fn note_p2p_cert(&mut self, conn: ConnId, cert: Option<&str>) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.p2p_cert = cert.map(Box::from);
+        }
+    }
 
     fn login(&mut self, conn: ConnId, name: &str, p2p_port: u16, password: &str, now: Instant) {
         let Some(state) = self.conns.get(&conn) else {
@@ -2177,7 +2190,7 @@ mod tests {
         };
         assert_eq!(summary(&h), vec![h.now + crate::server::logging::refusals::WINDOW]);
         h.advance(crate::server::logging::refusals::WINDOW);
-        assert_eq!(summary(&h), vec![], "reported, and nothing left to report");
+        assert_eq!(summary(&h), Vec::<Instant>::new(), "reported, and nothing left to report");
     }
 
     #[test]
