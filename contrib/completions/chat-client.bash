@@ -23,7 +23,7 @@ _chat__client() {
 
     case "${cmd}" in
         chat__client)
-            opts="-h -V --generate --user --password-file --format --until --wait --stay --settle --tls --ca --pin --help --version"
+            opts="-h -V --generate --user --password-file --format --until --wait --stay --settle --timestamps --login-retry-pause --tls --ca --pin --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -54,6 +54,10 @@ _chat__client() {
                     return 0
                     ;;
                 --settle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --login-retry-pause)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -53,9 +53,9 @@ struct Args {
     #[arg(long, value_name = "PATTERN")]
     until: Option<String>,
     /// Seconds --until waits.
-    #[arg(long, value_name = "SECS", default_value_t = 30.0, requires = "until",
+    #[arg(long, value_name = "SECS", default_value = "30", requires = "until",
           value_parser = parse_wait)]
-    wait: f64,
+    wait: Duration,
     /// Stay logged in after standard input ends, until SIGINT, SIGTERM or
     /// server shutdown.
     #[arg(long)]
@@ -63,17 +63,17 @@ struct Args {
     /// Before logging out (end of input, logout, --until), wait at most
     /// this long for the outcome of every message sent; then report those
     /// still unconfirmed (exit 9).
-    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_wait)]
-    settle: f64,
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_wait)]
+    settle: Duration,
     /// Start each text line with the local time, HH:MM (for a message:
     /// when the server accepted it).
     #[arg(long)]
     timestamps: bool,
     /// Seconds before a login the server was too busy to check is sent
     /// again (for tests; hidden).
-    #[arg(long, value_name = "SECS", default_value_t = 1.0, hide = true,
+    #[arg(long, value_name = "SECS", default_value = "1", hide = true,
           value_parser = parse_wait)]
-    login_retry_pause: f64,
+    login_retry_pause: Duration,
     /// Speak TLS to the server, trusting the system's certificate
     /// authorities (see --ca and --pin for others). Private messages then
     /// go over TLS too.
@@ -127,11 +127,29 @@ fn parse_pin(text: &str) -> Result<chat::tls::Fingerprint, String> {
     chat::tls::parse_fingerprint(text)
 }
 
-fn parse_wait(secs: &str) -> Result<f64, String> {
-    match secs.parse::<f64>() {
-        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(s),
-        _ => Err("a number of seconds from 0 to 86400".into()),
+/// Seconds, with a fraction if need be (`5`, `0.25`), from 0 to a day.
+/// Read by hand rather than as a float: it is all the client would parse
+/// floats for, and float parsing is 20 KB of the binary.
+fn parse_wait(secs: &str) -> Result<Duration, String> {
+    const WRONG: &str = "a number of seconds from 0 to 86400";
+    let (whole, fraction) = secs.split_once('.').unwrap_or((secs, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty() || !digits(whole) || !digits(fraction) {
+        return Err(WRONG.into());
     }
+    let whole: u64 = match whole {
+        "" => 0,
+        w if w.len() <= 5 => w.parse().map_err(|_| WRONG.to_owned())?,
+        _ => return Err(WRONG.into()),
+    };
+    // Nanoseconds from the first nine digits of the fraction.
+    let nanos = fraction.bytes().chain(std::iter::repeat(b'0')).take(9);
+    let nanos = nanos.fold(0u32, |n, b| n * 10 + u32::from(b - b'0'));
+    let wait = Duration::new(whole, nanos);
+    if wait > Duration::from_secs(86_400) {
+        return Err(WRONG.into());
+    }
+    Ok(wait)
 }
 
 /// The first line of the password file, or a message naming the problem.
@@ -189,11 +207,11 @@ fn main() -> ExitCode {
             FormatArg::Json => Format::Json,
         },
         until,
-        wait: Duration::from_secs_f64(args.wait),
+        wait: args.wait,
         stay: args.stay,
-        settle: Duration::from_secs_f64(args.settle),
+        settle: args.settle,
         timestamps: args.timestamps,
-        retry_pause: Duration::from_secs_f64(args.login_retry_pause),
+        retry_pause: args.login_retry_pause,
         tls: match (args.pin, args.ca) {
             (Some(pin), _) => Some(chat::tls::Trust::Pin(pin)),
             (None, Some(ca)) => Some(chat::tls::Trust::Ca(ca)),
@@ -216,7 +234,22 @@ mod generated;
 
 #[cfg(test)]
 mod tests {
+    use super::parse_wait;
     use clap::CommandFactory;
+    use std::time::Duration;
+
+    #[test]
+    fn seconds_take_a_fraction_and_stay_within_a_day() {
+        assert_eq!(parse_wait("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_wait("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_wait(".5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_wait("3."), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_wait("86400"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_wait("1.0000000019"), Ok(Duration::new(1, 1)));
+        for bad in ["", ".", "-1", "1e3", "86400.5", "99999999999", "1.2.3", " 1", "inf"] {
+            assert!(parse_wait(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_command_line_is_consistent() {
