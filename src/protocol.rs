@@ -338,6 +338,8 @@ pub enum DenyReason {
     /// The server has too many passwords to check just now: the login was
     /// not checked, and the client may send it again after a pause.
     Busy,
+    /// The operator disabled the account (`chat-server ctl disable`).
+    Disabled,
 }
 
 impl DenyReason {
@@ -349,6 +351,7 @@ impl DenyReason {
             DenyReason::UnknownUser => "unknown-user",
             DenyReason::Throttled => "throttled",
             DenyReason::Busy => "busy",
+            DenyReason::Disabled => "disabled",
         }
     }
 
@@ -360,6 +363,7 @@ impl DenyReason {
             "unknown-user" => Ok(DenyReason::UnknownUser),
             "throttled" => Ok(DenyReason::Throttled),
             "busy" => Ok(DenyReason::Busy),
+            "disabled" => Ok(DenyReason::Disabled),
             _ => Err(ParseError::BadField("reason")),
         }
     }
@@ -389,6 +393,10 @@ pub enum ByeReason {
     /// The client's address holds its share of connections, or opens them
     /// too fast; sent right after accepting.
     TooManyConnections,
+    /// The operator disabled the account (`chat-server ctl disable`). A
+    /// session ended by the operator for another reason gets
+    /// [`ServerMsg::Kicked`].
+    Disabled,
 }
 
 impl ByeReason {
@@ -403,6 +411,7 @@ impl ByeReason {
             ByeReason::LoginTimeout => "login-timeout",
             ByeReason::ServerFull => "server-full",
             ByeReason::TooManyConnections => "too-many-connections",
+            ByeReason::Disabled => "disabled",
         }
     }
 
@@ -417,6 +426,7 @@ impl ByeReason {
             "login-timeout" => Ok(ByeReason::LoginTimeout),
             "server-full" => Ok(ByeReason::ServerFull),
             "too-many-connections" => Ok(ByeReason::TooManyConnections),
+            "disabled" => Ok(ByeReason::Disabled),
             _ => Err(ParseError::BadField("reason")),
         }
     }
@@ -646,6 +656,11 @@ pub enum ServerMsg<'a> {
     Bye {
         reason: ByeReason,
     },
+    /// `BYE kicked [<text>]`: the operator ended this session
+    /// (`chat-server ctl kick`), for `reason` (empty when none was given).
+    Kicked {
+        reason: &'a str,
+    },
     /// The answer to `PING`, in order with the answers to the frames
     /// before it: the client learns that the server is alive, and that
     /// every frame it sent before the `PING` has been answered.
@@ -723,7 +738,14 @@ impl<'a> ServerMsg<'a> {
                 after_secs: number_field(rest, "seconds")?,
             },
             "FAIL" => ServerMsg::Fail(Failure::parse(rest)?),
-            "BYE" => ServerMsg::Bye { reason: ByeReason::parse(field(rest, "reason")?)? },
+            "BYE" => match field(rest, "reason")? {
+                "kicked" => {
+                    let reason = rest.strip_prefix(' ').unwrap_or(rest);
+                    *rest = "";
+                    ServerMsg::Kicked { reason: reason.trim_end_matches(' ') }
+                }
+                reason => ServerMsg::Bye { reason: ByeReason::parse(reason)? },
+            },
             "PONG" => ServerMsg::Pong,
             _ => return Err(ParseError::UnknownVerb),
         };
@@ -809,6 +831,13 @@ impl<'a> ServerMsg<'a> {
                 failure.encode(out);
             }
             ServerMsg::Bye { reason } => word(out, "BYE", reason.as_str()),
+            ServerMsg::Kicked { reason } => {
+                out.push_str("BYE kicked");
+                if !reason.is_empty() {
+                    out.push(' ');
+                    out.push_str(reason);
+                }
+            }
             ServerMsg::Pong => out.push_str("PONG"),
         }
         out.push('\n');
@@ -1128,6 +1157,7 @@ mod tests {
             DenyReason::UnknownUser,
             DenyReason::Throttled,
             DenyReason::Busy,
+            DenyReason::Disabled,
         ] {
             round_trip_server(ServerMsg::Denied { reason });
         }
@@ -1192,9 +1222,13 @@ mod tests {
             ByeReason::LoginTimeout,
             ByeReason::ServerFull,
             ByeReason::TooManyConnections,
+            ByeReason::Disabled,
         ] {
             round_trip_server(ServerMsg::Bye { reason });
         }
+        round_trip_server(ServerMsg::Kicked { reason: "" });
+        round_trip_server(ServerMsg::Kicked { reason: "flooding the room, again" });
+        assert_eq!(ServerMsg::parse("BYE kicked \r\n"), Ok(ServerMsg::Kicked { reason: "" }));
     }
 
     #[test]

@@ -167,6 +167,7 @@ impl Core {
         let Ok(seq) = pushed else {
             return Delivery::QueueFull; // Not reached: admitted just above.
         };
+        self.stats.accepted(!online);
         self.record(to, |core| Record::Queued {
             user: core.name(to).to_owned(),
             seq,
@@ -387,6 +388,7 @@ impl Core {
         // Senders to tell, with how many of their messages this covers.
         let mut senders = std::mem::take(&mut self.delivered_scratch);
         let last = self.outboxes.acknowledge(me, seq, |stored| {
+            self.stats.delivered(1);
             if !stored.notify {
                 return;
             }

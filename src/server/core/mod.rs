@@ -32,18 +32,22 @@ use crate::server::logging::refusals::{Refusals, Verdict};
 mod admission;
 mod commands;
 mod confirm;
+mod operator;
 mod outbox;
 mod presence;
 mod send_rate;
+mod stats;
 mod throttle;
 mod users;
 
 use admission::{AddressTable, Arrivals, Over};
 use confirm::Confirmations;
 pub use confirm::CONFIRM_DELAY;
+pub use operator::{Census, Changed, OperatorError, SessionInfo};
 use outbox::{Caps, Outboxes};
 use presence::{Decision, Presence};
 use send_rate::RateLimit;
+pub use stats::{Refused, Stats, MESSAGE_REFUSALS};
 pub(crate) use throttle::throttle_key;
 use throttle::{LoginThrottle, Refusal};
 pub use throttle::{BURST_SECONDS, DEFAULT_THROTTLE_TABLE, THROTTLE_WINDOW};
@@ -312,6 +316,8 @@ struct Conn {
     serial: u64,
     /// When it was accepted.
     connected: Instant,
+    /// When its user logged in (until then, when it was accepted).
+    logged_in: Instant,
     /// A login whose password is being checked off the loop.
     verifying: Option<Pending>,
     /// After a `rate-limited` refusal: when its user has a token again.
@@ -462,6 +468,8 @@ pub struct Core {
     delivered_scratch: Vec<(UserId, u64)>,
     /// `DELIVERED` frames gathered for a moment before they are sent.
     confirmations: Confirmations,
+    /// Counters since start, for the operator.
+    stats: Stats,
 }
 
 /// Journal bytes a record takes besides a message's text, near enough
@@ -553,6 +561,7 @@ impl Core {
             verifications: 0,
             delivered_scratch: Vec::new(),
             confirmations: Confirmations::default(),
+            stats: Stats::default(),
         }
     }
 
@@ -782,6 +791,7 @@ impl Core {
                 );
             }
         }
+        self.stats.refused(Refused::Bye, ByeReason::ServerFull.as_str());
         self.bye(victim, ByeReason::ServerFull);
         Admit::Evict(victim)
     }
@@ -794,6 +804,7 @@ impl Core {
         why: &str,
         now: Instant,
     ) -> Admit {
+        self.stats.refused(Refused::Bye, reason.as_str());
         if self.note_refusal(ip, reason.as_str(), now) {
             info!("refused connection from {ip}: {} ({why})", reason.as_str());
         }
@@ -816,6 +827,7 @@ impl Core {
             login_due,
             serial,
             connected: now,
+            logged_in: now,
             verifying: None,
             read_hold: None,
             recent_user: None,
@@ -876,6 +888,7 @@ impl Core {
     /// words of the reply (`bad-command unknown verb`); repeats from one
     /// address are summarised instead (see [`Refusals`]).
     fn refuse(&mut self, conn: ConnId, failure: Failure<'_>) {
+        self.stats.refused(Refused::Fail, failure.code());
         // Every refusal answers a line just received, so the connection's
         // last_seen is the current time.
         let logged = match self.conns.get(&conn) {
@@ -1057,6 +1070,7 @@ impl Core {
             return;
         }
         if let Err(refusal) = self.throttle.attempt(ip, now) {
+            self.stats.refused(Refused::Denied, DenyReason::Throttled.as_str());
             if self.note_refusal(ip, DenyReason::Throttled.as_str(), now) {
                 let why = match refusal {
                     Refusal::Failures => "too many failed logins from there",
@@ -1073,6 +1087,10 @@ impl Core {
         };
         if self.locked(user, now) {
             self.deny_login(conn, name, DenyReason::Locked, now);
+            return;
+        }
+        if self.users[user].state().disabled {
+            self.deny_login(conn, name, DenyReason::Disabled, now);
             return;
         }
         match &self.users[user].password {
@@ -1153,8 +1171,10 @@ impl Core {
         // Checked again: answers that come back after the account was
         // locked say nothing, so guesses checked side by side gain no more
         // than three in a row.
+        // So is a disable that came meanwhile.
         let result = match self.locked(user, now) {
             true => Err(DenyReason::Locked),
+            false if self.users[user].state().disabled => Err(DenyReason::Disabled),
             false => self.count_password(conn, user, right, now),
         };
         match result {
@@ -1172,6 +1192,7 @@ impl Core {
         let Some(ip) = self.conns.get(&conn).map(|c| c.ip) else {
             return;
         };
+        self.stats.refused(Refused::Denied, reason.as_str());
         if self.note_refusal(ip, reason.as_str(), now) {
             info!("refused login for {name} from {ip}: {}", reason.as_str());
         }
@@ -1245,7 +1266,9 @@ impl Core {
         };
         state.user = Some(user);
         state.p2p_port = p2p_port;
+        state.logged_in = now;
         let ip = state.ip;
+        self.stats.login();
         self.users[user].state_mut().session = Some(conn);
         self.online.insert(user);
         info!("user {} logged in from {ip}", self.name(user));
@@ -1344,6 +1367,13 @@ impl Core {
                 let user = id(self, user);
                 self.outboxes.raise_next_seq(user, *next);
             }
+            Record::Disabled { user } | Record::Enabled { user } => {
+                let user = id(self, user);
+                let disabled = matches!(record, Record::Disabled { .. });
+                if self.users[user].state().disabled != disabled {
+                    self.users[user].state_mut().disabled = disabled;
+                }
+            }
         }
     }
 
@@ -1378,6 +1408,9 @@ impl Core {
                     for &target in &state.blocked {
                         let target = self.users[target].name.clone();
                         out.push(Record::Blocked { user: user.clone(), target });
+                    }
+                    if state.disabled {
+                        out.push(Record::Disabled { user: user.clone() });
                     }
                     bytes += SNAPSHOT_RECORD_BYTES * (2 + state.blocked.len());
                     0
@@ -1541,6 +1574,7 @@ impl Core {
         if let Some(seq) = last {
             self.record(user, |core| Record::Acked { user: core.name(user).to_owned(), seq });
             let total: u64 = senders.iter().map(|(_, count)| count).sum();
+            self.stats.expired(total);
             info!(
                 "{total} messages for {} expired unread after {} s offline",
                 self.name(user),
