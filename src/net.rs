@@ -34,7 +34,8 @@
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 
-use mio::net::TcpStream;
+use mio::event::Source;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 
 use crate::outbuf::{Full, OutBuf};
@@ -49,39 +50,62 @@ thread_local! {
     static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The transport under a connection: today plain TCP.
+/// The transport under a connection: plain TCP, or a Unix domain socket
+/// (the server's control socket).
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
+    Unix(UnixStream),
 }
 
 impl Stream {
-    fn tcp(&self) -> &TcpStream {
+    /// The TCP socket; an error for a Unix one, which has no IP addresses
+    /// and is never connected by [`Connection::connect`].
+    fn tcp(&self) -> io::Result<&TcpStream> {
         match self {
-            Stream::Tcp(stream) => stream,
+            Stream::Tcp(stream) => Ok(stream),
+            Stream::Unix(_) => Err(io::Error::new(ErrorKind::Unsupported, "a Unix socket")),
         }
     }
 
-    fn tcp_mut(&mut self) -> &mut TcpStream {
+    fn source(&mut self) -> &mut dyn Source {
         match self {
             Stream::Tcp(stream) => stream,
+            Stream::Unix(stream) => stream,
+        }
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Tcp(stream) => stream.as_raw_fd(),
+            Stream::Unix(stream) => stream.as_raw_fd(),
         }
     }
 }
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp_mut().read(buf)
+        match self {
+            Stream::Tcp(stream) => stream.read(buf),
+            Stream::Unix(stream) => stream.read(buf),
+        }
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tcp_mut().write(buf)
+        match self {
+            Stream::Tcp(stream) => stream.write(buf),
+            Stream::Unix(stream) => stream.write(buf),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.tcp_mut().flush()
+        match self {
+            Stream::Tcp(stream) => stream.flush(),
+            Stream::Unix(stream) => stream.flush(),
+        }
     }
 }
 
@@ -134,8 +158,18 @@ impl Connection {
         // Lines are small and interactive: send them at once. A socket that
         // refuses the option still works, only less promptly.
         let _ = stream.set_nodelay(true);
+        Connection::new(Stream::Tcp(stream), max_line, max_output)
+    }
+
+    /// A connection accepted by a Unix domain socket listener, with the
+    /// same limits as [`Connection::accepted`].
+    pub fn accepted_unix(stream: UnixStream, max_line: usize, max_output: usize) -> Connection {
+        Connection::new(Stream::Unix(stream), max_line, max_output)
+    }
+
+    fn new(stream: Stream, max_line: usize, max_output: usize) -> Connection {
         Connection {
-            stream: Stream::Tcp(stream),
+            stream,
             input: LineBuffer::with_limit(max_line),
             output: OutBuf::new(max_output),
             writable: false,
@@ -159,12 +193,12 @@ impl Connection {
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         self.writable = self.connecting || !self.output.is_empty();
         let interest = self.interest();
-        registry.register(self.stream.tcp_mut(), token, interest)
+        registry.register(self.stream.source(), token, interest)
     }
 
     /// Removes it from the poll (closing the socket does that too).
     pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        registry.deregister(self.stream.tcp_mut())
+        registry.deregister(self.stream.source())
     }
 
     fn interest(&self) -> Interest {
@@ -187,7 +221,7 @@ impl Connection {
         if !self.connecting {
             return Ok(true);
         }
-        let tcp = self.stream.tcp();
+        let tcp = self.stream.tcp()?;
         if let Some(error) = tcp.take_error()? {
             return Err(error);
         }
@@ -203,12 +237,12 @@ impl Connection {
 
     /// The address of the other end.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.tcp().peer_addr()
+        self.stream.tcp()?.peer_addr()
     }
 
     /// The address of this end.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.tcp().local_addr()
+        self.stream.tcp()?.local_addr()
     }
 
     /// Notes that the poll reported the peer closed its side (mio's
@@ -333,7 +367,7 @@ impl Connection {
         if wants != self.writable {
             self.writable = wants;
             let interest = self.interest();
-            registry.reregister(self.stream.tcp_mut(), token, interest)?;
+            registry.reregister(self.stream.source(), token, interest)?;
         }
         Ok(())
     }
@@ -350,7 +384,11 @@ impl Connection {
         if self.connecting {
             return true;
         }
-        match self.stream.tcp().peek(&mut [0u8; 1]) {
+        // Only the control socket is a Unix stream, and it never asks.
+        let Ok(tcp) = self.stream.tcp() else {
+            return true;
+        };
+        match tcp.peek(&mut [0u8; 1]) {
             Ok(0) => false,
             Ok(_) => true,
             Err(e) => e.kind() == ErrorKind::WouldBlock,
@@ -360,7 +398,7 @@ impl Connection {
     /// Caps the kernel's send buffer for this socket (see
     /// [`limit_send_buffer`]).
     pub fn limit_send_buffer(&self, bytes: usize) -> io::Result<()> {
-        limit_send_buffer(self.stream.tcp(), bytes)
+        limit_send_buffer(&self.stream.fd(), bytes)
     }
 }
 

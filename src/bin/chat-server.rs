@@ -1,5 +1,6 @@
 //! `chat-server`: parses flags and runs the server.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use chat::generate::Generate;
 use chat::server::logging::{self, LogFormat};
 use clap::builder::TypedValueParser as _;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// How long the log may take to drain before the process exits: a stderr
 /// nobody reads must not keep it from exiting.
@@ -19,6 +20,8 @@ Examples:
   chat-server --bind 127.0.0.1 --bind ::1 --state-dir /var/lib/chat 12000
   chat-server --hash-password            # paste the hash after the username
   kill -HUP \"$(cat /run/chat-server.pid)\"  # after editing the credentials
+  chat-server --control /run/chat-server/control --metrics 127.0.0.1:9100 12000
+  chat-server ctl stats                  # or sessions, kick A, disable A, reload
   chat-server --generate man > chat-server.1";
 
 /// The chat system's server: one event loop serving every client.
@@ -39,15 +42,24 @@ Examples:
 /// (a file that does not load keeps the current users); SIGINT and SIGTERM
 /// tell every client the server is shutting down, then exit.
 ///
+/// Operating it: --control PATH serves a control socket, through which
+/// `chat-server ctl` shows figures and sessions, kicks, disables and
+/// enables users and reloads the credentials; --metrics ADDR serves
+/// GET /metrics (Prometheus) and GET /healthz.
+///
 /// Exit status: 0 after SIGINT or SIGTERM, and after --hash-password or
 /// --generate; 1 if the server could not start or had to stop (one line on
 /// standard error names the cause: credentials, address, port, state
-/// directory, pid file), or --hash-password or --generate failed; 2 for
-/// a bad command line.
+/// directory, pid file, control socket, metrics address), or
+/// --hash-password or --generate failed; 2 for a bad command line. `ctl`:
+/// 0 when done, 1 when the server refused or could not be reached, 2 for a
+/// bad command line or request.
 #[derive(Debug, Parser)]
 #[command(name = "chat-server", version, verbatim_doc_comment,
           override_usage = "chat-server [OPTIONS] PORT\n       chat-server --hash-password\n       \
-                            chat-server --generate <WHAT>",
+                            chat-server --generate <WHAT>\n       \
+                            chat-server ctl [--control PATH] [--json] REQUEST",
+          subcommand_negates_reqs = true, args_conflicts_with_subcommands = true,
           after_help = "Signals, the credentials file, systemd and exit codes: see --help.",
           after_long_help = AFTER_LONG_HELP)]
 struct Args {
@@ -73,6 +85,16 @@ struct Args {
     /// systemd.
     #[arg(long, value_name = "PATH")]
     pid_file: Option<PathBuf>,
+    /// Serve a control socket at PATH (a Unix socket, mode 0600) for
+    /// `chat-server ctl`. A socket left there by a server that died is
+    /// replaced; it is removed at exit.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Serve GET /metrics (Prometheus text format) and GET /healthz over
+    /// HTTP on ADDR (IP:PORT, e.g. 127.0.0.1:9100; no TLS, so keep it on a
+    /// private address).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Most messages waiting in one user's outbox; past it, senders are
     /// told the message was not accepted.
     #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_MAX_QUEUED,
@@ -180,6 +202,44 @@ struct Args {
     /// Port to listen on; 0 picks a free one (printed on the first line).
     #[arg(required_unless_present = "hash_password")]
     port: Option<u16>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ask a running server, through its --control socket, for figures,
+    /// or tell it what to do.
+    ///
+    /// Requests: `stats` (uptime, users online, connections by phase,
+    /// messages accepted, queued, delivered, expired and refused since
+    /// start, messages and bytes waiting, journal size, memory, logins and
+    /// failed logins, refusals by reason); `sessions` (each online user's
+    /// address, login time, queued and in-flight messages, bytes
+    /// buffered); `kick USER [REASON]` (ends the session: the client shows
+    /// the reason and exits with code 10); `disable USER` (ends the session
+    /// and refuses the user's logins, client exit code 11, until `enable
+    /// USER`; kept in the --state-dir journal); `reload` (re-reads the
+    /// credentials file, as SIGHUP does, and says how it went).
+    ///
+    /// Exit status: 0 when done; 1 when the server refused the request or
+    /// could not be reached (one line on standard error says which); 2 for
+    /// a bad command line or request.
+    #[command(verbatim_doc_comment)]
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CtlArgs {
+    /// The server's control socket (its --control).
+    #[arg(long, value_name = "PATH", default_value = "/run/chat-server/control")]
+    control: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// stats | sessions | kick USER [REASON] | disable USER | enable USER | reload
+    #[arg(value_name = "REQUEST", required = true, num_args = 1.., trailing_var_arg = true)]
+    request: Vec<String>,
 }
 
 /// `--log-level`'s values (clap lists them when one is wrong).
@@ -269,8 +329,33 @@ const GENERATED: chat::generate::Texts = chat::generate::Texts {
     fish: include_str!("../../contrib/completions/chat-server.fish"),
 };
 
+/// `chat-server ctl`: one request, its answer printed.
+fn ctl(args: &CtlArgs) -> ExitCode {
+    let line = args.request.join(" ");
+    let request = match chat::server::control::Request::parse(&line) {
+        Ok(request) => request,
+        Err(e) => {
+            eprintln!("chat-server ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match chat::server::control::request(&args.control, &request, args.json) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chat-server ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Ctl(ctl_args)) = &args.command {
+        return ctl(ctl_args);
+    }
     if let Some(what) = args.generate {
         return chat::generate::run("chat-server", what, &GENERATED);
     }
@@ -315,6 +400,8 @@ fn main() -> ExitCode {
         max_queued_bytes: usize::try_from(args.max_queued_bytes).unwrap_or(usize::MAX),
         message_ttl: Duration::from_secs(args.message_ttl),
         pid_file: args.pid_file,
+        control: args.control,
+        metrics: args.metrics,
     };
     let code = match chat::server::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,6 +31,9 @@
 //! a token ([`Core::read_hold`]): a flooder is slowed by TCP rather than
 //! costing the server a refusal per line.
 //!
+//! The operator's control socket and metrics endpoint are served by the
+//! same loop, their connections kept apart from the chat's (`ops.rs`).
+//!
 //! With a [`Store`] (`--state-dir`), the state changes of a pass are
 //! committed (one write, one sync) after the core has run and before any
 //! reply of that pass is written: nothing is confirmed to anyone before it
@@ -59,6 +62,9 @@ use super::timer_wheel::TimerWheel;
 use super::verifier::Verifier;
 use crate::net::{Connection, Flow, ReadStatus};
 use crate::protocol::{ByeReason, Line, ServerMsg, VERSION};
+
+mod ops;
+pub use ops::{bind_control, bind_metrics};
 
 /// The first listener's token; listener `i` has `FIRST_LISTENER + i`.
 /// Far above any slab key, and below the other fixed tokens.
@@ -245,6 +251,8 @@ pub struct EventLoop {
     last_activity: Instant,
     /// The timer wheel's size after its last sweep.
     timers_swept: usize,
+    /// The control socket and the metrics endpoint, if served.
+    ops: ops::Ops,
 }
 
 impl EventLoop {
@@ -307,6 +315,7 @@ impl EventLoop {
             churn: 0,
             last_activity: Instant::now(),
             timers_swept: 0,
+            ops: ops::Ops::default(),
         })
     }
 
@@ -356,6 +365,7 @@ impl EventLoop {
                             self.stopper.as_ref().is_some_and(|s| s.flag.load(Ordering::SeqCst));
                         self.shutting_down |= stop;
                     }
+                    token if ops::owns(token) => self.ops_event(event, now),
                     Token(key) => {
                         if event.is_writable() {
                             self.pending_writes.push(key);
@@ -396,6 +406,7 @@ impl EventLoop {
             refused_by,
             held_by,
             core_by,
+            self.ops_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -448,6 +459,7 @@ impl EventLoop {
                 break;
             }
         }
+        self.ops_finish(now);
         if let Some(store) = &mut self.store {
             store.upkeep(&mut self.core, now);
         }
@@ -540,34 +552,36 @@ impl EventLoop {
             }
         }
         if reload {
-            self.reload_credentials();
+            let _ = self.reload_credentials();
         }
     }
 
-    /// SIGHUP: re-reads the credentials file without dropping anyone. A
-    /// file that does not load leaves the old accounts in force.
-    fn reload_credentials(&mut self) {
+    /// SIGHUP (or `ctl reload`): re-reads the credentials file without
+    /// dropping anyone. A file that does not load leaves the old accounts
+    /// in force. Returns what happened, in words.
+    fn reload_credentials(&mut self) -> Result<String, String> {
         let Some(path) = &self.credentials else {
-            return;
+            return Err("this server has no credentials file to reload".to_owned());
         };
         if let Some(notifier) = &self.notifier {
             notifier.reloading();
         }
-        let status = match credentials::load(path, self.limits.max_line) {
+        let result = match credentials::load(path, self.limits.max_line) {
             Ok(accounts) => {
                 let count = accounts.len();
                 self.core.reload(accounts);
                 info!("reloaded {count} users from {}", path.display());
-                format!("Reloaded {count} users")
+                Ok(format!("Reloaded {count} users"))
             }
             Err(e) => {
-                warn!("SIGHUP: keeping the current users: {e}");
-                format!("Reload failed, kept the current users: {e}")
+                warn!("reload: keeping the current users: {e}");
+                Err(format!("Reload failed, kept the current users: {e}"))
             }
         };
         if let Some(notifier) = &self.notifier {
-            notifier.ready(&status);
+            notifier.ready(result.as_ref().unwrap_or_else(|e| e));
         }
+        result
     }
 
     /// Accepts until the backlog is empty or [`ACCEPT_BUDGET`] is spent

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use log::info;
 
-use super::{ConnId, Core, Effect, UserId, SNAPSHOT_RECORD_BYTES};
+use super::{ConnId, Core, Effect, Refused, UserId, SNAPSHOT_RECORD_BYTES};
 use crate::protocol::{ByeReason, ServerMsg};
 use crate::server::journal::Record;
 
@@ -133,6 +133,24 @@ impl Core {
             .take(max)
             .collect();
         (list, total)
+    }
+
+    /// Whether a connection to the metrics endpoint from `ip` may stay:
+    /// held to the same share and rate per address as chat connections,
+    /// and counted with them until [`Core::scrape_closed`]. A refusal is
+    /// counted as `BYE too-many-connections` (the endpoint just closes it).
+    pub fn admit_scrape(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.addresses.check(ip, now).is_err() {
+            self.stats.refused(Refused::Bye, ByeReason::TooManyConnections.as_str());
+            return false;
+        }
+        self.addresses.opened(ip, now);
+        true
+    }
+
+    /// A metrics connection admitted by [`Core::admit_scrape`] closed.
+    pub fn scrape_closed(&mut self, ip: IpAddr) {
+        self.addresses.closed(ip);
     }
 
     /// Any account, listed in the credentials file or kept from the

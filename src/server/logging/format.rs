@@ -100,7 +100,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 }
 
 /// Appends `s` as a JSON string, control characters escaped.
-fn json_string(out: &mut String, s: &str) {
+pub fn json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
