@@ -50,10 +50,10 @@ Examples:
 /// Exit status: 0 after SIGINT or SIGTERM, and after --hash-password or
 /// --generate; 1 if the server could not start or had to stop (one line on
 /// standard error names the cause: credentials, address, port, state
-/// directory, pid file, control socket, metrics address), or
-/// --hash-password or --generate failed; 2 for a bad command line. `ctl`:
-/// 0 when done, 1 when the server refused or could not be reached, 2 for a
-/// bad command line or request.
+/// directory, pid file), or --hash-password or --generate failed; 2 for
+/// a bad command line. A --control or --metrics that cannot be served is
+/// exit 1 too. `chat-server ctl`: 0 when done, 1 when the server refused
+/// or could not be reached, 2 for a bad command line or request.
 #[derive(Debug, Parser)]
 #[command(name = "chat-server", version, verbatim_doc_comment,
           override_usage = "chat-server [OPTIONS] PORT\n       chat-server --hash-password\n       \
