@@ -183,10 +183,17 @@ fn bad_requests_and_a_server_not_running_get_one_line_and_a_nonzero_exit() {
     assert_eq!(
         err,
         "chat-server ctl: unknown request frobnicate; expected stats, sessions, \
-         kick USER [REASON], disable USER, enable USER or reload\n"
+         kick USER [REASON], disable USER, enable USER or reload (see chat-server ctl --help)\n"
     );
     let (code, _, err) = ctl(&path, &["disable"]);
-    assert_eq!((code, err.as_str()), (Some(2), "chat-server ctl: disable: which user?\n"));
+    let which = "chat-server ctl: disable: which user? (see chat-server ctl --help)\n";
+    assert_eq!((code, err.as_str()), (Some(2), which));
+    let (code, _, err) = ctl(&path, &["--verbose", "stats"]);
+    let unknown = "chat-server ctl: unknown option --verbose (see chat-server ctl --help)\n";
+    assert_eq!((code, err.as_str()), (Some(2), unknown));
+    let (code, out, _) = run(BIN, &["ctl", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("kick USER [REASON]"), "{out}");
     // The server dies: the socket file stays, but no one answers.
     drop(server);
     let (code, _, err) = ctl(&path, &["stats"]);

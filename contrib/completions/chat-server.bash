@@ -16,18 +16,6 @@ _chat__server() {
             ",$1")
                 cmd="chat__server"
                 ;;
-            chat__server,ctl)
-                cmd="chat__server__subcmd__ctl"
-                ;;
-            chat__server,help)
-                cmd="chat__server__subcmd__help"
-                ;;
-            chat__server__subcmd__help,ctl)
-                cmd="chat__server__subcmd__help__subcmd__ctl"
-                ;;
-            chat__server__subcmd__help,help)
-                cmd="chat__server__subcmd__help__subcmd__help"
-                ;;
             *)
                 ;;
         esac
@@ -35,7 +23,7 @@ _chat__server() {
 
     case "${cmd}" in
         chat__server)
-            opts="-h -V --credentials --block-time --timeout --bind --pid-file --control --metrics --max-queued --max-output --state-dir --max-line --max-connections --max-connections-per-address --connection-rate --login-timeout --login-attempts --send-rate --send-burst --max-queued-bytes --message-ttl --login-rate --throttle-table --log-level --log-format --hash-password --generate --help --version ctl help"
+            opts="-h -V --credentials --block-time --timeout --bind --pid-file --control --metrics --max-queued --max-output --state-dir --max-line --max-connections --max-connections-per-address --connection-rate --login-timeout --login-attempts --send-rate --send-burst --max-queued-bytes --message-ttl --login-rate --throttle-table --log-level --log-format --hash-password --generate --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -141,66 +129,6 @@ _chat__server() {
                     COMPREPLY=($(compgen -W "man bash zsh fish" -- "${cur}"))
                     return 0
                     ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        chat__subcmd__server__subcmd__ctl)
-            opts="-h --control --json --help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                --control)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        chat__subcmd__server__subcmd__help)
-            opts="ctl help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        chat__subcmd__server__subcmd__help__subcmd__ctl)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        chat__subcmd__server__subcmd__help__subcmd__help)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chat::generate::Generate;
 use chat::server::logging::{self, LogFormat};
 use clap::builder::TypedValueParser as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, ValueEnum};
 
 /// How long the log may take to drain before the process exits: a stderr
 /// nobody reads must not keep it from exiting.
@@ -44,8 +44,9 @@ Examples:
 ///
 /// Operating it: --control PATH serves a control socket, through which
 /// `chat-server ctl` shows figures and sessions, kicks, disables and
-/// enables users and reloads the credentials; --metrics ADDR serves
-/// GET /metrics (Prometheus) and GET /healthz.
+/// enables users and reloads the credentials (see `chat-server ctl
+/// --help`); --metrics ADDR serves GET /metrics (Prometheus) and
+/// GET /healthz.
 ///
 /// Exit status: 0 after SIGINT or SIGTERM, and after --hash-password or
 /// --generate; 1 if the server could not start or had to stop (one line on
@@ -59,7 +60,6 @@ Examples:
           override_usage = "chat-server [OPTIONS] PORT\n       chat-server --hash-password\n       \
                             chat-server --generate <WHAT>\n       \
                             chat-server ctl [--control PATH] [--json] REQUEST",
-          subcommand_negates_reqs = true, args_conflicts_with_subcommands = true,
           after_help = "Signals, the credentials file, systemd and exit codes: see --help.",
           after_long_help = AFTER_LONG_HELP)]
 struct Args {
@@ -202,44 +202,6 @@ struct Args {
     /// Port to listen on; 0 picks a free one (printed on the first line).
     #[arg(required_unless_present = "hash_password")]
     port: Option<u16>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Ask a running server, through its --control socket, for figures,
-    /// or tell it what to do.
-    ///
-    /// Requests: `stats` (uptime, users online, connections by phase,
-    /// messages accepted, queued, delivered, expired and refused since
-    /// start, messages and bytes waiting, journal size, memory, logins and
-    /// failed logins, refusals by reason); `sessions` (each online user's
-    /// address, login time, queued and in-flight messages, bytes
-    /// buffered); `kick USER [REASON]` (ends the session: the client shows
-    /// the reason and exits with code 10); `disable USER` (ends the session
-    /// and refuses the user's logins, client exit code 11, until `enable
-    /// USER`; kept in the --state-dir journal); `reload` (re-reads the
-    /// credentials file, as SIGHUP does, and says how it went).
-    ///
-    /// Exit status: 0 when done; 1 when the server refused the request or
-    /// could not be reached (one line on standard error says which); 2 for
-    /// a bad command line or request.
-    #[command(verbatim_doc_comment)]
-    Ctl(CtlArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct CtlArgs {
-    /// The server's control socket (its --control).
-    #[arg(long, value_name = "PATH", default_value = "/run/chat-server/control")]
-    control: PathBuf,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// stats | sessions | kick USER [REASON] | disable USER | enable USER | reload
-    #[arg(value_name = "REQUEST", required = true, num_args = 1.., trailing_var_arg = true)]
-    request: Vec<String>,
 }
 
 /// `--log-level`'s values (clap lists them when one is wrong).
@@ -329,17 +291,81 @@ const GENERATED: chat::generate::Texts = chat::generate::Texts {
     fish: include_str!("../../contrib/completions/chat-server.fish"),
 };
 
-/// `chat-server ctl`: one request, its answer printed.
-fn ctl(args: &CtlArgs) -> ExitCode {
-    let line = args.request.join(" ");
+/// `chat-server ctl --help`.
+const CTL_HELP: &str = "\
+Ask a running chat-server, through its --control socket, for figures, or
+tell it what to do.
+
+Usage: chat-server ctl [--control PATH] [--json] REQUEST
+
+Requests:
+  stats              uptime, users online, connections by phase, messages
+                     accepted, queued, delivered, expired and refused since
+                     start, messages and bytes waiting, journal size, memory,
+                     logins and failed logins, refusals by reason
+  sessions           each online user: address, login time, queued and
+                     in-flight messages, bytes buffered
+  kick USER [REASON] end USER's session; their client shows the reason and
+                     exits with code 10 (they may log in again)
+  disable USER       end USER's session and refuse their logins (client exit
+                     code 11) until `enable USER`; kept in the --state-dir
+                     journal
+  enable USER        let a disabled USER log in again
+  reload             re-read the credentials file, as SIGHUP does
+
+Options:
+  --control PATH     the server's control socket [default: /run/chat-server/control]
+  --json             print JSON instead of a table
+  -h, --help         print this help
+
+Exit status: 0 when done; 1 when the server refused the request or could
+not be reached (one line on standard error says which); 2 for a bad command
+line or request.
+";
+
+/// Where `ctl` looks for the control socket by default: where the shipped
+/// systemd unit puts it.
+const DEFAULT_CONTROL: &str = "/run/chat-server/control";
+
+/// `chat-server ctl ARGS`: one request, its answer printed. Its few
+/// options are parsed here rather than by clap: a clap subcommand would
+/// cost the binary some 30 KiB.
+fn ctl(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let usage = |message: &str| {
+        eprintln!("chat-server ctl: {message} (see chat-server ctl --help)");
+        ExitCode::from(2)
+    };
+    let mut control = PathBuf::from(DEFAULT_CONTROL);
+    let mut json = false;
+    let mut words: Vec<String> = Vec::new();
+    let mut args = args;
+    while let Some(arg) = args.next() {
+        let Some(arg) = arg.to_str() else {
+            return usage("arguments must be UTF-8");
+        };
+        match arg {
+            // Everything after the request's first word is the request's.
+            _ if !words.is_empty() => words.push(arg.to_owned()),
+            "--json" => json = true,
+            "-h" | "--help" => {
+                print!("{CTL_HELP}");
+                return ExitCode::SUCCESS;
+            }
+            "--control" => match args.next() {
+                Some(path) => control = PathBuf::from(path),
+                None => return usage("--control needs a PATH"),
+            },
+            _ if arg.starts_with("--control=") => control = PathBuf::from(&arg[10..]),
+            _ if arg.starts_with('-') => return usage(&format!("unknown option {arg}")),
+            _ => words.push(arg.to_owned()),
+        }
+    }
+    let line = words.join(" ");
     let request = match chat::server::control::Request::parse(&line) {
         Ok(request) => request,
-        Err(e) => {
-            eprintln!("chat-server ctl: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage(&e),
     };
-    match chat::server::control::request(&args.control, &request, args.json) {
+    match chat::server::control::request(&control, &request, json) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -352,10 +378,10 @@ fn ctl(args: &CtlArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Some(Command::Ctl(ctl_args)) = &args.command {
-        return ctl(ctl_args);
+    if std::env::args_os().nth(1).is_some_and(|first| first == "ctl") {
+        return ctl(std::env::args_os().skip(2));
     }
+    let args = Args::parse();
     if let Some(what) = args.generate {
         return chat::generate::run("chat-server", what, &GENERATED);
     }

@@ -316,51 +316,41 @@ fn json_number(value: Option<&&str>) -> String {
 }
 
 /// One JSON object: dotted keys become nested objects
-/// (`connections.online` is `{"connections":{"online":…}}`).
+/// (`connections.online` is `{"connections":{"online":…}}`). The server
+/// sends the keys of an object together.
 fn stats_json(rows: &[Vec<&str>]) -> String {
-    enum Node {
-        Leaf(String),
-        Branch(Vec<(String, Node)>),
-    }
-    fn insert(children: &mut Vec<(String, Node)>, path: &[&str], value: String) {
-        let Some((head, rest)) = path.split_first() else { return };
-        if rest.is_empty() {
-            children.push(((*head).to_owned(), Node::Leaf(value)));
-            return;
+    let mut out = String::from("{");
+    // The objects open now, outermost first.
+    let mut open: Vec<&str> = Vec::new();
+    let mut first = true;
+    for row in rows {
+        let mut path: Vec<&str> = row[0].splitn(3, '.').collect();
+        let Some(leaf) = path.pop() else { continue };
+        let common = open.iter().zip(&path).take_while(|(a, b)| a == b).count();
+        for _ in common..open.len() {
+            out.push('}');
         }
-        let at = children
-            .iter()
-            .position(|(name, node)| name == head && matches!(node, Node::Branch(_)));
-        let index = at.unwrap_or_else(|| {
-            children.push(((*head).to_owned(), Node::Branch(Vec::new())));
-            children.len() - 1
-        });
-        if let Node::Branch(next) = &mut children[index].1 {
-            insert(next, rest, value);
-        }
-    }
-    fn write(out: &mut String, children: &[(String, Node)]) {
-        out.push('{');
-        for (i, (name, node)) in children.iter().enumerate() {
-            if i > 0 {
+        open.truncate(common);
+        for name in &path[common..] {
+            if !first {
                 out.push(',');
             }
-            json_string(out, name);
-            out.push(':');
-            match node {
-                Node::Leaf(value) => out.push_str(value),
-                Node::Branch(next) => write(out, next),
-            }
+            json_string(&mut out, name);
+            out.push_str(":{");
+            open.push(name);
+            first = true;
         }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        json_string(&mut out, leaf);
+        out.push(':');
+        out.push_str(&json_number(row.get(1)));
+    }
+    for _ in 0..=open.len() {
         out.push('}');
     }
-    let mut root = Vec::new();
-    for row in rows {
-        let path: Vec<&str> = row[0].splitn(3, '.').collect();
-        insert(&mut root, &path, json_number(row.get(1)));
-    }
-    let mut out = String::new();
-    write(&mut out, &root);
     out.push('\n');
     out
 }

@@ -155,81 +155,45 @@ pub fn answer(outcome: Outcome, report: impl FnOnce() -> Report) -> String {
 
 /// `report` in Prometheus's text exposition format.
 pub fn prometheus(report: &Report) -> String {
-    let mut out = String::with_capacity(4096);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, Option<u64>)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            if let Some(value) = value {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        }
-    };
     let (census, stats) = (&report.census, &report.stats);
     let n = |v: usize| Some(v as u64);
-    metric(
-        "chat_uptime_seconds",
-        "gauge",
-        "Seconds since the server started.",
-        &[("", Some(report.uptime.as_secs()))],
-    );
-    metric("chat_users_online", "gauge", "Users logged in.", &[("", n(report.users_online))]);
-    metric(
-        "chat_connections",
-        "gauge",
-        "Open chat connections by phase.",
-        &[
-            ("{phase=\"logging_in\"}", n(census.logging_in)),
-            ("{phase=\"verifying\"}", n(census.verifying)),
-            ("{phase=\"online\"}", n(census.online)),
-            ("{phase=\"closing\"}", n(report.closing)),
-        ],
-    );
-    let counters = [
-        ("chat_messages_accepted_total", "Messages put in an outbox (each broadcast copy).", stats.messages_accepted()),
-        ("chat_messages_queued_total", "Accepted messages saved for an offline recipient.", stats.messages_queued()),
-        ("chat_messages_delivered_total", "Messages acknowledged by their recipient.", stats.messages_delivered()),
-        ("chat_messages_expired_total", "Messages that expired unread.", stats.messages_expired()),
-        ("chat_messages_refused_total", "Messages refused (FAIL rate-limited, text-too-long, blocked-by, queue-full, server-queue-full, storage).", stats.refused_messages()),
-        ("chat_logins_total", "Successful logins.", stats.logins()),
-        ("chat_logins_failed_total", "Logins refused other than DENIED busy.", stats.failed_logins()),
-        ("chat_kicks_total", "Sessions ended by the operator.", stats.kicks()),
+    // (name, type, help, labels, value): one row per sample, the rows of a
+    // metric together; a sample without a value (unknown) is left out.
+    let rows: [(&str, &str, &str, &str, Option<u64>); 19] = [
+        ("chat_uptime_seconds", "gauge", "Seconds since the server started.", "", Some(report.uptime.as_secs())),
+        ("chat_users_online", "gauge", "Users logged in.", "", n(report.users_online)),
+        ("chat_connections", "gauge", "Open chat connections by phase.", "{phase=\"logging_in\"}", n(census.logging_in)),
+        ("chat_connections", "", "", "{phase=\"verifying\"}", n(census.verifying)),
+        ("chat_connections", "", "", "{phase=\"online\"}", n(census.online)),
+        ("chat_connections", "", "", "{phase=\"closing\"}", n(report.closing)),
+        ("chat_messages_accepted_total", "counter", "Messages put in an outbox (each broadcast copy).", "", Some(stats.messages_accepted())),
+        ("chat_messages_queued_total", "counter", "Accepted messages saved for an offline recipient.", "", Some(stats.messages_queued())),
+        ("chat_messages_delivered_total", "counter", "Messages acknowledged by their recipient.", "", Some(stats.messages_delivered())),
+        ("chat_messages_expired_total", "counter", "Messages that expired unread.", "", Some(stats.messages_expired())),
+        ("chat_messages_refused_total", "counter", "Messages refused (FAIL rate-limited, text-too-long, blocked-by, queue-full, server-queue-full, storage).", "", Some(stats.refused_messages())),
+        ("chat_logins_total", "counter", "Successful logins.", "", Some(stats.logins())),
+        ("chat_logins_failed_total", "counter", "Logins refused other than DENIED busy.", "", Some(stats.failed_logins())),
+        ("chat_kicks_total", "counter", "Sessions ended by the operator.", "", Some(stats.kicks())),
+        ("chat_queued_messages", "gauge", "Messages waiting in outboxes.", "", n(census.queued_messages)),
+        ("chat_queued_bytes", "gauge", "Bytes of message text waiting in outboxes.", "", n(census.queued_bytes)),
+        ("chat_journal_bytes", "gauge", "Size of the --state-dir journal.", "", report.journal_bytes),
+        ("chat_resident_memory_bytes", "gauge", "Resident memory of the server.", "", report.rss_bytes),
+        ("chat_refusals_total", "counter", "Refusals by the frame and reason sent.", "", None),
     ];
-    for (name, help, value) in counters {
-        metric(name, "counter", help, &[("", Some(value))]);
+    let mut out = String::with_capacity(4096);
+    for (name, kind, help, labels, value) in rows {
+        if !kind.is_empty() {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        }
+        if let Some(value) = value {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
     }
-    metric(
-        "chat_queued_messages",
-        "gauge",
-        "Messages waiting in outboxes.",
-        &[("", n(census.queued_messages))],
-    );
-    metric(
-        "chat_queued_bytes",
-        "gauge",
-        "Bytes of message text waiting in outboxes.",
-        &[("", n(census.queued_bytes))],
-    );
-    metric(
-        "chat_journal_bytes",
-        "gauge",
-        "Size of the --state-dir journal.",
-        &[("", report.journal_bytes)],
-    );
-    metric(
-        "chat_resident_memory_bytes",
-        "gauge",
-        "Resident memory of the server.",
-        &[("", report.rss_bytes)],
-    );
-    let refusals: Vec<(String, Option<u64>)> = stats
-        .refusals()
-        .map(|(frame, reason, count)| {
-            (format!("{{frame=\"{}\",reason=\"{reason}\"}}", frame.as_str()), Some(count))
-        })
-        .collect();
-    let refusals: Vec<(&str, Option<u64>)> =
-        refusals.iter().map(|(labels, value)| (labels.as_str(), *value)).collect();
-    metric("chat_refusals_total", "counter", "Refusals by the frame and reason sent.", &refusals);
+    for (frame, reason, count) in stats.refusals() {
+        let frame = frame.as_str();
+        let _ =
+            writeln!(out, "chat_refusals_total{{frame=\"{frame}\",reason=\"{reason}\"}} {count}");
+    }
     out
 }
 

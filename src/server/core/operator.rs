@@ -112,12 +112,16 @@ impl Core {
 
     /// Up to `max` logged-in users, by name, and how many there are in all.
     pub fn sessions(&self, max: usize) -> (Vec<SessionInfo>, usize) {
-        let mut users: Vec<UserId> = self.online.iter().copied().collect();
-        users.sort_unstable_by(|&a, &b| self.name(a).cmp(self.name(b)));
-        let total = users.len();
-        let list = users
+        // Names sorted as `ONLINE` sorts them (the same sort, so the
+        // binary carries one), each found again by name.
+        let mut names: Vec<&str> = self.online.iter().map(|&user| self.name(user)).collect();
+        names.sort_unstable();
+        let total = names.len();
+        let list = names
             .into_iter()
-            .filter_map(|user| {
+            .take(max)
+            .filter_map(|name| {
+                let user = self.users.find(name)?;
                 let conn = self.users[user].state().session?;
                 let state = self.conns.get(&conn)?;
                 let outbox = self.outboxes.get(user);
@@ -130,7 +134,6 @@ impl Core {
                     in_flight: outbox.in_flight(),
                 })
             })
-            .take(max)
             .collect();
         (list, total)
     }
