@@ -7,8 +7,11 @@
 //! counted under exactly one (frame, reason) row, so the totals derived
 //! from the rows ([`Stats::failed_logins`], [`Stats::refused_messages`])
 //! always agree with them. The core calls it at the points where things
-//! happen; a call costs an increment (a refusal, a scan of a small fixed
-//! table): nothing here allocates, hashes or reads a clock.
+//! happen; a call costs an increment (a refusal, a scan of a short list):
+//! nothing here hashes or reads a clock, and the only allocation is a new
+//! row, the first time a (frame, reason) is seen, at most [`MAX_ROWS`]
+//! times in the life of the server. The rows live on the heap, so the
+//! core stays small to move.
 //!
 //! Not here: gauges (users online, messages waiting, memory), which are
 //! read from the state itself when asked for, and any formatting.
@@ -38,7 +41,7 @@ impl Refused {
 
 /// Distinct (frame, reason) rows kept: more than the protocol has (about
 /// thirty), so none is ever lumped with another.
-const MAX_ROWS: usize = 48;
+pub const MAX_ROWS: usize = 48;
 
 /// `FAIL` codes that refuse a MESSAGE or BROADCAST (or a copy of one).
 /// `storage` also refuses a BLOCK or UNBLOCK on a full disk.
@@ -46,7 +49,7 @@ pub const MESSAGE_REFUSALS: [&str; 6] =
     ["rate-limited", "text-too-long", "blocked-by", "queue-full", "server-queue-full", "storage"];
 
 /// Counters since the server started.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Stats {
     logins: u64,
     accepted: u64,
@@ -54,27 +57,10 @@ pub struct Stats {
     delivered: u64,
     expired: u64,
     kicked: u64,
-    /// (frame, reason, count), the first `rows` in use, in the order first seen.
-    refusals: [(Refused, &'static str, u64); MAX_ROWS],
-    rows: usize,
+    /// (frame, reason, count), in the order first seen; at most [`MAX_ROWS`].
+    refusals: Vec<(Refused, &'static str, u64)>,
     /// Refusals past [`MAX_ROWS`] distinct rows (none, as the protocol stands).
     other: u64,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Stats {
-            logins: 0,
-            accepted: 0,
-            queued: 0,
-            delivered: 0,
-            expired: 0,
-            kicked: 0,
-            refusals: [(Refused::Fail, "", 0); MAX_ROWS],
-            rows: 0,
-            other: 0,
-        }
-    }
 }
 
 impl Stats {
@@ -108,12 +94,11 @@ impl Stats {
     /// A request or connection was refused with `frame` and `reason` (a
     /// protocol code: `&'static`, so rows compare without hashing).
     pub fn refused(&mut self, frame: Refused, reason: &'static str) {
-        let rows = &mut self.refusals[..self.rows];
+        let rows = &mut self.refusals;
         if let Some(row) = rows.iter_mut().find(|(f, r, _)| *f == frame && *r == reason) {
             row.2 += 1;
-        } else if let Some(row) = self.refusals.get_mut(self.rows) {
-            *row = (frame, reason, 1);
-            self.rows += 1;
+        } else if rows.len() < MAX_ROWS {
+            rows.push((frame, reason, 1));
         } else {
             self.other += 1;
         }
@@ -146,7 +131,7 @@ impl Stats {
 
     /// Every refusal row, in the order first seen.
     pub fn refusals(&self) -> impl Iterator<Item = (Refused, &'static str, u64)> + '_ {
-        self.refusals[..self.rows].iter().copied()
+        self.refusals.iter().copied()
     }
 
     /// Logins refused other than for `busy` (which checked nothing and
