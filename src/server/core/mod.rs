@@ -314,10 +314,9 @@ struct Conn {
     login_due: Instant,
     /// Tells this connection from a later one reusing its id.
     serial: u64,
-    /// When it was accepted.
+    /// When it was accepted; once its user logged in, when they did (only
+    /// a connection that has not logged in is compared by age).
     connected: Instant,
-    /// When its user logged in (until then, when it was accepted).
-    logged_in: Instant,
     /// A login whose password is being checked off the loop.
     verifying: Option<Pending>,
     /// After a `rate-limited` refusal: when its user has a token again.
@@ -827,7 +826,6 @@ impl Core {
             login_due,
             serial,
             connected: now,
-            logged_in: now,
             verifying: None,
             read_hold: None,
             recent_user: None,
@@ -1266,7 +1264,7 @@ impl Core {
         };
         state.user = Some(user);
         state.p2p_port = p2p_port;
-        state.logged_in = now;
+        state.connected = now;
         let ip = state.ip;
         self.stats.login();
         self.users[user].state_mut().session = Some(conn);

@@ -129,7 +129,7 @@ impl Core {
                     user: self.name(user).to_owned(),
                     conn,
                     ip: state.ip,
-                    logged_in: state.logged_in,
+                    logged_in: state.connected,
                     queued: outbox.len(),
                     in_flight: outbox.in_flight(),
                 })
@@ -331,5 +331,12 @@ mod tests {
         assert_eq!((stats.logins(), stats.messages_accepted(), stats.messages_queued()), (2, 2, 1));
         h.line(1, "ACK 1");
         assert_eq!(h.core.stats().messages_delivered(), 1);
+        // The login time is the login's, not the connection's.
+        h.connect(4);
+        h.advance(std::time::Duration::from_secs(5));
+        h.line(4, "LOGIN D 5004 D_pwd");
+        let (sessions, _) = h.core.sessions(10);
+        let d = sessions.iter().find(|s| s.user == "D").unwrap();
+        assert_eq!(d.logged_in, h.now);
     }
 }

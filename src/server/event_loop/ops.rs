@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use mio::event::Event;
 use mio::net::{TcpListener, UnixListener};
 use mio::{Interest, Token};
@@ -345,11 +345,9 @@ impl EventLoop {
                 Err(e) => Err(e.to_string()),
             },
         };
+        // The core and the reload log what they did.
         match outcome {
-            Ok(message) => {
-                info!("control: {message}");
-                control::done(&message)
-            }
+            Ok(message) => control::done(&message),
             Err(message) => control::failed(&message),
         }
     }
