@@ -377,6 +377,16 @@ impl Connection {
         self.input.pending() + self.output.capacity()
     }
 
+    /// Ends the output direction (the peer reads the end of the stream)
+    /// while input can still be read: a peer told everything is not cut
+    /// off by a reset for input it sent that was never read.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        match &self.stream {
+            Stream::Tcp(stream) => stream.shutdown(std::net::Shutdown::Write),
+            Stream::Unix(stream) => stream.shutdown(std::net::Shutdown::Write),
+        }
+    }
+
     /// Whether the other end still seems there: a peek that sees the end
     /// of the stream or an error means it has gone. A connection still
     /// connecting counts as there.

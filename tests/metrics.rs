@@ -195,7 +195,9 @@ fn closed_without_answer(stream: &mut TcpStream) -> bool {
 fn connection_limits_apply_as_to_chat_connections() {
     // Two connections per address: a chat connection and a scrape share them.
     let (server, addr) = start("metrics-limits", &["--max-connections-per-address", "2"]);
-    let _chat = Raw::connect(server.port);
+    let mut chat = Raw::connect(server.port);
+    // Accepted (and counted) before the scrapes arrive.
+    assert_eq!(chat.line(), "HELLO 1 35");
     let mut idle = TcpStream::connect(addr).expect("connect");
     idle.write_all(b"GET /metrics HTTP/1.1\r\n").expect("half a request");
     let mut third = TcpStream::connect(addr).expect("connect");

@@ -1064,6 +1064,7 @@ impl Core {
         if state.verifying.is_some() {
             // The event loop feeds no line while a login is being checked;
             // should one come anyway, it is not checked alongside.
+            self.stats.refused(Refused::Denied, DenyReason::Busy.as_str());
             self.send(conn, &ServerMsg::Denied { reason: DenyReason::Busy });
             return;
         }

@@ -3,7 +3,10 @@
 //! (`--metrics ADDR`, HTTP). Their connections are [`Connection`]s like
 //! the chat's, in a table of their own, with their own tokens.
 //!
-//! Each connection carries one request and one answer, then closes. It
+//! Each connection carries one request and one answer; then its output is
+//! shut, what the peer still sends is read and dropped until it closes
+//! (closing on unread input would send a reset, which can destroy the
+//! answer on its way), and it is freed. It
 //! is bounded everywhere: at most [`MAX_CONNECTIONS`] of each kind at
 //! once (more are closed at once), a request line of at most
 //! [`control::MAX_REQUEST`] bytes or an HTTP head within the limits of
@@ -114,8 +117,14 @@ struct OpsConn {
     link: Connection,
     kind: Kind,
     deadline: Instant,
-    /// The answer is queued: close once it is written.
+    /// The answer is queued: once it is written, the output is shut and
+    /// the input read to its end (so that input never read does not make
+    /// the close a reset that could destroy the answer), then it closes.
     answered: bool,
+    /// The answer is written and the output shut.
+    shut: bool,
+    /// The peer's input ended.
+    ended: bool,
     /// Unusable, or ended before asking anything: close now.
     done: bool,
 }
@@ -261,7 +270,16 @@ impl EventLoop {
             return;
         }
         let deadline = now + DEADLINE;
-        entry.insert(OpsConn { link, kind, deadline, answered: false, done: false });
+        let conn = OpsConn {
+            link,
+            kind,
+            deadline,
+            answered: false,
+            shut: false,
+            ended: false,
+            done: false,
+        };
+        entry.insert(conn);
     }
 
     /// Reads a request; answers it once whole.
@@ -269,7 +287,19 @@ impl EventLoop {
         let Some(conn) = self.ops.conns.get_mut(key) else {
             return;
         };
-        if conn.answered || conn.done {
+        if conn.done {
+            return;
+        }
+        if conn.answered {
+            // Whatever else comes is read and dropped, to the end.
+            let mut status = ReadStatus::Drained;
+            if conn.link.is_holding() {
+                status = conn.link.resume_lines(|_| Flow::Continue);
+            }
+            if status == ReadStatus::Drained {
+                status = conn.link.read_lines(READ_BUDGET, |_| Flow::Continue);
+            }
+            conn.ended |= status == ReadStatus::Closed;
             return;
         }
         let mut line: Option<Result<Vec<u8>, ()>> = None;
@@ -399,8 +429,11 @@ impl EventLoop {
             {
                 conn.done = true;
             }
-            let written = conn.answered && conn.link.pending_output() == 0;
-            if conn.done || written || now >= conn.deadline {
+            if conn.answered && !conn.shut && conn.link.pending_output() == 0 {
+                conn.shut = true;
+                conn.done |= conn.link.shutdown_write().is_err();
+            }
+            if conn.done || (conn.shut && conn.ended) || now >= conn.deadline {
                 finished.push(key);
             }
         }
