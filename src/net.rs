@@ -41,7 +41,8 @@
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 
-use mio::net::TcpStream;
+use mio::event::Source;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 
 use crate::outbuf::{Full, OutBuf};
@@ -57,11 +58,13 @@ thread_local! {
     static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The transport under a connection: plain TCP, or TLS over TCP (boxed:
-/// a session is large, and plain connections should not pay for it).
+/// The transport under a connection: plain TCP, TLS over TCP (boxed: a
+/// session is large, and plain connections should not pay for it), or a
+/// Unix domain socket (the server's control socket).
 pub enum Stream {
     Tcp(TcpStream),
     Tls(Box<TlsStream>),
+    Unix(UnixStream),
 }
 
 impl std::fmt::Debug for Stream {
@@ -69,29 +72,43 @@ impl std::fmt::Debug for Stream {
         match self {
             Stream::Tcp(stream) => f.debug_tuple("Tcp").field(stream).finish(),
             Stream::Tls(stream) => f.debug_tuple("Tls").field(stream.tcp()).finish(),
+            Stream::Unix(stream) => f.debug_tuple("Unix").field(stream).finish(),
         }
     }
 }
 
 impl Stream {
-    fn tcp(&self) -> &TcpStream {
+    /// The TCP socket; an error for a Unix one, which has no IP addresses
+    /// and is never connected by [`Connection::connect`].
+    fn tcp(&self) -> io::Result<&TcpStream> {
         match self {
-            Stream::Tcp(stream) => stream,
-            Stream::Tls(stream) => stream.tcp(),
+            Stream::Tcp(stream) => Ok(stream),
+            Stream::Tls(stream) => Ok(stream.tcp()),
+            Stream::Unix(_) => Err(io::Error::new(ErrorKind::Unsupported, "a Unix socket")),
         }
     }
 
-    fn tcp_mut(&mut self) -> &mut TcpStream {
+    fn source(&mut self) -> &mut dyn Source {
         match self {
             Stream::Tcp(stream) => stream,
             Stream::Tls(stream) => stream.tcp_mut(),
+            Stream::Unix(stream) => stream,
+        }
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Tcp(stream) => stream.as_raw_fd(),
+            Stream::Tls(stream) => stream.tcp().as_raw_fd(),
+            Stream::Unix(stream) => stream.as_raw_fd(),
         }
     }
 
     /// TLS: the last read stopped before the socket was drained.
     fn more_waiting(&self) -> bool {
         match self {
-            Stream::Tcp(_) => false,
+            Stream::Tcp(_) | Stream::Unix(_) => false,
             Stream::Tls(stream) => stream.more_waiting(),
         }
     }
@@ -99,7 +116,7 @@ impl Stream {
     /// TLS: records wait for the socket to take them.
     fn wants_write(&self) -> bool {
         match self {
-            Stream::Tcp(_) => false,
+            Stream::Tcp(_) | Stream::Unix(_) => false,
             Stream::Tls(stream) => stream.wants_write(),
         }
     }
@@ -108,7 +125,7 @@ impl Stream {
     /// socket takes them.
     fn send_pending(&mut self) -> io::Result<()> {
         match self {
-            Stream::Tcp(_) => Ok(()),
+            Stream::Tcp(_) | Stream::Unix(_) => Ok(()),
             Stream::Tls(stream) => stream.send_pending(),
         }
     }
@@ -119,6 +136,7 @@ impl Read for Stream {
         match self {
             Stream::Tcp(stream) => stream.read(buf),
             Stream::Tls(stream) => stream.read(buf),
+            Stream::Unix(stream) => stream.read(buf),
         }
     }
 }
@@ -128,6 +146,7 @@ impl Write for Stream {
         match self {
             Stream::Tcp(stream) => stream.write(buf),
             Stream::Tls(stream) => stream.write(buf),
+            Stream::Unix(stream) => stream.write(buf),
         }
     }
 
@@ -135,6 +154,7 @@ impl Write for Stream {
         match self {
             Stream::Tcp(stream) => stream.flush(),
             Stream::Tls(stream) => stream.flush(),
+            Stream::Unix(stream) => stream.flush(),
         }
     }
 }
@@ -204,6 +224,12 @@ impl Connection {
         Ok(Connection::over(Stream::Tls(Box::new(session)), max_line, max_output))
     }
 
+    /// A connection accepted by a Unix domain socket listener, with the
+    /// same limits as [`Connection::accepted`].
+    pub fn accepted_unix(stream: UnixStream, max_line: usize, max_output: usize) -> Connection {
+        Connection::over(Stream::Unix(stream), max_line, max_output)
+    }
+
     fn over(stream: Stream, max_line: usize, max_output: usize) -> Connection {
         Connection {
             stream,
@@ -252,7 +278,7 @@ impl Connection {
     /// peer that does not speak TLS): what to tell the user.
     pub fn tls_failure(&self) -> Option<&tls::Failure> {
         match &self.stream {
-            Stream::Tcp(_) => None,
+            Stream::Tcp(_) | Stream::Unix(_) => None,
             Stream::Tls(stream) => stream.failure(),
         }
     }
@@ -261,12 +287,12 @@ impl Connection {
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         self.writable = self.connecting || !self.output.is_empty() || self.stream.wants_write();
         let interest = self.interest();
-        registry.register(self.stream.tcp_mut(), token, interest)
+        registry.register(self.stream.source(), token, interest)
     }
 
     /// Removes it from the poll (closing the socket does that too).
     pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        registry.deregister(self.stream.tcp_mut())
+        registry.deregister(self.stream.source())
     }
 
     fn interest(&self) -> Interest {
@@ -289,7 +315,7 @@ impl Connection {
         if !self.connecting {
             return Ok(true);
         }
-        let tcp = self.stream.tcp();
+        let tcp = self.stream.tcp()?;
         if let Some(error) = tcp.take_error()? {
             return Err(error);
         }
@@ -305,12 +331,12 @@ impl Connection {
 
     /// The address of the other end.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.tcp().peer_addr()
+        self.stream.tcp()?.peer_addr()
     }
 
     /// The address of this end.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.tcp().local_addr()
+        self.stream.tcp()?.local_addr()
     }
 
     /// Notes that the poll reported the peer closed its side (mio's
@@ -440,7 +466,7 @@ impl Connection {
         if wants != self.writable {
             self.writable = wants;
             let interest = self.interest();
-            registry.reregister(self.stream.tcp_mut(), token, interest)?;
+            registry.reregister(self.stream.source(), token, interest)?;
         }
         Ok(())
     }
@@ -450,6 +476,17 @@ impl Connection {
         self.input.pending() + self.output.capacity()
     }
 
+    /// Ends the output direction (the peer reads the end of the stream)
+    /// while input can still be read: a peer told everything is not cut
+    /// off by a reset for input it sent that was never read.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        match &self.stream {
+            Stream::Tcp(stream) => stream.shutdown(std::net::Shutdown::Write),
+            Stream::Tls(stream) => stream.tcp().shutdown(std::net::Shutdown::Write),
+            Stream::Unix(stream) => stream.shutdown(std::net::Shutdown::Write),
+        }
+    }
+
     /// Whether the other end still seems there: a peek that sees the end
     /// of the stream or an error means it has gone. A connection still
     /// connecting counts as there.
@@ -457,7 +494,11 @@ impl Connection {
         if self.connecting {
             return true;
         }
-        match self.stream.tcp().peek(&mut [0u8; 1]) {
+        // Only the control socket is a Unix stream, and it never asks.
+        let Ok(tcp) = self.stream.tcp() else {
+            return true;
+        };
+        match tcp.peek(&mut [0u8; 1]) {
             Ok(0) => false,
             Ok(_) => true,
             Err(e) => e.kind() == ErrorKind::WouldBlock,
@@ -467,7 +508,7 @@ impl Connection {
     /// Caps the kernel's send buffer for this socket (see
     /// [`limit_send_buffer`]).
     pub fn limit_send_buffer(&self, bytes: usize) -> io::Result<()> {
-        limit_send_buffer(self.stream.tcp(), bytes)
+        limit_send_buffer(&self.stream.fd(), bytes)
     }
 }
 

@@ -367,6 +367,8 @@ pub enum DenyReason {
     /// The server has too many passwords to check just now: the login was
     /// not checked, and the client may send it again after a pause.
     Busy,
+    /// The operator disabled the account (`chat-server ctl disable`).
+    Disabled,
 }
 
 impl DenyReason {
@@ -378,6 +380,7 @@ impl DenyReason {
             DenyReason::UnknownUser => "unknown-user",
             DenyReason::Throttled => "throttled",
             DenyReason::Busy => "busy",
+            DenyReason::Disabled => "disabled",
         }
     }
 
@@ -389,6 +392,7 @@ impl DenyReason {
             "unknown-user" => Ok(DenyReason::UnknownUser),
             "throttled" => Ok(DenyReason::Throttled),
             "busy" => Ok(DenyReason::Busy),
+            "disabled" => Ok(DenyReason::Disabled),
             _ => Err(ParseError::BadField("reason")),
         }
     }
@@ -421,6 +425,10 @@ pub enum ByeReason {
     /// The server speaks TLS and the client sent plain text; sent in plain
     /// text, right after the client's first bytes, as `HELLO 1 0` then this.
     TlsRequired,
+    /// The operator disabled the account (`chat-server ctl disable`). A
+    /// session ended by the operator for another reason gets
+    /// [`ServerMsg::Kicked`].
+    Disabled,
 }
 
 impl ByeReason {
@@ -436,6 +444,7 @@ impl ByeReason {
             ByeReason::ServerFull => "server-full",
             ByeReason::TooManyConnections => "too-many-connections",
             ByeReason::TlsRequired => "tls-required",
+            ByeReason::Disabled => "disabled",
         }
     }
 
@@ -451,6 +460,7 @@ impl ByeReason {
             "server-full" => Ok(ByeReason::ServerFull),
             "too-many-connections" => Ok(ByeReason::TooManyConnections),
             "tls-required" => Ok(ByeReason::TlsRequired),
+            "disabled" => Ok(ByeReason::Disabled),
             _ => Err(ParseError::BadField("reason")),
         }
     }
@@ -686,6 +696,11 @@ pub enum ServerMsg<'a> {
     Bye {
         reason: ByeReason,
     },
+    /// `BYE kicked [<text>]`: the operator ended this session
+    /// (`chat-server ctl kick`), for `reason` (empty when none was given).
+    Kicked {
+        reason: &'a str,
+    },
     /// The answer to `PING`, in order with the answers to the frames
     /// before it: the client learns that the server is alive, and that
     /// every frame it sent before the `PING` has been answered.
@@ -765,7 +780,14 @@ impl<'a> ServerMsg<'a> {
                 after_secs: number_field(rest, "seconds")?,
             },
             "FAIL" => ServerMsg::Fail(Failure::parse(rest)?),
-            "BYE" => ServerMsg::Bye { reason: ByeReason::parse(field(rest, "reason")?)? },
+            "BYE" => match field(rest, "reason")? {
+                "kicked" => {
+                    let reason = rest.strip_prefix(' ').unwrap_or(rest);
+                    *rest = "";
+                    ServerMsg::Kicked { reason: reason.trim_end_matches(' ') }
+                }
+                reason => ServerMsg::Bye { reason: ByeReason::parse(reason)? },
+            },
             "PONG" => ServerMsg::Pong,
             _ => return Err(ParseError::UnknownVerb),
         };
@@ -857,6 +879,13 @@ impl<'a> ServerMsg<'a> {
                 failure.encode(out);
             }
             ServerMsg::Bye { reason } => word(out, "BYE", reason.as_str()),
+            ServerMsg::Kicked { reason } => {
+                out.push_str("BYE kicked");
+                if !reason.is_empty() {
+                    out.push(' ');
+                    out.push_str(reason);
+                }
+            }
             ServerMsg::Pong => out.push_str("PONG"),
         }
         out.push('\n');
@@ -1194,6 +1223,7 @@ mod tests {
             DenyReason::UnknownUser,
             DenyReason::Throttled,
             DenyReason::Busy,
+            DenyReason::Disabled,
         ] {
             round_trip_server(ServerMsg::Denied { reason });
         }
@@ -1269,9 +1299,13 @@ mod tests {
             ByeReason::ServerFull,
             ByeReason::TooManyConnections,
             ByeReason::TlsRequired,
+            ByeReason::Disabled,
         ] {
             round_trip_server(ServerMsg::Bye { reason });
         }
+        round_trip_server(ServerMsg::Kicked { reason: "" });
+        round_trip_server(ServerMsg::Kicked { reason: "flooding the room, again" });
+        assert_eq!(ServerMsg::parse("BYE kicked \r\n"), Ok(ServerMsg::Kicked { reason: "" }));
     }
 
     #[test]

@@ -23,7 +23,7 @@ _chat__server() {
 
     case "${cmd}" in
         chat__server)
-            opts="-h -V --credentials --block-time --timeout --bind --pid-file --max-queued --max-output --state-dir --max-line --max-connections --max-connections-per-address --connection-rate --login-timeout --login-attempts --send-rate --send-burst --max-queued-bytes --message-ttl --login-rate --throttle-table --log-level --log-format --hash-password --tls-cert --tls-key --self-signed --out --generate --help --version"
+            opts="-h -V --credentials --block-time --timeout --bind --pid-file --control --metrics --max-queued --max-output --state-dir --max-line --max-connections --max-connections-per-address --connection-rate --login-timeout --login-attempts --send-rate --send-burst --max-queued-bytes --message-ttl --login-rate --throttle-table --log-level --log-format --hash-password --tls-cert --tls-key --self-signed --out --generate --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -46,6 +46,14 @@ _chat__server() {
                     return 0
                     ;;
                 --pid-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

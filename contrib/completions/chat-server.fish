@@ -3,6 +3,8 @@ complete -c chat-server -l block-time -d 'Seconds an account stays locked after 
 complete -c chat-server -l timeout -d 'Seconds of silence after which a client is considered gone' -r
 complete -c chat-server -l bind -d 'Address to listen on: an IP address or a host name (every address it resolves to). Give it more than once to listen on several, e.g. --bind 127.0.0.1 --bind ::1 (with port 0, all share one free port). `::` alone takes IPv4 clients too' -r
 complete -c chat-server -l pid-file -d 'Write the server\'s process id to PATH once it listens (replaced atomically; removed at a clean exit), for init systems without systemd' -r -F
+complete -c chat-server -l control -d 'Serve a control socket at PATH (a Unix socket, mode 0600) for `chat-server ctl`. A socket left there by a server that died is replaced; it is removed at exit' -r -F
+complete -c chat-server -l metrics -d 'Serve GET /metrics (Prometheus text format) and GET /healthz over HTTP on ADDR (IP:PORT, e.g. 127.0.0.1:9100; no TLS, so keep it on a private address)' -r
 complete -c chat-server -l max-queued -d 'Most messages waiting in one user\'s outbox; past it, senders are told the message was not accepted' -r
 complete -c chat-server -l max-output -d 'Most bytes queued for one connection that is not reading; chat messages past half of it wait in the outbox instead' -r
 complete -c chat-server -l state-dir -d 'Keep outboxes, block lists and lockouts in DIR, so that they survive a restart or crash (an append-only journal). Without it, state is kept in memory only' -r -F

@@ -1,5 +1,6 @@
 //! `chat-server`: parses flags and runs the server.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,6 +22,8 @@ Examples:
   kill -HUP \"$(cat /run/chat-server.pid)\"  # after editing the credentials
   chat-server --self-signed chat.example.org --out /etc/chat  # prints the fingerprint
   chat-server --tls-cert /etc/chat/cert.pem --tls-key /etc/chat/key.pem 12000
+  chat-server --control /run/chat-server/control --metrics 127.0.0.1:9100 12000
+  chat-server ctl stats                  # or sessions, kick A, disable A, reload
   chat-server --generate man > chat-server.1";
 
 /// The chat system's server: one event loop serving every client.
@@ -47,17 +50,26 @@ Examples:
 /// current ones); SIGINT and SIGTERM tell every client the server is
 /// shutting down, then exit.
 ///
+/// Operating it: --control PATH serves a control socket, through which
+/// `chat-server ctl` shows figures and sessions, kicks, disables and
+/// enables users and reloads the credentials (see `chat-server ctl
+/// --help`); --metrics ADDR serves GET /metrics (Prometheus) and
+/// GET /healthz.
+///
 /// Exit status: 0 after SIGINT or SIGTERM, and after --hash-password,
 /// --self-signed or --generate; 1 if the server could not start or had to
 /// stop (one line on standard error names the cause: credentials, address,
-/// port, state directory, pid file, TLS certificate or key), or if
-/// --hash-password, --self-signed or --generate failed; 2 for
-/// a bad command line.
+/// port, state directory, pid file, TLS certificate or key, control socket,
+/// metrics address), or if --hash-password, --self-signed or --generate
+/// failed; 2 for a bad command line. `chat-server ctl`: 0 when done, 1 when
+/// the server refused or could not be reached, 2 for a bad command line or
+/// request.
 #[derive(Debug, Parser)]
 #[command(name = "chat-server", version, verbatim_doc_comment,
           override_usage = "chat-server [OPTIONS] PORT\n       chat-server --hash-password\n       \
                             chat-server --self-signed NAME --out DIR\n       \
-                            chat-server --generate <WHAT>",
+                            chat-server --generate <WHAT>\n       \
+                            chat-server ctl [--control PATH] [--json] REQUEST",
           after_help = "Signals, the credentials file, systemd and exit codes: see --help.",
           after_long_help = AFTER_LONG_HELP)]
 struct Args {
@@ -83,6 +95,16 @@ struct Args {
     /// systemd.
     #[arg(long, value_name = "PATH")]
     pid_file: Option<PathBuf>,
+    /// Serve a control socket at PATH (a Unix socket, mode 0600) for
+    /// `chat-server ctl`. A socket left there by a server that died is
+    /// replaced; it is removed at exit.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Serve GET /metrics (Prometheus text format) and GET /healthz over
+    /// HTTP on ADDR (IP:PORT, e.g. 127.0.0.1:9100; no TLS, so keep it on a
+    /// private address).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Most messages waiting in one user's outbox; past it, senders are
     /// told the message was not accepted.
     #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_MAX_QUEUED,
@@ -339,7 +361,96 @@ const GENERATED: chat::generate::Texts = chat::generate::Texts {
     fish: include_str!("../../contrib/completions/chat-server.fish"),
 };
 
+/// `chat-server ctl --help`.
+const CTL_HELP: &str = "\
+Ask a running chat-server, through its --control socket, for figures, or
+tell it what to do.
+
+Usage: chat-server ctl [--control PATH] [--json] REQUEST
+
+Requests:
+  stats              uptime, users online, connections by phase, messages
+                     accepted, queued, delivered, expired and refused since
+                     start, messages and bytes waiting, journal size, memory,
+                     logins and failed logins, refusals by reason
+  sessions           each online user: address, login time, queued and
+                     in-flight messages, bytes buffered
+  kick USER [REASON] end USER's session; their client shows the reason and
+                     exits with code 10 (they may log in again)
+  disable USER       end USER's session and refuse their logins (client exit
+                     code 11) until `enable USER`; kept in the --state-dir
+                     journal
+  enable USER        let a disabled USER log in again
+  reload             re-read the credentials file, as SIGHUP does
+
+Options:
+  --control PATH     the server's control socket [default: /run/chat-server/control]
+  --json             print JSON instead of a table
+  -h, --help         print this help
+
+Exit status: 0 when done; 1 when the server refused the request or could
+not be reached (one line on standard error says which); 2 for a bad command
+line or request.
+";
+
+/// Where `ctl` looks for the control socket by default: where the shipped
+/// systemd unit puts it.
+const DEFAULT_CONTROL: &str = "/run/chat-server/control";
+
+/// `chat-server ctl ARGS`: one request, its answer printed. Its few
+/// options are parsed here rather than by clap: a clap subcommand would
+/// cost the binary some 30 KiB.
+fn ctl(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let usage = |message: &str| {
+        eprintln!("chat-server ctl: {message} (see chat-server ctl --help)");
+        ExitCode::from(2)
+    };
+    let mut control = PathBuf::from(DEFAULT_CONTROL);
+    let mut json = false;
+    let mut words: Vec<String> = Vec::new();
+    let mut args = args;
+    while let Some(arg) = args.next() {
+        let Some(arg) = arg.to_str() else {
+            return usage("arguments must be UTF-8");
+        };
+        match arg {
+            // Everything after the request's first word is the request's.
+            _ if !words.is_empty() => words.push(arg.to_owned()),
+            "--json" => json = true,
+            "-h" | "--help" => {
+                print!("{CTL_HELP}");
+                return ExitCode::SUCCESS;
+            }
+            "--control" => match args.next() {
+                Some(path) => control = PathBuf::from(path),
+                None => return usage("--control needs a PATH"),
+            },
+            _ if arg.starts_with("--control=") => control = PathBuf::from(&arg[10..]),
+            _ if arg.starts_with('-') => return usage(&format!("unknown option {arg}")),
+            _ => words.push(arg.to_owned()),
+        }
+    }
+    let line = words.join(" ");
+    let request = match chat::server::control::Request::parse(&line) {
+        Ok(request) => request,
+        Err(e) => return usage(&e),
+    };
+    match chat::server::control::request(&control, &request, json) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chat-server ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|first| first == "ctl") {
+        return ctl(std::env::args_os().skip(2));
+    }
     let args = Args::parse();
     if let Some(what) = args.generate {
         return chat::generate::run("chat-server", what, &GENERATED);
@@ -392,6 +503,8 @@ fn main() -> ExitCode {
             (Some(cert), Some(key)) => Some(chat::server::TlsFiles { cert, key }),
             _ => None,
         },
+        control: args.control,
+        metrics: args.metrics,
     };
     let code = match chat::server::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -187,6 +187,9 @@ pub fn from_server(msg: &ServerMsg<'_>, me: &str) -> Option<Event> {
             }
         }
         ServerMsg::Bye { reason } => bye(*reason, lines),
+        ServerMsg::Kicked { reason } => {
+            Event::new("bye", lines).text("reason", "kicked").text("detail", reason)
+        }
     })
 }
 

@@ -158,6 +158,11 @@ pub enum Exit {
     WaitTimeout = 8,
     /// Logged out, but a message was refused or left unconfirmed.
     Undelivered = 9,
+    /// The server's operator ended the session (`BYE kicked`).
+    Kicked = 10,
+    /// The server's operator disabled the account (`DENIED disabled` at
+    /// login, or `BYE disabled` ending the session).
+    Disabled = 11,
 }
 
 impl Exit {

@@ -175,6 +175,7 @@ fn deny_line(reason: DenyReason) -> &'static str {
         DenyReason::UnknownUser => UNKNOWN_USER,
         DenyReason::Throttled => THROTTLED,
         DenyReason::Busy => BUSY,
+        DenyReason::Disabled => DISABLED,
     }
 }
 
@@ -249,6 +250,7 @@ fn bye_lines(reason: ByeReason) -> Vec<String> {
             &["Too many connections from your address. Please try again later."]
         }
         ByeReason::TlsRequired => &[TLS_REQUIRED],
+        ByeReason::Disabled => &[DISABLED],
     };
     lines.iter().map(|line| (*line).to_owned()).collect()
 }
@@ -299,6 +301,19 @@ pub fn server_lines(msg: &ServerMsg<'_>, me: &str) -> Vec<String> {
         }
         ServerMsg::Fail(failure) => vec![failure_line(failure)],
         ServerMsg::Bye { reason } => bye_lines(*reason),
+        ServerMsg::Kicked { reason } => vec![kicked(reason)],
+    }
+}
+
+/// The server's operator disabled the account: at login, or ending the
+/// session.
+pub const DISABLED: &str = "Your account has been disabled by the server's operator.";
+
+/// The server's operator ended the session, for `reason` (may be empty).
+fn kicked(reason: &str) -> String {
+    match reason.trim() {
+        "" => "The server's operator ended this session.".to_owned(),
+        reason => format!("The server's operator ended this session: {}", clean(reason)),
     }
 }
 

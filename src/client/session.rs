@@ -438,6 +438,7 @@ impl Session {
             }
             ServerMsg::Denied { reason } => self.on_denied(*reason, now),
             ServerMsg::Bye { reason } => self.on_bye(*reason),
+            ServerMsg::Kicked { .. } => self.on_kicked(msg),
             ServerMsg::Delivered { user, count } => {
                 // One event per message, as scripts count them (the parser
                 // refused a count past the protocol's limit).
@@ -682,6 +683,7 @@ impl Session {
                 self.exit(Exit::Locked)
             }
             DenyReason::UnknownUser => self.exit(Exit::UnknownUser),
+            DenyReason::Disabled => self.exit(Exit::Disabled),
             DenyReason::Busy if self.login_retries >= LOGIN_RETRIES => {
                 self.show(event::local_denied(reason, render::STILL_BUSY));
                 self.exit(Exit::Failure);
@@ -852,12 +854,22 @@ impl Session {
             | ByeReason::ServerFull
             | ByeReason::TooManyConnections
             | ByeReason::TlsRequired => Exit::Failure,
+            ByeReason::Disabled => Exit::Disabled,
         };
         self.report_open();
         if let Some(event) = event::from_server(&ServerMsg::Bye { reason }, &self.user) {
             self.show(event);
         }
         self.exit(exit);
+    }
+
+    /// `BYE kicked`: the operator ended the session; nothing to retry.
+    fn on_kicked(&mut self, msg: &ServerMsg<'_>) {
+        self.report_open();
+        if let Some(event) = event::from_server(msg, &self.user) {
+            self.show(event);
+        }
+        self.exit(Exit::Kicked);
     }
 
     fn on_command_line(&mut self, line: &str, now: Instant) {
@@ -1399,6 +1411,22 @@ mod tests {
         assert_eq!(h.eof(), Vec::<String>::new());
         assert_eq!(h.frame("PONG"), ["> LOGOUT"]);
         assert_eq!(h.frame("BYE logout"), ["Logging out. Bye for now!", "EXIT 9"]);
+        // 10: the operator ended the session, with a reason or without.
+        let mut h = H::logged_in(flagged());
+        assert_eq!(
+            h.frame("BYE kicked flooding the room"),
+            ["The server's operator ended this session: flooding the room", "EXIT 10"]
+        );
+        let mut h = H::logged_in(flagged());
+        assert_eq!(h.frame("BYE kicked"), ["The server's operator ended this session.", "EXIT 10"]);
+        // 11: the operator disabled the account, during a session or at login.
+        let mut h = H::logged_in(flagged());
+        assert_eq!(h.frame("BYE disabled"), [render::DISABLED, "EXIT 11"]);
+        let mut h = H::new(Settings { interactive: true, ..flagged() });
+        h.out();
+        h.connected();
+        h.frame(T30);
+        assert_eq!(h.frame("DENIED disabled"), [render::DISABLED, "EXIT 11"]);
     }
 
     #[test]

@@ -38,6 +38,9 @@
 //! a token ([`Core::read_hold`]): a flooder is slowed by TCP rather than
 //! costing the server a refusal per line.
 //!
+//! The operator's control socket and metrics endpoint are served by the
+//! same loop, their connections kept apart from the chat's (`ops.rs`).
+//!
 //! With a [`Store`] (`--state-dir`), the state changes of a pass are
 //! committed (one write, one sync) after the core has run and before any
 //! reply of that pass is written: nothing is confirmed to anyone before it
@@ -67,6 +70,9 @@ use super::verifier::Verifier;
 use super::TlsFiles;
 use crate::net::{Connection, Flow, ReadStatus};
 use crate::protocol::{ByeReason, Line, ServerMsg, VERSION};
+
+mod ops;
+pub use ops::{bind_control, bind_metrics};
 
 /// The first listener's token; listener `i` has `FIRST_LISTENER + i`.
 /// Far above any slab key, and below the other fixed tokens.
@@ -255,6 +261,8 @@ pub struct EventLoop {
     timers_swept: usize,
     /// With TLS: the files (re-read on SIGHUP) and what they loaded.
     tls: Option<(TlsFiles, crate::tls::Acceptor)>,
+    /// The control socket and the metrics endpoint, if served.
+    ops: ops::Ops,
 }
 
 impl EventLoop {
@@ -318,6 +326,7 @@ impl EventLoop {
             last_activity: Instant::now(),
             timers_swept: 0,
             tls: None,
+            ops: ops::Ops::default(),
         })
     }
 
@@ -374,6 +383,7 @@ impl EventLoop {
                             self.stopper.as_ref().is_some_and(|s| s.flag.load(Ordering::SeqCst));
                         self.shutting_down |= stop;
                     }
+                    token if ops::owns(token) => self.ops_event(event, now),
                     Token(key) => {
                         if event.is_writable() {
                             self.pending_writes.push(key);
@@ -414,6 +424,7 @@ impl EventLoop {
             refused_by,
             held_by,
             core_by,
+            self.ops_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -466,6 +477,7 @@ impl EventLoop {
                 break;
             }
         }
+        self.ops_finish(now);
         if let Some(store) = &mut self.store {
             store.upkeep(&mut self.core, now);
         }
@@ -558,38 +570,43 @@ impl EventLoop {
             }
         }
         if reload {
-            self.reload_credentials();
+            let _ = self.reload_credentials();
         }
     }
 
-    /// SIGHUP: re-reads the credentials file without dropping anyone. A
-    /// file that does not load leaves the old accounts in force.
-    fn reload_credentials(&mut self) {
+    /// SIGHUP (or `ctl reload`): re-reads the credentials file without
+    /// dropping anyone. A file that does not load leaves the old accounts
+    /// in force. Returns what happened, in words.
+    fn reload_credentials(&mut self) -> Result<String, String> {
         let Some(path) = &self.credentials else {
-            return;
+            return Err("this server has no credentials file to reload".to_owned());
         };
         if let Some(notifier) = &self.notifier {
             notifier.reloading();
         }
-        let status = match credentials::load(path, self.limits.max_line) {
+        let result = match credentials::load(path, self.limits.max_line) {
             Ok(accounts) => {
                 let count = accounts.len();
                 self.core.reload(accounts);
                 info!("reloaded {count} users from {}", path.display());
-                format!("Reloaded {count} users")
+                Ok(format!("Reloaded {count} users"))
             }
             Err(e) => {
-                warn!("SIGHUP: keeping the current users: {e}");
-                format!("Reload failed, kept the current users: {e}")
+                warn!("reload: keeping the current users: {e}");
+                Err(format!("Reload failed, kept the current users: {e}"))
             }
         };
-        let status = match self.reload_tls() {
-            Some(tls) => format!("{status}; {tls}"),
-            None => status,
+        // With TLS, the certificate and key are re-read too, and the answer
+        // says how that went.
+        let result = match (result, self.reload_tls()) {
+            (result, None) => result,
+            (Ok(users), Some(tls)) => Ok(format!("{users}; {tls}")),
+            (Err(users), Some(tls)) => Err(format!("{users}; {tls}")),
         };
         if let Some(notifier) = &self.notifier {
-            notifier.ready(&status);
+            notifier.ready(result.as_ref().unwrap_or_else(|e| e));
         }
+        result
     }
 
     /// SIGHUP, with TLS: loads the certificate and key again. New
@@ -605,7 +622,7 @@ impl EventLoop {
                 "reloaded the TLS certificate".to_owned()
             }
             Err(e) => {
-                warn!("SIGHUP: keeping the current TLS certificate: {e}");
+                warn!("reload: keeping the current TLS certificate: {e}");
                 format!("kept the current TLS certificate: {e}")
             }
         })

@@ -111,6 +111,10 @@ pub enum Record {
     /// The next sequence number for `user` is at least `next` (written by
     /// compaction, so numbers never go back after their messages are gone).
     NextSeq { user: String, next: u64 },
+    /// The operator disabled `user`'s account (`chat-server ctl disable`).
+    Disabled { user: String },
+    /// The operator enabled `user`'s account again.
+    Enabled { user: String },
 }
 
 /// Converts between the monotonic clock the core uses and wall-clock time,
@@ -174,6 +178,8 @@ impl Record {
             Record::Unblocked { user, target } => write!(out, "U {user} {target}"),
             Record::Locked { user, until } => write!(out, "L {user} {}", clock.unix_ms_of(*until)),
             Record::NextSeq { user, next } => write!(out, "S {user} {next}"),
+            Record::Disabled { user } => write!(out, "D {user}"),
+            Record::Enabled { user } => write!(out, "E {user}"),
         };
     }
 
@@ -207,6 +213,8 @@ impl Record {
             "U" => Record::Unblocked { user, target: next()?.to_owned() },
             "L" => Record::Locked { user, until: clock.instant_of_unix_ms(next()?.parse().ok()?) },
             "S" => Record::NextSeq { user, next: next()?.parse().ok()? },
+            "D" => Record::Disabled { user },
+            "E" => Record::Enabled { user },
             _ => return None,
         };
         next().is_none().then_some(record)
@@ -792,6 +800,8 @@ mod tests {
             Record::Blocked { user: "A".into(), target: "C".into() },
             Record::Unblocked { user: "A".into(), target: "C".into() },
             Record::NextSeq { user: "B".into(), next: 9 },
+            Record::Disabled { user: "C".into() },
+            Record::Enabled { user: "C".into() },
         ]
     }
 

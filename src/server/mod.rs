@@ -2,6 +2,8 @@
 //! [`EmbeddedServer`], the same server inside another program, for
 //! loopback integration tests.
 //!
+//! - [`control`]: the control socket's protocol (`--control`, `chat-server ctl`).
+//! - [`metrics`]: the metrics endpoint's HTTP and Prometheus text (`--metrics`).
 //! - [`core`]: the chat state machine (no I/O, fake-clock testable), with
 //!   its command table and handlers, outboxes, login throttle and
 //!   admission of connections.
@@ -20,12 +22,14 @@
 //! - [`state_dir`]: the state directory, opened safely.
 //! - [`store`]: the journal driven by the core, a bounded step per pass.
 
+pub mod control;
 pub mod core;
 pub mod credentials;
 pub mod event_loop;
 pub mod fd_limit;
 pub mod journal;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod password_input;
 pub mod pid_file;
@@ -100,6 +104,10 @@ pub struct Config {
     pub message_ttl: Duration,
     /// Where to write the process id once listening (`--pid-file`).
     pub pid_file: Option<PathBuf>,
+    /// Where to serve the control socket (`--control`).
+    pub control: Option<PathBuf>,
+    /// Where to serve `GET /metrics` and `GET /healthz` (`--metrics`).
+    pub metrics: Option<SocketAddr>,
     /// `--tls-cert` and `--tls-key`: every listener speaks TLS with them.
     pub tls: Option<TlsFiles>,
 }
@@ -157,6 +165,8 @@ impl Config {
             message_ttl: self::core::DEFAULT_MESSAGE_TTL,
             pid_file: None,
             tls: None,
+            control: None,
+            metrics: None,
         }
     }
 }
@@ -167,6 +177,14 @@ pub enum ServerError {
     Credentials(CredentialsError),
     Journal(JournalError),
     Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    Control {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    Metrics {
         addr: SocketAddr,
         error: std::io::Error,
     },
@@ -182,6 +200,12 @@ impl fmt::Display for ServerError {
             ServerError::Credentials(e) => e.fmt(f),
             ServerError::Journal(e) => e.fmt(f),
             ServerError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            ServerError::Control { path, error } => {
+                write!(f, "cannot serve the control socket {}: {error}", path.display())
+            }
+            ServerError::Metrics { addr, error } => {
+                write!(f, "cannot serve metrics on {addr}: {error}")
+            }
             ServerError::PidFile(e) => e.fmt(f),
             ServerError::Tls(e) => write!(f, "TLS: {e}"),
             ServerError::Io(e) => write!(f, "I/O error: {e}"),
@@ -297,6 +321,9 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     for addr in &local {
         announce(&format!("Server listening on {addr}"));
     }
+    if let Some(addr) = event_loop.metrics_addr() {
+        announce(&format!("Serving metrics on http://{addr}/metrics"));
+    }
     let notifier = Notifier::from_env();
     if let Some(notifier) = &notifier {
         let addrs: Vec<String> = local.iter().map(SocketAddr::to_string).collect();
@@ -341,7 +368,7 @@ fn listen(config: &Config) -> Result<Vec<mio::net::TcpListener>, ServerError> {
 fn build(
     config: &Config,
     accounts: Vec<credentials::Account>,
-    control: Control,
+    stop: Control,
 ) -> Result<(EventLoop, Vec<SocketAddr>), ServerError> {
     // Before listening: a certificate that does not load stops the start.
     let tls = match &config.tls {
@@ -349,6 +376,21 @@ fn build(
         None => None,
     };
     let listeners = listen(config)?;
+    // Bound before the loop's threads start (see `bind_control`).
+    let control = match &config.control {
+        Some(path) => {
+            let listener = event_loop::bind_control(path)
+                .map_err(|error| ServerError::Control { path: path.clone(), error })?;
+            Some((listener, path.clone()))
+        }
+        None => None,
+    };
+    let metrics = match config.metrics {
+        Some(addr) => Some(
+            event_loop::bind_metrics(addr).map_err(|error| ServerError::Metrics { addr, error })?,
+        ),
+        None => None,
+    };
     let local = listeners
         .iter()
         .map(mio::net::TcpListener::local_addr)
@@ -387,7 +429,8 @@ fn build(
     };
     let limits = Limits { max_output: config.max_output, max_line: config.max_line };
     let mut event_loop =
-        EventLoop::new(listeners, core, store, limits, control).map_err(ServerError::Io)?;
+        EventLoop::new(listeners, core, store, limits, stop).map_err(ServerError::Io)?;
+    event_loop.serve_ops(control, metrics).map_err(ServerError::Io)?;
     if let Some(warning) = clear_text_warning(&config.bind, tls.is_some()) {
         log::warn!("{warning}");
     }

@@ -169,6 +169,7 @@ impl Core {
         let Ok(seq) = pushed else {
             return Delivery::QueueFull; // Not reached: admitted just above.
         };
+        self.stats.accepted(!online);
         self.record(to, |core| Record::Queued {
             user: core.name(to).to_owned(),
             seq,
@@ -391,6 +392,7 @@ impl Core {
         // Senders to tell, with how many of their messages this covers.
         let mut senders = std::mem::take(&mut self.delivered_scratch);
         let last = self.outboxes.acknowledge(me, seq, |stored| {
+            self.stats.delivered(1);
             if !stored.notify {
                 return;
             }

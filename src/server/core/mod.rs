@@ -32,18 +32,22 @@ use crate::server::logging::refusals::{Refusals, Verdict};
 mod admission;
 mod commands;
 mod confirm;
+mod operator;
 mod outbox;
 mod presence;
 mod send_rate;
+mod stats;
 mod throttle;
 mod users;
 
 use admission::{AddressTable, Arrivals, Over};
 use confirm::Confirmations;
 pub use confirm::CONFIRM_DELAY;
+pub use operator::{Census, Changed, OperatorError, SessionInfo};
 use outbox::{Accepted, Caps, Outboxes};
 use presence::{Decision, Presence};
 use send_rate::RateLimit;
+pub use stats::{Refused, Stats, MESSAGE_REFUSALS};
 pub(crate) use throttle::throttle_key;
 use throttle::{LoginThrottle, Refusal};
 pub use throttle::{BURST_SECONDS, DEFAULT_THROTTLE_TABLE, THROTTLE_WINDOW};
@@ -313,7 +317,8 @@ struct Conn {
     login_due: Instant,
     /// Tells this connection from a later one reusing its id.
     serial: u64,
-    /// When it was accepted.
+    /// When it was accepted; once its user logged in, when they did (only
+    /// a connection that has not logged in is compared by age).
     connected: Instant,
     /// A login whose password is being checked off the loop.
     verifying: Option<Pending>,
@@ -465,6 +470,8 @@ pub struct Core {
     delivered_scratch: Vec<(UserId, u64)>,
     /// `DELIVERED` frames gathered for a moment before they are sent.
     confirmations: Confirmations,
+    /// Counters since start, for the operator.
+    stats: Stats,
     /// The wall-clock time of a recent monotonic one.
     wall: WallClock,
 }
@@ -583,6 +590,7 @@ impl Core {
             delivered_scratch: Vec::new(),
             confirmations: Confirmations::default(),
             wall: WallClock::default(),
+            stats: Stats::default(),
         }
     }
 
@@ -824,6 +832,7 @@ impl Core {
                 );
             }
         }
+        self.stats.refused(Refused::Bye, ByeReason::ServerFull.as_str());
         self.bye(victim, ByeReason::ServerFull);
         Admit::Evict(victim)
     }
@@ -836,6 +845,7 @@ impl Core {
         why: &str,
         now: Instant,
     ) -> Admit {
+        self.stats.refused(Refused::Bye, reason.as_str());
         if self.note_refusal(ip, reason.as_str(), now) {
             info!("refused connection from {ip}: {} ({why})", reason.as_str());
         }
@@ -932,6 +942,7 @@ impl Core {
     /// words of the reply (`bad-command unknown verb`); repeats from one
     /// address are summarised instead (see [`Refusals`]).
     fn refuse(&mut self, conn: ConnId, failure: Failure<'_>) {
+        self.stats.refused(Refused::Fail, failure.code());
         // Every refusal answers a line just received, so the connection's
         // last_seen is the current time.
         let logged = match self.conns.get(&conn) {
@@ -1118,10 +1129,12 @@ impl Core {
         if state.verifying.is_some() {
             // The event loop feeds no line while a login is being checked;
             // should one come anyway, it is not checked alongside.
+            self.stats.refused(Refused::Denied, DenyReason::Busy.as_str());
             self.send(conn, &ServerMsg::Denied { reason: DenyReason::Busy });
             return;
         }
         if let Err(refusal) = self.throttle.attempt(ip, now) {
+            self.stats.refused(Refused::Denied, DenyReason::Throttled.as_str());
             if self.note_refusal(ip, DenyReason::Throttled.as_str(), now) {
                 let why = match refusal {
                     Refusal::Failures => "too many failed logins from there",
@@ -1138,6 +1151,10 @@ impl Core {
         };
         if self.locked(user, now) {
             self.deny_login(conn, name, DenyReason::Locked, now);
+            return;
+        }
+        if self.users[user].state().disabled {
+            self.deny_login(conn, name, DenyReason::Disabled, now);
             return;
         }
         match &self.users[user].password {
@@ -1218,8 +1235,10 @@ impl Core {
         // Checked again: answers that come back after the account was
         // locked say nothing, so guesses checked side by side gain no more
         // than three in a row.
+        // So is a disable that came meanwhile.
         let result = match self.locked(user, now) {
             true => Err(DenyReason::Locked),
+            false if self.users[user].state().disabled => Err(DenyReason::Disabled),
             false => self.count_password(conn, user, right, now),
         };
         match result {
@@ -1237,6 +1256,7 @@ impl Core {
         let Some(ip) = self.conns.get(&conn).map(|c| c.ip) else {
             return;
         };
+        self.stats.refused(Refused::Denied, reason.as_str());
         if self.note_refusal(ip, reason.as_str(), now) {
             info!("refused login for {name} from {ip}: {}", reason.as_str());
         }
@@ -1310,7 +1330,9 @@ impl Core {
         };
         state.user = Some(user);
         state.p2p_port = p2p_port;
+        state.connected = now;
         let ip = state.ip;
+        self.stats.login();
         self.users[user].state_mut().session = Some(conn);
         self.online.insert(user);
         info!("user {} logged in from {ip}", self.name(user));
@@ -1412,6 +1434,13 @@ impl Core {
                 let user = id(self, user);
                 self.outboxes.raise_next_seq(user, *next);
             }
+            Record::Disabled { user } | Record::Enabled { user } => {
+                let user = id(self, user);
+                let disabled = matches!(record, Record::Disabled { .. });
+                if self.users[user].state().disabled != disabled {
+                    self.users[user].state_mut().disabled = disabled;
+                }
+            }
         }
     }
 
@@ -1446,6 +1475,9 @@ impl Core {
                     for &target in &state.blocked {
                         let target = self.users[target].name.clone();
                         out.push(Record::Blocked { user: user.clone(), target });
+                    }
+                    if state.disabled {
+                        out.push(Record::Disabled { user: user.clone() });
                     }
                     bytes += SNAPSHOT_RECORD_BYTES * (2 + state.blocked.len());
                     0
@@ -1609,6 +1641,7 @@ impl Core {
         if let Some(seq) = last {
             self.record(user, |core| Record::Acked { user: core.name(user).to_owned(), seq });
             let total: u64 = senders.iter().map(|(_, count)| count).sum();
+            self.stats.expired(total);
             info!(
                 "{total} messages for {} expired unread after {} s offline",
                 self.name(user),

@@ -242,7 +242,6 @@ impl Outbox {
     }
 
     /// Messages sent to the current session and not yet acknowledged.
-    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }

@@ -54,6 +54,9 @@ pub struct UserState {
     pub expiry_due: Option<Instant>,
     pub failures: u8,
     pub locked_until: Option<Instant>,
+    /// The operator disabled the account (`chat-server ctl disable`): it
+    /// cannot log in until enabled again.
+    pub disabled: bool,
     /// Users waiting for this user's consent.
     pub asked_by: FxHashSet<UserId>,
     /// Users whose consent this user is waiting for.
@@ -71,6 +74,7 @@ static UNTOUCHED: UserState = UserState {
     expiry_due: None,
     failures: 0,
     locked_until: None,
+    disabled: false,
     asked_by: FxHashSet::with_hasher(FxBuildHasher),
     asking: FxHashSet::with_hasher(FxBuildHasher),
     address_holders: FxHashSet::with_hasher(FxBuildHasher),
@@ -86,6 +90,7 @@ impl UserState {
             && self.expiry_due.is_none()
             && self.failures == 0
             && self.locked_until.is_none()
+            && !self.disabled
             && self.asked_by.is_empty()
             && self.asking.is_empty()
             && self.address_holders.is_empty()

@@ -75,7 +75,7 @@ pub fn rfc3339(time: SystemTime) -> String {
 }
 
 /// Appends `s` as a JSON string, control characters escaped.
-fn json_string(out: &mut String, s: &str) {
+pub fn json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
