@@ -4,8 +4,9 @@
 //! The texts are made by clap_mangen and clap_complete from each program's
 //! clap command, but not at run time: the generators would add about
 //! 170 KiB to each binary. They are kept in `contrib/man` and
-//! `contrib/completions` and built into the binaries; a test of each
-//! binary renders them again and fails when a file is stale (run
+//! `contrib/completions`, and built into the binaries packed ([`crate::lz`],
+//! by build.rs: a third of their size); a test of each binary renders them
+//! again and fails when a file is stale (run
 //! `CHAT_UPDATE_GENERATED=1 cargo test --bins` to rewrite them).
 //!
 //! It does not install anything: where man pages and completions go is the
@@ -43,29 +44,34 @@ impl Generate {
     }
 }
 
-/// One program's generated texts, built in with `include_str!`.
+/// One program's generated texts as build.rs packed them: for each of
+/// [`Generate::ALL`] in turn, its packed length (4 bytes, little-endian)
+/// and the packed text.
 #[derive(Debug, Clone, Copy)]
-pub struct Texts {
-    pub man: &'static str,
-    pub bash: &'static str,
-    pub zsh: &'static str,
-    pub fish: &'static str,
-}
+pub struct Texts(pub &'static [u8]);
 
 impl Texts {
-    pub fn get(&self, what: Generate) -> &'static str {
-        match what {
-            Generate::Man => self.man,
-            Generate::Bash => self.bash,
-            Generate::Zsh => self.zsh,
-            Generate::Fish => self.fish,
+    /// The text of `what`, unpacked.
+    pub fn get(&self, what: Generate) -> io::Result<String> {
+        let damaged = || io::Error::new(io::ErrorKind::InvalidData, "damaged built-in text");
+        let mut rest = self.0;
+        for kind in Generate::ALL {
+            let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(damaged)?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let packed = tail.get(..len).ok_or_else(damaged)?;
+            if kind == what {
+                let text = crate::lz::unpack(packed)?;
+                return String::from_utf8(text).map_err(|_| damaged());
+            }
+            rest = &tail[len..];
         }
+        Err(damaged())
     }
 }
 
 /// Writes `what` of `texts` to `out`.
 pub fn write(what: Generate, texts: &Texts, out: &mut impl Write) -> io::Result<()> {
-    out.write_all(texts.get(what).as_bytes())?;
+    out.write_all(texts.get(what)?.as_bytes())?;
     out.flush()
 }
 
@@ -85,7 +91,15 @@ pub fn run(program: &str, what: Generate, texts: &Texts) -> std::process::ExitCo
 mod tests {
     use super::*;
 
-    const TEXTS: Texts = Texts { man: "m", bash: "b", zsh: "z", fish: "f" };
+    fn texts() -> Texts {
+        let mut packed = Vec::new();
+        for text in ["m", "b", "z", "f"] {
+            let one = crate::lz::pack(text.as_bytes());
+            packed.extend_from_slice(&(one.len() as u32).to_le_bytes());
+            packed.extend_from_slice(&one);
+        }
+        Texts(Vec::leak(packed))
+    }
 
     #[test]
     fn writes_the_text_asked_for() {
@@ -96,7 +110,7 @@ mod tests {
             (Generate::Fish, "f"),
         ] {
             let mut out = Vec::new();
-            write(what, &TEXTS, &mut out).unwrap();
+            write(what, &texts(), &mut out).unwrap();
             assert_eq!(out, want.as_bytes());
         }
     }
@@ -118,6 +132,7 @@ mod tests {
                 Ok(())
             }
         }
-        assert!(write(Generate::Bash, &TEXTS, &mut Closed).is_err());
+        assert!(write(Generate::Bash, &texts(), &mut Closed).is_err());
+        assert!(Texts(&[1, 0]).get(Generate::Man).is_err(), "damaged: an error, not a panic");
     }
 }

@@ -10,6 +10,7 @@
 //! - [`tls`]: TLS sessions for [`net`] (feature `tls`), certificates and trust.
 pub mod client;
 pub mod generate;
+pub mod lz;
 pub mod net;
 pub mod outbuf;
 pub mod protocol;

@@ -34,7 +34,7 @@ fn server_help_describes_signals_credentials_and_exit_codes() {
         "SIGHUP re-reads the credentials file",
         "one `username password` per line",
         "Exit status: 0 after SIGINT or SIGTERM",
-        "2 for\na bad command line",
+        "2 for a bad command line",
         "--pid-file <PATH>",
         "--generate <WHAT>",
     ] {

@@ -27,7 +27,9 @@ fn commands_from_a_regular_file_including_a_last_line_without_newline() {
 
 #[test]
 fn a_hung_client_times_out_and_its_messages_wait_for_the_next_login() {
-    let server = Server::start("timeout", &["--timeout", "1"]);
+    // Two seconds: clients ping every third of it, so a loaded machine that
+    // delays one ping a little does not time out a live client.
+    let server = Server::start("timeout", &["--timeout", "2"]);
     let mut b = server.login("B");
     // A logs in over raw TCP and then says nothing, not even PING.
     let mut silent = Raw::login(server.port, "A", "A_pwd");
@@ -41,7 +43,7 @@ fn a_hung_client_times_out_and_its_messages_wait_for_the_next_login() {
     a.out.expect_next("B: while you were away");
     // The client's heartbeats keep it alive well past the timeout.
     b.out.expect_next("User A has logged on.");
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    std::thread::sleep(std::time::Duration::from_millis(3000));
     b.send("message A still here?");
     a.out.expect_next("B: still here?");
     b.out.expect_next("Message delivered to A.");

@@ -164,12 +164,8 @@ fn read_password_file(path: &PathBuf) -> Result<String, String> {
 }
 
 /// `--generate`'s texts (see [`chat::generate`]).
-const GENERATED: chat::generate::Texts = chat::generate::Texts {
-    man: include_str!("../../contrib/man/chat-client.1"),
-    bash: include_str!("../../contrib/completions/chat-client.bash"),
-    zsh: include_str!("../../contrib/completions/_chat-client"),
-    fish: include_str!("../../contrib/completions/chat-client.fish"),
-};
+const GENERATED: chat::generate::Texts =
+    chat::generate::Texts(include_bytes!(concat!(env!("OUT_DIR"), "/chat-client.texts")));
 
 fn main() -> ExitCode {
     // --generate (exclusive: it needs no HOST or PORT) is answered before

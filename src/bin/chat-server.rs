@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chat::generate::Generate;
 use chat::server::logging::{self, LogFormat};
-use clap::builder::TypedValueParser as _;
 use clap::{Parser, ValueEnum};
 
 /// How long the log may take to drain before the process exits: a stderr
@@ -107,14 +106,14 @@ struct Args {
     metrics: Option<SocketAddr>,
     /// Most messages waiting in one user's outbox; past it, senders are
     /// told the message was not accepted.
-    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_MAX_QUEUED,
-          value_parser = clap::value_parser!(u32).range(1..=10_000_000).map(|n| n as usize))]
-    max_queued: usize,
+    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_MAX_QUEUED as u64,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_queued: u64,
     /// Most bytes queued for one connection that is not reading; chat
     /// messages past half of it wait in the outbox instead.
-    #[arg(long, value_name = "BYTES", default_value_t = chat::server::DEFAULT_MAX_OUTPUT,
-          value_parser = clap::value_parser!(u32).range(16_384..=1_073_741_824).map(|n| n as usize))]
-    max_output: usize,
+    #[arg(long, value_name = "BYTES", default_value_t = chat::server::DEFAULT_MAX_OUTPUT as u64,
+          value_parser = clap::value_parser!(u64).range(16_384..=1_073_741_824))]
+    max_output: u64,
     /// Keep outboxes, block lists and lockouts in DIR, so that they survive
     /// a restart or crash (an append-only journal). Without it, state is
     /// kept in memory only.
@@ -122,28 +121,28 @@ struct Args {
     state_dir: Option<PathBuf>,
     /// Longest line accepted from a client, in bytes (newline included);
     /// a longer one is refused and discarded without being buffered.
-    #[arg(long, value_name = "BYTES", default_value_t = chat::protocol::MAX_LINE,
-          value_parser = clap::value_parser!(u32).range(128..=4096).map(|n| n as usize))]
-    max_line: usize,
+    #[arg(long, value_name = "BYTES", default_value_t = chat::protocol::MAX_LINE as u64,
+          value_parser = clap::value_parser!(u64).range(128..=4096))]
+    max_line: u64,
     /// Most connections open at once (default: what the open file limit,
     /// raised to its hard limit at start, leaves room for). When full, a
     /// newcomer takes the place of the oldest connection that has not
     /// logged in; if every one has, it is told the server is full.
     #[arg(long, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
-    max_connections: Option<usize>,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: Option<u64>,
     /// Most connections open at once from one client address (IPv6: per
     /// /64); past it, new ones are told there are too many from there
     /// [default: 256, or half of --max-connections if less]
     #[arg(long, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|n| n as usize))]
-    max_connections_per_address: Option<usize>,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections_per_address: Option<u64>,
     /// New connections a second from one client address (IPv6: per /64),
     /// after a burst of --max-connections-per-address; faster ones are
     /// told there are too many from there.
-    #[arg(long, value_name = "N", default_value_t = chat::server::DEFAULT_CONNECTION_RATE,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    connection_rate: u32,
+    #[arg(long, value_name = "N", default_value_t = chat::server::DEFAULT_CONNECTION_RATE as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    connection_rate: u64,
     /// Seconds a connection may take to log in before it is closed.
     #[arg(long, value_name = "SECS",
           default_value_t = chat::server::core::DEFAULT_LOGIN_TIMEOUT.as_secs(),
@@ -151,20 +150,20 @@ struct Args {
     login_timeout: u64,
     /// Most failed logins per client address (IPv6: per /64) per minute;
     /// past it, logins from that address are refused without being checked.
-    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_LOGIN_ATTEMPTS,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    login_attempts: u32,
+    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_LOGIN_ATTEMPTS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    login_attempts: u64,
     /// MESSAGE and BROADCAST commands one user may send per second,
     /// steadily; past it (and the burst), they are refused and the sender
     /// told. 0: no limit.
-    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_SEND_RATE,
-          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
-    send_rate: u32,
+    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_SEND_RATE as u64,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    send_rate: u64,
     /// MESSAGE and BROADCAST commands one user may send at once, after a
     /// pause (the bucket the send rate refills).
-    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_SEND_BURST,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    send_burst: u32,
+    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_SEND_BURST as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    send_burst: u64,
     /// Most bytes of message text waiting in all outboxes together; past
     /// it, new messages are refused and their senders told.
     #[arg(long, value_name = "BYTES",
@@ -180,15 +179,15 @@ struct Args {
     /// Most login attempts, failed or not, per client address (IPv6: per
     /// /64) per second, with a burst of ten seconds' worth; past it,
     /// logins from that address are refused without being checked.
-    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_LOGIN_RATE,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    login_rate: u32,
+    #[arg(long, value_name = "N", default_value_t = chat::server::core::DEFAULT_LOGIN_RATE as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    login_rate: u64,
     /// Most client addresses the login throttle tracks at once (for tests:
     /// a full table forgets the address used least recently).
     #[arg(long, value_name = "N", hide = true,
-          default_value_t = chat::server::core::DEFAULT_THROTTLE_TABLE,
-          value_parser = clap::value_parser!(u32).range(1..=16_777_216).map(|n| n as usize))]
-    throttle_table: usize,
+          default_value_t = chat::server::core::DEFAULT_THROTTLE_TABLE as u64,
+          value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    throttle_table: u64,
     /// Log level on stderr. Logging never blocks the server: lines stderr
     /// does not take in time are dropped and counted.
     #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
@@ -354,12 +353,8 @@ fn write_self_signed(name: &str, out: &std::path::Path) -> Result<String, String
 }
 
 /// `--generate`'s texts (see [`chat::generate`]).
-const GENERATED: chat::generate::Texts = chat::generate::Texts {
-    man: include_str!("../../contrib/man/chat-server.1"),
-    bash: include_str!("../../contrib/completions/chat-server.bash"),
-    zsh: include_str!("../../contrib/completions/_chat-server"),
-    fish: include_str!("../../contrib/completions/chat-server.fish"),
-};
+const GENERATED: chat::generate::Texts =
+    chat::generate::Texts(include_bytes!(concat!(env!("OUT_DIR"), "/chat-server.texts")));
 
 /// `chat-server ctl --help`.
 const CTL_HELP: &str = "\
@@ -473,8 +468,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Every number was read as a u64 within its range (one parser for all
+    // of them keeps the binary small); these convert within those ranges.
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
     let max_connections = chat::server::fd_limit::max_connections(
-        args.max_connections,
+        args.max_connections.map(size),
         chat::server::DEFAULT_MAX_CONNECTIONS,
     );
     let config = chat::server::Config {
@@ -483,20 +482,20 @@ fn main() -> ExitCode {
         port,
         timeout: Duration::from_secs(args.timeout),
         block_time: Duration::from_secs(args.block_time),
-        max_queued: args.max_queued,
-        max_output: args.max_output,
+        max_queued: size(args.max_queued),
+        max_output: size(args.max_output),
         state_dir: args.state_dir,
-        max_line: args.max_line,
+        max_line: size(args.max_line),
         max_connections,
-        max_per_address: args.max_connections_per_address,
-        connection_rate: args.connection_rate,
+        max_per_address: args.max_connections_per_address.map(size),
+        connection_rate: count(args.connection_rate),
         login_timeout: Duration::from_secs(args.login_timeout),
-        login_attempts: args.login_attempts,
-        login_rate: args.login_rate,
-        throttle_table: args.throttle_table,
-        send_rate: args.send_rate,
-        send_burst: args.send_burst,
-        max_queued_bytes: usize::try_from(args.max_queued_bytes).unwrap_or(usize::MAX),
+        login_attempts: count(args.login_attempts),
+        login_rate: count(args.login_rate),
+        throttle_table: size(args.throttle_table),
+        send_rate: count(args.send_rate),
+        send_burst: count(args.send_burst),
+        max_queued_bytes: size(args.max_queued_bytes),
         message_ttl: Duration::from_secs(args.message_ttl),
         pid_file: args.pid_file,
         tls: match (args.tls_cert, args.tls_key) {

@@ -31,7 +31,7 @@ pub fn check(program: &str, command: &clap::Command, built_in: &chat::generate::
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(what.path(program));
         if update {
             std::fs::write(&path, &want).expect("write generated file");
-        } else if built_in.get(what) != want {
+        } else if built_in.get(what).expect("built-in text unpacks") != want {
             stale.push(what.path(program));
         }
     }
