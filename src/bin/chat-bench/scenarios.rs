@@ -60,7 +60,7 @@ impl Drop for BenchTls {
 
 impl Settings {
     pub fn new(args: &Args) -> io::Result<Settings> {
-        let duration = if args.smoke { 0.5 } else { args.duration };
+        let duration = if args.smoke { 0.2 } else { args.duration };
         if !(0.05..=600.0).contains(&duration) {
             return Err(io::Error::other("--duration must be between 0.05 and 600 seconds"));
         }
@@ -83,6 +83,17 @@ impl Settings {
         let mut extra = self.server_args.clone();
         extra.extend(tls.server_args.iter().cloned());
         Ok(Some((Target::server(&self.server, names, &extra)?, &tls.connector)))
+    }
+
+    /// A wait for the server to reach rest: `full` normally, a fifth of a
+    /// second with `--smoke` (which checks that the steps run, not what
+    /// memory they leave).
+    fn quiet(&self, full: Duration) -> Duration {
+        if self.smoke {
+            full.min(Duration::from_millis(200))
+        } else {
+            full
+        }
     }
 
     /// `full` normally, `small` with `--smoke`.
@@ -478,7 +489,7 @@ fn idle(s: &Settings, connections: usize) -> io::Result<Report> {
     let at_rest = load::rss_kib(pid)?;
     let mut load = Load::connect(server.addr, Speaks::Chat, names, LOGIN_LIMIT)?;
     // Long enough for the server's quiet-time memory release (1 s).
-    load.idle(Duration::from_secs(2))?;
+    load.idle(s.quiet(Duration::from_secs(2)))?;
     let loaded = load::rss_kib(pid)?;
     let per_connection = (loaded.saturating_sub(at_rest) * 1024) / load.len().max(1) as u64;
     drop((load, server));
@@ -494,7 +505,7 @@ fn idle(s: &Settings, connections: usize) -> io::Result<Report> {
     let at_rest = load::rss_kib(pid)?;
     let mut load =
         Load::connect_with(server.addr, Speaks::Chat, names_again, LOGIN_LIMIT, Some(tls))?;
-    load.idle(Duration::from_secs(2))?;
+    load.idle(s.quiet(Duration::from_secs(2)))?;
     let loaded = load::rss_kib(pid)?;
     let per_connection = (loaded.saturating_sub(at_rest) * 1024) / load.len().max(1) as u64;
     Ok(report
@@ -755,7 +766,7 @@ fn compaction(s: &Settings, live_mib: u64) -> io::Result<Report> {
 
 fn churn(s: &Settings, seconds: f64) -> io::Result<Report> {
     const WORKERS: usize = 4;
-    let seconds = if s.smoke { seconds.min(1.0) } else { seconds };
+    let seconds = if s.smoke { seconds.min(0.3) } else { seconds };
     if !(0.1..=600.0).contains(&seconds) {
         return Err(io::Error::other("--seconds must be between 0.1 and 600"));
     }
@@ -789,7 +800,7 @@ fn churn(s: &Settings, seconds: f64) -> io::Result<Report> {
         cycles += worker.join().map_err(|_| io::Error::other("churn worker panicked"))??;
     }
     let peak = load::rss_kib(pid)?;
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(s.quiet(Duration::from_secs(2)));
     let after = load::rss_kib(pid)?;
     Ok(Report::new("churn")
         .int("cycles", cycles)
