@@ -775,6 +775,7 @@ fn churn(s: &Settings, seconds: f64) -> io::Result<Report> {
     let pid = server.pid().ok_or_else(|| io::Error::other("churn needs a server it started"))?;
     settle();
     let at_rest = load::rss_kib(pid)?;
+    let anon_at_rest = load::anon_kib(pid)?;
     let addr = server.addr;
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let workers: Vec<_> = (0..WORKERS)
@@ -802,10 +803,14 @@ fn churn(s: &Settings, seconds: f64) -> io::Result<Report> {
     let peak = load::rss_kib(pid)?;
     std::thread::sleep(s.quiet(Duration::from_secs(2)));
     let after = load::rss_kib(pid)?;
+    let anon_after = load::anon_kib(pid)?;
     Ok(Report::new("churn")
         .int("cycles", cycles)
         .int("rss_rest_kib", at_rest)
         .int("rss_end_of_churn_kib", peak)
         .int("rss_after_2s_kib", after)
-        .num("ratio", after as f64 / at_rest.max(1) as f64))
+        .num("ratio", after as f64 / at_rest.max(1) as f64)
+        .int("anon_rest_kib", anon_at_rest)
+        .int("anon_after_2s_kib", anon_after)
+        .num("anon_ratio", anon_after as f64 / anon_at_rest.max(1) as f64))
 }

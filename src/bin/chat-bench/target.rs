@@ -71,8 +71,18 @@ impl Target {
         std::fs::write(&credentials, text)?;
         let connections = (users.len() + 100).to_string();
         let mut command = Command::new(binary);
+        command.args(["--bind", "127.0.0.1"]);
+        // Quiet unless the caller asks for a level (`--server-arg=--log-level=info`).
+        if !extra.iter().any(|arg| arg.starts_with("--log-level")) {
+            command.args(["--log-level", "error"]);
+        }
+        // The generator's connections send no heartbeats, and logging in
+        // thousands (`scale`) takes longer than the default 35 s.
+        if !extra.iter().any(|arg| arg.starts_with("--timeout")) {
+            command.args(["--timeout", "3600"]);
+        }
         command
-            .args(["--bind", "127.0.0.1", "--log-level", "error", "--credentials"])
+            .arg("--credentials")
             .arg(&credentials)
             .args(["--max-connections", &connections])
             .args(["--max-connections-per-address", &connections])
