@@ -490,6 +490,7 @@ impl EventLoop {
     /// the tables, and hands freed heap back to the system.
     fn give_back_memory(&mut self, now: Instant) {
         self.sweep_timers();
+        self.timers.shrink_to_fit();
         self.conns.shrink_to_fit();
         self.core.shrink(now);
         for list in [&mut self.pending_writes, &mut self.unfinished_reads, &mut self.closing] {

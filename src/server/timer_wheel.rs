@@ -96,6 +96,14 @@ impl<T> TimerWheel<T> {
         self.len = self.slots.iter().map(Vec::len).sum();
     }
 
+    /// Gives back every slot's spare room (once quiet: the next insert
+    /// into a slot may allocate again).
+    pub fn shrink_to_fit(&mut self) {
+        for slot in &mut self.slots {
+            slot.shrink_to_fit();
+        }
+    }
+
     /// When the earliest non-empty slot comes due: the poll timeout. It may
     /// be early for an entry that waits for a later turn, never late.
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -191,6 +199,20 @@ mod tests {
         let after: usize = wheel.slots.iter().map(Vec::capacity).sum();
         assert!(after * 10 < peak, "capacity {peak} -> {after}");
         assert_eq!(expire(&mut wheel, t0 + ticks(30.0)).len(), 10);
+    }
+
+    #[test]
+    fn shrink_to_fit_keeps_no_spare_room_and_every_entry() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0);
+        for i in 0..1000u32 {
+            wheel.insert(t0 + ticks(f64::from(i % 5) + 1.0), i);
+        }
+        wheel.retain(|&i| i % 2 == 0);
+        wheel.shrink_to_fit();
+        let capacity: usize = wheel.slots.iter().map(Vec::capacity).sum();
+        assert_eq!(capacity, 500);
+        assert_eq!(expire(&mut wheel, t0 + ticks(10.0)).len(), 500);
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl Core {
         if !self.take_storage(SNAPSHOT_RECORD_BYTES + text.len()) {
             return Delivery::NoStorage;
         }
-        let online = self.users[to].state().session.is_some();
+        let online = self.users.session(to).is_some();
         let kind = if online { live_kind } else { MsgKind::Offline };
         let notify = online && live_kind == MsgKind::Direct;
         let accepted = self.wall.accepted(now);
@@ -405,7 +405,7 @@ impl Core {
             self.record(me, |core| Record::Acked { user: core.name(me).to_owned(), seq });
         }
         for &(sender, count) in &senders {
-            if let Some(conn) = self.users[sender].state().session {
+            if let Some(conn) = self.users.session(sender) {
                 self.confirmations.add(conn, me, count, now);
             }
         }

@@ -313,15 +313,17 @@ struct Conn {
     last_seen: Instant,
     /// Due time of this connection's one live heartbeat timer.
     heartbeat_due: Instant,
-    /// When this connection must have logged in.
-    login_due: Instant,
     /// Tells this connection from a later one reusing its id.
     serial: u64,
     /// When it was accepted; once its user logged in, when they did (only
-    /// a connection that has not logged in is compared by age).
+    /// a connection that has not logged in is compared by age). Until the
+    /// login, its deadline is this plus the login timeout (not a field of
+    /// its own: every connection would carry it long after logging in).
     connected: Instant,
-    /// A login whose password is being checked off the loop.
-    verifying: Option<Pending>,
+    /// A login whose password is being checked off the loop. Boxed: only
+    /// a connection in the middle of a login has one, and every other
+    /// connection should not carry its room.
+    verifying: Option<Box<Pending>>,
     /// After a `rate-limited` refusal: when its user has a token again.
     /// Until then the event loop reads no more from it ([`Core::read_hold`]).
     read_hold: Option<Instant>,
@@ -733,7 +735,7 @@ impl Core {
 
     /// Sends to `user` if they are logged in.
     fn send_to_user(&mut self, user: UserId, msg: &ServerMsg<'_>) {
-        if let Some(conn) = self.users[user].state().session {
+        if let Some(conn) = self.users.session(user) {
             self.send(conn, msg);
         }
     }
@@ -866,7 +868,6 @@ impl Core {
             p2p_cert: None,
             last_seen: now,
             heartbeat_due: due,
-            login_due,
             serial,
             connected: now,
             verifying: None,
@@ -1020,10 +1021,10 @@ impl Core {
         let Some(user) = state.user else {
             return;
         };
-        if self.users[user].state().session != Some(conn) {
+        if self.users.session(user) != Some(conn) {
             return;
         }
-        self.users[user].state_mut().session = None;
+        self.users.set_session(user, None);
         self.online.remove(&user);
         self.tell_senders_unreachable(user);
         // Offline, the user's messages can expire again.
@@ -1049,7 +1050,7 @@ impl Core {
         for sender in senders {
             // Confirmations of earlier messages first: the sender's client
             // matches both to its messages in the order they were sent.
-            if let Some(conn) = self.users[sender].state().session {
+            if let Some(conn) = self.users.session(sender) {
                 self.confirm_now(conn);
             }
             let msg = ServerMsg::Queued { user: &name, reason: QueueReason::Unreachable };
@@ -1176,7 +1177,8 @@ impl Core {
         };
         self.verifications += 1;
         let serial = self.verifications;
-        state.verifying = Some(Pending { serial, user, p2p_port, secret: secret.clone() });
+        state.verifying =
+            Some(Box::new(Pending { serial, user, p2p_port, secret: secret.clone() }));
         let secret = secret.clone();
         let job = Verification { conn, serial, secret, attempt: password.to_owned() };
         self.effects.push(Effect::Verify(Box::new(job)));
@@ -1320,7 +1322,7 @@ impl Core {
     }
 
     fn start_session(&mut self, conn: ConnId, user: UserId, p2p_port: u16, now: Instant) {
-        let replaced = self.users[user].state().session;
+        let replaced = self.users.session(user);
         if let Some(old) = replaced {
             info!("user {} logged in again; ending the older session", self.name(user));
             self.bye(old, ByeReason::Replaced);
@@ -1333,13 +1335,19 @@ impl Core {
         state.connected = now;
         let ip = state.ip;
         self.stats.login();
-        self.users[user].state_mut().session = Some(conn);
+        self.users.set_session(user, Some(conn));
         self.online.insert(user);
         info!("user {} logged in from {ip}", self.name(user));
         let name = self.users[user].name.clone();
         self.send(conn, &ServerMsg::Welcome { user: &name });
         self.pump(user);
-        for holder in std::mem::take(&mut self.users[user].state_mut().address_holders) {
+        // Taken only if there are any: reading allocates no state, so a
+        // user with nothing to keep costs nothing while logged in.
+        let holders = match self.users[user].state().address_holders.is_empty() {
+            true => Default::default(),
+            false => std::mem::take(&mut self.users[user].state_mut().address_holders),
+        };
+        for holder in holders {
             self.send_to_user(holder, &ServerMsg::AddressChanged { user: &name });
         }
         if replaced.is_none() {
@@ -1350,7 +1358,7 @@ impl Core {
     /// Sends outbox entries not yet sent in this session, oldest first,
     /// while the send window (a count and a byte budget) has room.
     fn pump(&mut self, user: UserId) {
-        let Some(conn) = self.users[user].state().session else {
+        let Some(conn) = self.users.session(user) else {
             return;
         };
         let window_bytes = self.config.window_bytes;
@@ -1543,13 +1551,20 @@ impl Core {
             Timer::Heartbeat { conn, due } => {
                 self.conns.get(&conn).is_some_and(|c| c.heartbeat_due == due)
             }
-            Timer::Login { conn, due } => {
-                self.conns.get(&conn).is_some_and(|c| c.user.is_none() && c.login_due == due)
-            }
+            Timer::Login { conn, due } => self.login_pending(conn, due),
             Timer::Lockout(user) => self.users[user].state().locked_until.is_some(),
             Timer::Expiry { user, due } => self.users[user].state().expiry_due == Some(due),
             Timer::RefusalSummary | Timer::Presence(_) => true,
         }
+    }
+
+    /// Whether `conn` is the connection whose login deadline is `due` (not
+    /// a later one with its id) and has not logged in.
+    fn login_pending(&self, conn: ConnId, due: Instant) -> bool {
+        let login_timeout = self.config.login_timeout;
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.user.is_none() && c.connected + login_timeout == due)
     }
 
     /// Gives back memory a burst left in the core's tables.
@@ -1557,6 +1572,14 @@ impl Core {
         self.conns.shrink();
         self.outboxes.release();
         self.presence.tidy(now);
+        self.presence.shrink();
+        // A pass's buffers keep up to `BURST_BYTES` between passes, for
+        // steady traffic; once quiet, an idle server keeps none.
+        if self.effects.is_empty() && self.out.is_empty() {
+            self.effects = Vec::new();
+            self.out = String::new();
+        }
+        self.delivered_scratch = Vec::new();
     }
 
     /// A timer armed through [`Effect::Arm`] came due.
@@ -1564,9 +1587,7 @@ impl Core {
         match timer {
             Timer::Heartbeat { conn, due } => self.check_heartbeat(conn, due, now),
             Timer::Login { conn, due } => {
-                let late =
-                    self.conns.get(&conn).is_some_and(|c| c.user.is_none() && c.login_due == due);
-                if late {
+                if self.login_pending(conn, due) {
                     info!("{} did not log in within the login deadline", self.describe(conn));
                     self.bye(conn, ByeReason::LoginTimeout);
                 }
@@ -1579,7 +1600,7 @@ impl Core {
                 }
             }
             Timer::Presence(user) => {
-                let online = self.users[user].state().session.is_some();
+                let online = self.users.session(user).is_some();
                 if self.presence.due(user, online, now) {
                     self.announce_presence(user, online, now);
                 }
@@ -1602,8 +1623,7 @@ impl Core {
     /// towards the back) or they are online (their messages are being
     /// delivered and do not expire).
     fn arm_expiry(&mut self, user: UserId) {
-        let account = self.users[user].state();
-        if account.session.is_some() || account.expiry_due.is_some() {
+        if self.users.session(user).is_some() || self.users[user].state().expiry_due.is_some() {
             return;
         }
         let Some(oldest) = self.outboxes.get(user).oldest() else {
@@ -1627,7 +1647,7 @@ impl Core {
             return; // Stale: a later timer is the live one.
         }
         self.users[user].state_mut().expiry_due = None;
-        if self.users[user].state().session.is_some() {
+        if self.users.session(user).is_some() {
             return; // Re-armed when the user goes offline.
         }
         let ttl = self.config.message_ttl;
@@ -2051,7 +2071,7 @@ mod tests {
         assert!(!h.core.awaits_verification(1), "the new connection waits for nothing");
         assert!(!h.answer_check(), "the answer is for the old connection");
         assert_eq!(h.take(), vec![]);
-        assert!(h.core.users[2].state().session.is_none());
+        assert!(h.core.users.session(2).is_none());
     }
 
     #[test]
@@ -2121,11 +2141,12 @@ mod tests {
     }
 
     #[test]
-    fn an_account_costs_no_state_before_its_first_login_or_after_its_last() {
+    fn an_account_costs_no_state_before_its_first_login_nor_while_idle_or_after_its_last() {
         let mut h = Harness::new();
         assert!(h.core.users.iter().all(|u| !u.has_state()), "nothing preallocated");
         h.login(1, "A");
-        assert!(h.core.users[0].has_state());
+        assert_eq!(h.core.users.session(0), Some(1));
+        assert!(!h.core.users[0].has_state(), "an idle session allocates no state");
         h.line(1, "LOGOUT");
         assert!(!h.core.users[0].has_state(), "logged out with nothing pending");
         h.login(2, "B");
@@ -2133,6 +2154,13 @@ mod tests {
         h.line(2, "LOGOUT");
         assert!(h.core.users[1].has_state(), "a block list is kept");
         assert!(h.core.users[2].has_state(), "as is the count of who blocked C");
+    }
+
+    #[test]
+    fn a_connection_entry_stays_small() {
+        // Every open connection has one, idle or not: what is needed only
+        // during a login is boxed or derived. 216 bytes before that.
+        assert!(std::mem::size_of::<Option<Conn>>() <= 176);
     }
 
     #[test]

@@ -135,6 +135,12 @@ impl Presence {
         });
     }
 
+    /// Gives back the room a burst of notices left in the tables.
+    pub fn shrink(&mut self) {
+        self.announced.shrink_to_fit();
+        self.allowance.shrink_to_fit();
+    }
+
     /// Entries held.
     fn len(&self) -> usize {
         self.announced.len() + self.allowance.len()
