@@ -83,13 +83,13 @@ impl Core {
         // Most lines name the same user as the one before (a conversation,
         // a script sending many messages): compare with that one before
         // hashing the name.
-        let recent = self.conns.get(&conn).and_then(|c| c.recent_user);
+        let recent = self.conns.get(&conn).and_then(|c| c.recent_user());
         if let Some(id) = recent.filter(|&id| id != me && self.listed_as(id, name)) {
             return Some(id);
         }
         let found = self.user_id(name);
         if let (Some(id), Some(state)) = (found, self.conns.get_mut(&conn)) {
-            state.recent_user = Some(id);
+            state.set_recent_user(id);
         }
         match found {
             None => self.refuse(conn, Failure::UnknownUser { user: name }),

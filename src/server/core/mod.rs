@@ -298,14 +298,16 @@ pub enum Admit {
 
 /// Whether `id` is still the connection with `serial` and has not logged in.
 fn waiting(conns: &ConnTable, id: ConnId, serial: u64) -> bool {
-    conns.get(&id).is_some_and(|c| c.serial == serial && c.user.is_none())
+    conns.get(&id).is_some_and(|c| c.serial == serial && c.logged_in.is_none())
 }
 
 /// One open connection.
 #[derive(Debug)]
 struct Conn {
     pub ip: IpAddr,
-    pub user: Option<UserId>,
+    /// Its user once logged in (see [`Conn::user`]): four bytes, as user
+    /// ids are (the [`Users`] index holds them as `u32`).
+    logged_in: Option<u32>,
     pub p2p_port: u16,
     /// The fingerprint of the certificate its peer-to-peer listener
     /// presents (TLS), from its last LOGIN; handed out with its address.
@@ -329,7 +331,28 @@ struct Conn {
     read_hold: Option<Instant>,
     /// The user its last command named, found by name (a cache: checked
     /// against the name each time, see `other_user`).
-    recent_user: Option<UserId>,
+    recent: Option<u32>,
+}
+
+impl Conn {
+    /// The user logged in on this connection.
+    #[inline]
+    fn user(&self) -> Option<UserId> {
+        self.logged_in.map(|id| id as UserId)
+    }
+
+    /// The user its last command named.
+    #[inline]
+    fn recent_user(&self) -> Option<UserId> {
+        self.recent.map(|id| id as UserId)
+    }
+
+    /// Remembers the user its last command named (a cache: an id that
+    /// does not fit is simply not remembered).
+    #[inline]
+    fn set_recent_user(&mut self, user: UserId) {
+        self.recent = u32::try_from(user).ok();
+    }
 }
 
 /// Open connections by id. Ids are the event loop's slab keys, small and
@@ -863,7 +886,7 @@ impl Core {
         self.next_serial += 1;
         let state = Conn {
             ip,
-            user: None,
+            logged_in: None,
             p2p_port: 0,
             p2p_cert: None,
             last_seen: now,
@@ -872,7 +895,7 @@ impl Core {
             connected: now,
             verifying: None,
             read_hold: None,
-            recent_user: None,
+            recent: None,
         };
         self.conns.insert(conn, state);
         self.addresses.opened(ip, now);
@@ -979,15 +1002,17 @@ impl Core {
 
     /// "user A (1.2.3.4)" or "connection 7 (1.2.3.4)", for log lines.
     fn describe(&self, conn: ConnId) -> String {
-        match self.conns.get(&conn) {
-            Some(Conn { ip, user: Some(user), .. }) => format!("user {} ({ip})", self.name(*user)),
-            Some(Conn { ip, .. }) => format!("connection {conn} ({ip})"),
-            None => format!("connection {conn}"),
+        let Some(state) = self.conns.get(&conn) else {
+            return format!("connection {conn}");
+        };
+        match state.user() {
+            Some(user) => format!("user {} ({})", self.name(user), state.ip),
+            None => format!("connection {conn} ({})", state.ip),
         }
     }
 
     fn dispatch(&mut self, conn: ConnId, msg: ClientMsg<'_>, now: Instant) {
-        match self.conns.get(&conn).and_then(|c| c.user) {
+        match self.conns.get(&conn).and_then(Conn::user) {
             Some(user) => self.command(conn, user, msg, now),
             None => self.before_login(conn, msg, now),
         }
@@ -1003,7 +1028,7 @@ impl Core {
     /// The connection closed (end of file, reset, or error) without LOGOUT.
     /// The user goes offline silently, as after Ctrl-C in the original.
     pub fn disconnected(&mut self, conn: ConnId) {
-        if let Some(user) = self.conns.get(&conn).and_then(|c| c.user) {
+        if let Some(user) = self.conns.get(&conn).and_then(Conn::user) {
             info!("user {} disconnected without logging out", self.name(user));
         }
         self.forget(conn);
@@ -1018,7 +1043,7 @@ impl Core {
         // A connection gone without a goodbye cannot be told any more.
         self.confirmations.take(conn);
         self.addresses.closed(state.ip);
-        let Some(user) = state.user else {
+        let Some(user) = state.user() else {
             return;
         };
         if self.users.session(user) != Some(conn) {
@@ -1330,7 +1355,8 @@ impl Core {
         let Some(state) = self.conns.get_mut(&conn) else {
             return;
         };
-        state.user = Some(user);
+        // User ids fit in u32 (see `Users::add`).
+        state.logged_in = u32::try_from(user).ok();
         state.p2p_port = p2p_port;
         state.connected = now;
         let ip = state.ip;
@@ -1564,7 +1590,7 @@ impl Core {
         let login_timeout = self.config.login_timeout;
         self.conns
             .get(&conn)
-            .is_some_and(|c| c.user.is_none() && c.connected + login_timeout == due)
+            .is_some_and(|c| c.logged_in.is_none() && c.connected + login_timeout == due)
     }
 
     /// Gives back memory a burst left in the core's tables.
@@ -2160,7 +2186,7 @@ mod tests {
     fn a_connection_entry_stays_small() {
         // Every open connection has one, idle or not: what is needed only
         // during a login is boxed or derived. 216 bytes before that.
-        assert!(std::mem::size_of::<Option<Conn>>() <= 176);
+        assert!(std::mem::size_of::<Option<Conn>>() <= 160);
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Core {
     pub fn census(&self) -> Census {
         let mut census = Census { queued_bytes: self.outboxes.text_bytes(), ..Census::default() };
         for conn in self.conns.slots.iter().flatten() {
-            match (conn.user, &conn.verifying) {
+            match (conn.user(), &conn.verifying) {
                 (Some(_), _) => census.online += 1,
                 (None, Some(_)) => census.verifying += 1,
                 (None, None) => census.logging_in += 1,
