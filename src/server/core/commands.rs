@@ -232,7 +232,7 @@ impl Core {
         if !self.within_send_rate(conn, me, now) || !self.text_fits(conn, text) {
             return;
         }
-        let recipients: Vec<UserId> = self.online.iter().copied().filter(|&u| u != me).collect();
+        let recipients: Vec<UserId> = self.online.iter().filter(|&u| u != me).collect();
         let mut no_storage = false;
         for to in recipients {
             if self.has_blocked(to, me) {
@@ -263,7 +263,6 @@ impl Core {
         let mut users: Vec<&str> = self
             .online
             .iter()
-            .copied()
             .filter(|&u| u != me && !self.has_blocked(u, me))
             .map(|u| self.users[u].name.as_str())
             .collect();
@@ -326,7 +325,7 @@ impl Core {
         let Some(target) = self.other_user(conn, me, name) else {
             return;
         };
-        if !self.online.contains(&target) || self.has_blocked(target, me) {
+        if !self.online.contains(target) || self.has_blocked(target, me) {
             self.refuse(conn, Failure::GetAddress { user: name });
             return;
         }

@@ -19,8 +19,6 @@
 //! The chat commands themselves live in `commands.rs`; this file holds the
 //! state, the login and session life cycle, and the timers.
 
-use std::collections::BTreeSet;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,6 +30,7 @@ use crate::server::logging::refusals::{Refusals, Verdict};
 mod admission;
 mod commands;
 mod confirm;
+mod online;
 mod operator;
 mod outbox;
 mod presence;
@@ -43,6 +42,7 @@ mod users;
 use admission::{AddressTable, Arrivals, Over};
 use confirm::Confirmations;
 pub use confirm::CONFIRM_DELAY;
+use online::Online;
 pub use operator::{Census, Changed, OperatorError, SessionInfo};
 use outbox::{Accepted, Caps, Outboxes};
 use presence::{Decision, Presence};
@@ -202,10 +202,11 @@ pub const DEFAULT_MESSAGE_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// A deadline the event loop keeps in its timer wheel for the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
-    /// Check whether the connection has been silent too long. `due` tells a
-    /// current timer from a stale one left by an earlier connection that had
-    /// the same id.
-    Heartbeat { conn: ConnId, due: Instant },
+    /// Check whether the connection has been silent too long. `serial`
+    /// tells a current timer from a stale one left by an earlier connection
+    /// that had the same id (a connection has one live at a time: armed at
+    /// accept, and again only by the check of the one that fired).
+    Heartbeat { conn: ConnId, serial: u64 },
     /// The user's lockout may have ended.
     Lockout(UserId),
     /// The connection must have logged in by now. `due` tells it from a
@@ -313,8 +314,6 @@ struct Conn {
     /// presents (TLS), from its last LOGIN; handed out with its address.
     p2p_cert: Option<Box<str>>,
     last_seen: Instant,
-    /// Due time of this connection's one live heartbeat timer.
-    heartbeat_due: Instant,
     /// Tells this connection from a later one reusing its id.
     serial: u64,
     /// When it was accepted; once its user logged in, when they did (only
@@ -462,7 +461,7 @@ pub struct Core {
     /// said so (it says so once, and again when there is room).
     server_full_logged: bool,
     /// Logged-in users.
-    online: BTreeSet<UserId>,
+    online: Online,
     /// Login attempts and failed logins per address, for throttling.
     throttle: LoginThrottle,
     /// Connections open, and the pace of new ones, per address.
@@ -584,6 +583,7 @@ impl Core {
     pub fn new(mut accounts: Vec<Account>, config: CoreConfig) -> Self {
         accounts.sort_by(|a, b| a.name.cmp(&b.name));
         let users = Users::new(accounts.into_iter().map(|a| (a.name, a.password)));
+        let online = Online::with_accounts(users.len());
         Core {
             config,
             outboxes: Outboxes::new(users.len()),
@@ -591,7 +591,7 @@ impl Core {
             server_full_logged: false,
             users,
             conns: ConnTable::default(),
-            online: BTreeSet::new(),
+            online,
             addresses: AddressTable::new(
                 config.max_per_address,
                 config.connection_rate,
@@ -890,7 +890,6 @@ impl Core {
             p2p_port: 0,
             p2p_cert: None,
             last_seen: now,
-            heartbeat_due: due,
             serial,
             connected: now,
             verifying: None,
@@ -901,7 +900,7 @@ impl Core {
         self.addresses.opened(ip, now);
         let conns = &self.conns;
         self.arrivals.push(conn, serial, conns.len, |id, serial| waiting(conns, id, serial));
-        self.effects.push(Effect::Arm { at: due, timer: Timer::Heartbeat { conn, due } });
+        self.effects.push(Effect::Arm { at: due, timer: Timer::Heartbeat { conn, serial } });
         let login = Timer::Login { conn, due: login_due };
         self.effects.push(Effect::Arm { at: login_due, timer: login });
         let timeout_secs = self.config.timeout.as_secs();
@@ -1050,7 +1049,7 @@ impl Core {
             return;
         }
         self.users.set_session(user, None);
-        self.online.remove(&user);
+        self.online.remove(user);
         self.tell_senders_unreachable(user);
         // Offline, the user's messages can expire again.
         self.arm_expiry(user);
@@ -1107,7 +1106,6 @@ impl Core {
         let audience: Vec<UserId> = self
             .online
             .iter()
-            .copied()
             .filter(|&u| u != about && !self.has_blocked(about, u) && !self.has_blocked(u, about))
             .collect();
         for user in audience {
@@ -1574,8 +1572,8 @@ impl Core {
     /// and login deadline), so a burst of short connections leaves nothing.
     pub fn timer_wanted(&self, timer: &Timer) -> bool {
         match *timer {
-            Timer::Heartbeat { conn, due } => {
-                self.conns.get(&conn).is_some_and(|c| c.heartbeat_due == due)
+            Timer::Heartbeat { conn, serial } => {
+                self.conns.get(&conn).is_some_and(|c| c.serial == serial)
             }
             Timer::Login { conn, due } => self.login_pending(conn, due),
             Timer::Lockout(user) => self.users[user].state().locked_until.is_some(),
@@ -1611,7 +1609,7 @@ impl Core {
     /// A timer armed through [`Effect::Arm`] came due.
     pub fn timer_fired(&mut self, timer: Timer, now: Instant) {
         match timer {
-            Timer::Heartbeat { conn, due } => self.check_heartbeat(conn, due, now),
+            Timer::Heartbeat { conn, serial } => self.check_heartbeat(conn, serial, now),
             Timer::Login { conn, due } => {
                 if self.login_pending(conn, due) {
                     info!("{} did not log in within the login deadline", self.describe(conn));
@@ -1704,19 +1702,17 @@ impl Core {
     /// Ends a silent connection, or re-arms for the latest activity. The
     /// timer is re-armed lazily here rather than on every line, so a busy
     /// connection costs nothing in the wheel.
-    fn check_heartbeat(&mut self, conn: ConnId, due: Instant, now: Instant) {
+    fn check_heartbeat(&mut self, conn: ConnId, serial: u64, now: Instant) {
         let timeout = self.config.timeout;
-        let Some(state) = self.conns.get_mut(&conn) else {
+        let Some(state) = self.conns.get(&conn) else {
             return;
         };
-        if state.heartbeat_due != due {
+        if state.serial != serial {
             return; // Stale: armed for an earlier connection with this id.
         }
         let next = state.last_seen + timeout;
         if next > now {
-            state.heartbeat_due = next;
-            self.effects
-                .push(Effect::Arm { at: next, timer: Timer::Heartbeat { conn, due: next } });
+            self.effects.push(Effect::Arm { at: next, timer: Timer::Heartbeat { conn, serial } });
             return;
         }
         info!("{} timed out after {}s of silence", self.describe(conn), timeout.as_secs());
@@ -2304,7 +2300,7 @@ mod tests {
         assert_eq!(h.closed, vec![1]);
         let to_b = sent.iter().filter(|(c, line)| *c == 2 && line != "PONG");
         assert_eq!(to_b.count(), 0, "B was active and stays: {sent:?}");
-        assert_eq!(h.core.online.iter().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(h.core.online.iter().collect::<Vec<_>>(), vec![1]);
     }
 
     #[test]

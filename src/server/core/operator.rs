@@ -114,7 +114,7 @@ impl Core {
     pub fn sessions(&self, max: usize) -> (Vec<SessionInfo>, usize) {
         // Names sorted as `ONLINE` sorts them (the same sort, so the
         // binary carries one), each found again by name.
-        let mut names: Vec<&str> = self.online.iter().map(|&user| self.name(user)).collect();
+        let mut names: Vec<&str> = self.online.iter().map(|user| self.name(user)).collect();
         names.sort_unstable();
         let total = names.len();
         let list = names
