@@ -83,13 +83,13 @@ impl Core {
         // Most lines name the same user as the one before (a conversation,
         // a script sending many messages): compare with that one before
         // hashing the name.
-        let recent = self.conns.get(&conn).and_then(|c| c.recent_user);
+        let recent = self.conns.get(&conn).and_then(|c| c.recent_user());
         if let Some(id) = recent.filter(|&id| id != me && self.listed_as(id, name)) {
             return Some(id);
         }
         let found = self.user_id(name);
         if let (Some(id), Some(state)) = (found, self.conns.get_mut(&conn)) {
-            state.recent_user = Some(id);
+            state.set_recent_user(id);
         }
         match found {
             None => self.refuse(conn, Failure::UnknownUser { user: name }),
@@ -161,7 +161,7 @@ impl Core {
         if !self.take_storage(SNAPSHOT_RECORD_BYTES + text.len()) {
             return Delivery::NoStorage;
         }
-        let online = self.users[to].state().session.is_some();
+        let online = self.users.session(to).is_some();
         let kind = if online { live_kind } else { MsgKind::Offline };
         let notify = online && live_kind == MsgKind::Direct;
         let accepted = self.wall.accepted(now);
@@ -232,7 +232,7 @@ impl Core {
         if !self.within_send_rate(conn, me, now) || !self.text_fits(conn, text) {
             return;
         }
-        let recipients: Vec<UserId> = self.online.iter().copied().filter(|&u| u != me).collect();
+        let recipients: Vec<UserId> = self.online.iter().filter(|&u| u != me).collect();
         let mut no_storage = false;
         for to in recipients {
             if self.has_blocked(to, me) {
@@ -263,7 +263,6 @@ impl Core {
         let mut users: Vec<&str> = self
             .online
             .iter()
-            .copied()
             .filter(|&u| u != me && !self.has_blocked(u, me))
             .map(|u| self.users[u].name.as_str())
             .collect();
@@ -326,7 +325,7 @@ impl Core {
         let Some(target) = self.other_user(conn, me, name) else {
             return;
         };
-        if !self.online.contains(&target) || self.has_blocked(target, me) {
+        if !self.online.contains(target) || self.has_blocked(target, me) {
             self.refuse(conn, Failure::GetAddress { user: name });
             return;
         }
@@ -405,7 +404,7 @@ impl Core {
             self.record(me, |core| Record::Acked { user: core.name(me).to_owned(), seq });
         }
         for &(sender, count) in &senders {
-            if let Some(conn) = self.users[sender].state().session {
+            if let Some(conn) = self.users.session(sender) {
                 self.confirmations.add(conn, me, count, now);
             }
         }

@@ -19,8 +19,6 @@
 //! The chat commands themselves live in `commands.rs`; this file holds the
 //! state, the login and session life cycle, and the timers.
 
-use std::collections::BTreeSet;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,6 +30,7 @@ use crate::server::logging::refusals::{Refusals, Verdict};
 mod admission;
 mod commands;
 mod confirm;
+mod online;
 mod operator;
 mod outbox;
 mod presence;
@@ -43,6 +42,7 @@ mod users;
 use admission::{AddressTable, Arrivals, Over};
 use confirm::Confirmations;
 pub use confirm::CONFIRM_DELAY;
+use online::Online;
 pub use operator::{Census, Changed, OperatorError, SessionInfo};
 use outbox::{Accepted, Caps, Outboxes};
 use presence::{Decision, Presence};
@@ -202,10 +202,11 @@ pub const DEFAULT_MESSAGE_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// A deadline the event loop keeps in its timer wheel for the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
-    /// Check whether the connection has been silent too long. `due` tells a
-    /// current timer from a stale one left by an earlier connection that had
-    /// the same id.
-    Heartbeat { conn: ConnId, due: Instant },
+    /// Check whether the connection has been silent too long. `serial`
+    /// tells a current timer from a stale one left by an earlier connection
+    /// that had the same id (a connection has one live at a time: armed at
+    /// accept, and again only by the check of the one that fired).
+    Heartbeat { conn: ConnId, serial: u64 },
     /// The user's lockout may have ended.
     Lockout(UserId),
     /// The connection must have logged in by now. `due` tells it from a
@@ -298,36 +299,59 @@ pub enum Admit {
 
 /// Whether `id` is still the connection with `serial` and has not logged in.
 fn waiting(conns: &ConnTable, id: ConnId, serial: u64) -> bool {
-    conns.get(&id).is_some_and(|c| c.serial == serial && c.user.is_none())
+    conns.get(&id).is_some_and(|c| c.serial == serial && c.logged_in.is_none())
 }
 
 /// One open connection.
 #[derive(Debug)]
 struct Conn {
     pub ip: IpAddr,
-    pub user: Option<UserId>,
+    /// Its user once logged in (see [`Conn::user`]): four bytes, as user
+    /// ids are (the [`Users`] index holds them as `u32`).
+    logged_in: Option<u32>,
     pub p2p_port: u16,
     /// The fingerprint of the certificate its peer-to-peer listener
     /// presents (TLS), from its last LOGIN; handed out with its address.
     p2p_cert: Option<Box<str>>,
     last_seen: Instant,
-    /// Due time of this connection's one live heartbeat timer.
-    heartbeat_due: Instant,
-    /// When this connection must have logged in.
-    login_due: Instant,
     /// Tells this connection from a later one reusing its id.
     serial: u64,
     /// When it was accepted; once its user logged in, when they did (only
-    /// a connection that has not logged in is compared by age).
+    /// a connection that has not logged in is compared by age). Until the
+    /// login, its deadline is this plus the login timeout (not a field of
+    /// its own: every connection would carry it long after logging in).
     connected: Instant,
-    /// A login whose password is being checked off the loop.
-    verifying: Option<Pending>,
+    /// A login whose password is being checked off the loop. Boxed: only
+    /// a connection in the middle of a login has one, and every other
+    /// connection should not carry its room.
+    verifying: Option<Box<Pending>>,
     /// After a `rate-limited` refusal: when its user has a token again.
     /// Until then the event loop reads no more from it ([`Core::read_hold`]).
     read_hold: Option<Instant>,
     /// The user its last command named, found by name (a cache: checked
     /// against the name each time, see `other_user`).
-    recent_user: Option<UserId>,
+    recent: Option<u32>,
+}
+
+impl Conn {
+    /// The user logged in on this connection.
+    #[inline]
+    fn user(&self) -> Option<UserId> {
+        self.logged_in.map(|id| id as UserId)
+    }
+
+    /// The user its last command named.
+    #[inline]
+    fn recent_user(&self) -> Option<UserId> {
+        self.recent.map(|id| id as UserId)
+    }
+
+    /// Remembers the user its last command named (a cache: an id that
+    /// does not fit is simply not remembered).
+    #[inline]
+    fn set_recent_user(&mut self, user: UserId) {
+        self.recent = u32::try_from(user).ok();
+    }
 }
 
 /// Open connections by id. Ids are the event loop's slab keys, small and
@@ -437,7 +461,7 @@ pub struct Core {
     /// said so (it says so once, and again when there is room).
     server_full_logged: bool,
     /// Logged-in users.
-    online: BTreeSet<UserId>,
+    online: Online,
     /// Login attempts and failed logins per address, for throttling.
     throttle: LoginThrottle,
     /// Connections open, and the pace of new ones, per address.
@@ -559,6 +583,7 @@ impl Core {
     pub fn new(mut accounts: Vec<Account>, config: CoreConfig) -> Self {
         accounts.sort_by(|a, b| a.name.cmp(&b.name));
         let users = Users::new(accounts.into_iter().map(|a| (a.name, a.password)));
+        let online = Online::with_accounts(users.len());
         Core {
             config,
             outboxes: Outboxes::new(users.len()),
@@ -566,7 +591,7 @@ impl Core {
             server_full_logged: false,
             users,
             conns: ConnTable::default(),
-            online: BTreeSet::new(),
+            online,
             addresses: AddressTable::new(
                 config.max_per_address,
                 config.connection_rate,
@@ -733,7 +758,7 @@ impl Core {
 
     /// Sends to `user` if they are logged in.
     fn send_to_user(&mut self, user: UserId, msg: &ServerMsg<'_>) {
-        if let Some(conn) = self.users[user].state().session {
+        if let Some(conn) = self.users.session(user) {
             self.send(conn, msg);
         }
     }
@@ -861,23 +886,21 @@ impl Core {
         self.next_serial += 1;
         let state = Conn {
             ip,
-            user: None,
+            logged_in: None,
             p2p_port: 0,
             p2p_cert: None,
             last_seen: now,
-            heartbeat_due: due,
-            login_due,
             serial,
             connected: now,
             verifying: None,
             read_hold: None,
-            recent_user: None,
+            recent: None,
         };
         self.conns.insert(conn, state);
         self.addresses.opened(ip, now);
         let conns = &self.conns;
         self.arrivals.push(conn, serial, conns.len, |id, serial| waiting(conns, id, serial));
-        self.effects.push(Effect::Arm { at: due, timer: Timer::Heartbeat { conn, due } });
+        self.effects.push(Effect::Arm { at: due, timer: Timer::Heartbeat { conn, serial } });
         let login = Timer::Login { conn, due: login_due };
         self.effects.push(Effect::Arm { at: login_due, timer: login });
         let timeout_secs = self.config.timeout.as_secs();
@@ -978,15 +1001,17 @@ impl Core {
 
     /// "user A (1.2.3.4)" or "connection 7 (1.2.3.4)", for log lines.
     fn describe(&self, conn: ConnId) -> String {
-        match self.conns.get(&conn) {
-            Some(Conn { ip, user: Some(user), .. }) => format!("user {} ({ip})", self.name(*user)),
-            Some(Conn { ip, .. }) => format!("connection {conn} ({ip})"),
-            None => format!("connection {conn}"),
+        let Some(state) = self.conns.get(&conn) else {
+            return format!("connection {conn}");
+        };
+        match state.user() {
+            Some(user) => format!("user {} ({})", self.name(user), state.ip),
+            None => format!("connection {conn} ({})", state.ip),
         }
     }
 
     fn dispatch(&mut self, conn: ConnId, msg: ClientMsg<'_>, now: Instant) {
-        match self.conns.get(&conn).and_then(|c| c.user) {
+        match self.conns.get(&conn).and_then(Conn::user) {
             Some(user) => self.command(conn, user, msg, now),
             None => self.before_login(conn, msg, now),
         }
@@ -1002,7 +1027,7 @@ impl Core {
     /// The connection closed (end of file, reset, or error) without LOGOUT.
     /// The user goes offline silently, as after Ctrl-C in the original.
     pub fn disconnected(&mut self, conn: ConnId) {
-        if let Some(user) = self.conns.get(&conn).and_then(|c| c.user) {
+        if let Some(user) = self.conns.get(&conn).and_then(Conn::user) {
             info!("user {} disconnected without logging out", self.name(user));
         }
         self.forget(conn);
@@ -1017,14 +1042,14 @@ impl Core {
         // A connection gone without a goodbye cannot be told any more.
         self.confirmations.take(conn);
         self.addresses.closed(state.ip);
-        let Some(user) = state.user else {
+        let Some(user) = state.user() else {
             return;
         };
-        if self.users[user].state().session != Some(conn) {
+        if self.users.session(user) != Some(conn) {
             return;
         }
-        self.users[user].state_mut().session = None;
-        self.online.remove(&user);
+        self.users.set_session(user, None);
+        self.online.remove(user);
         self.tell_senders_unreachable(user);
         // Offline, the user's messages can expire again.
         self.arm_expiry(user);
@@ -1049,7 +1074,7 @@ impl Core {
         for sender in senders {
             // Confirmations of earlier messages first: the sender's client
             // matches both to its messages in the order they were sent.
-            if let Some(conn) = self.users[sender].state().session {
+            if let Some(conn) = self.users.session(sender) {
                 self.confirm_now(conn);
             }
             let msg = ServerMsg::Queued { user: &name, reason: QueueReason::Unreachable };
@@ -1081,7 +1106,6 @@ impl Core {
         let audience: Vec<UserId> = self
             .online
             .iter()
-            .copied()
             .filter(|&u| u != about && !self.has_blocked(about, u) && !self.has_blocked(u, about))
             .collect();
         for user in audience {
@@ -1176,7 +1200,8 @@ impl Core {
         };
         self.verifications += 1;
         let serial = self.verifications;
-        state.verifying = Some(Pending { serial, user, p2p_port, secret: secret.clone() });
+        state.verifying =
+            Some(Box::new(Pending { serial, user, p2p_port, secret: secret.clone() }));
         let secret = secret.clone();
         let job = Verification { conn, serial, secret, attempt: password.to_owned() };
         self.effects.push(Effect::Verify(Box::new(job)));
@@ -1320,7 +1345,7 @@ impl Core {
     }
 
     fn start_session(&mut self, conn: ConnId, user: UserId, p2p_port: u16, now: Instant) {
-        let replaced = self.users[user].state().session;
+        let replaced = self.users.session(user);
         if let Some(old) = replaced {
             info!("user {} logged in again; ending the older session", self.name(user));
             self.bye(old, ByeReason::Replaced);
@@ -1328,18 +1353,25 @@ impl Core {
         let Some(state) = self.conns.get_mut(&conn) else {
             return;
         };
-        state.user = Some(user);
+        // User ids fit in u32 (see `Users::add`).
+        state.logged_in = u32::try_from(user).ok();
         state.p2p_port = p2p_port;
         state.connected = now;
         let ip = state.ip;
         self.stats.login();
-        self.users[user].state_mut().session = Some(conn);
+        self.users.set_session(user, Some(conn));
         self.online.insert(user);
         info!("user {} logged in from {ip}", self.name(user));
         let name = self.users[user].name.clone();
         self.send(conn, &ServerMsg::Welcome { user: &name });
         self.pump(user);
-        for holder in std::mem::take(&mut self.users[user].state_mut().address_holders) {
+        // Taken only if there are any: reading allocates no state, so a
+        // user with nothing to keep costs nothing while logged in.
+        let holders = match self.users[user].state().address_holders.is_empty() {
+            true => Default::default(),
+            false => std::mem::take(&mut self.users[user].state_mut().address_holders),
+        };
+        for holder in holders {
             self.send_to_user(holder, &ServerMsg::AddressChanged { user: &name });
         }
         if replaced.is_none() {
@@ -1350,7 +1382,7 @@ impl Core {
     /// Sends outbox entries not yet sent in this session, oldest first,
     /// while the send window (a count and a byte budget) has room.
     fn pump(&mut self, user: UserId) {
-        let Some(conn) = self.users[user].state().session else {
+        let Some(conn) = self.users.session(user) else {
             return;
         };
         let window_bytes = self.config.window_bytes;
@@ -1540,16 +1572,23 @@ impl Core {
     /// and login deadline), so a burst of short connections leaves nothing.
     pub fn timer_wanted(&self, timer: &Timer) -> bool {
         match *timer {
-            Timer::Heartbeat { conn, due } => {
-                self.conns.get(&conn).is_some_and(|c| c.heartbeat_due == due)
+            Timer::Heartbeat { conn, serial } => {
+                self.conns.get(&conn).is_some_and(|c| c.serial == serial)
             }
-            Timer::Login { conn, due } => {
-                self.conns.get(&conn).is_some_and(|c| c.user.is_none() && c.login_due == due)
-            }
+            Timer::Login { conn, due } => self.login_pending(conn, due),
             Timer::Lockout(user) => self.users[user].state().locked_until.is_some(),
             Timer::Expiry { user, due } => self.users[user].state().expiry_due == Some(due),
             Timer::RefusalSummary | Timer::Presence(_) => true,
         }
+    }
+
+    /// Whether `conn` is the connection whose login deadline is `due` (not
+    /// a later one with its id) and has not logged in.
+    fn login_pending(&self, conn: ConnId, due: Instant) -> bool {
+        let login_timeout = self.config.login_timeout;
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.logged_in.is_none() && c.connected + login_timeout == due)
     }
 
     /// Gives back memory a burst left in the core's tables.
@@ -1557,16 +1596,22 @@ impl Core {
         self.conns.shrink();
         self.outboxes.release();
         self.presence.tidy(now);
+        self.presence.shrink();
+        // A pass's buffers keep up to `BURST_BYTES` between passes, for
+        // steady traffic; once quiet, an idle server keeps none.
+        if self.effects.is_empty() && self.out.is_empty() {
+            self.effects = Vec::new();
+            self.out = String::new();
+        }
+        self.delivered_scratch = Vec::new();
     }
 
     /// A timer armed through [`Effect::Arm`] came due.
     pub fn timer_fired(&mut self, timer: Timer, now: Instant) {
         match timer {
-            Timer::Heartbeat { conn, due } => self.check_heartbeat(conn, due, now),
+            Timer::Heartbeat { conn, serial } => self.check_heartbeat(conn, serial, now),
             Timer::Login { conn, due } => {
-                let late =
-                    self.conns.get(&conn).is_some_and(|c| c.user.is_none() && c.login_due == due);
-                if late {
+                if self.login_pending(conn, due) {
                     info!("{} did not log in within the login deadline", self.describe(conn));
                     self.bye(conn, ByeReason::LoginTimeout);
                 }
@@ -1579,7 +1624,7 @@ impl Core {
                 }
             }
             Timer::Presence(user) => {
-                let online = self.users[user].state().session.is_some();
+                let online = self.users.session(user).is_some();
                 if self.presence.due(user, online, now) {
                     self.announce_presence(user, online, now);
                 }
@@ -1602,8 +1647,7 @@ impl Core {
     /// towards the back) or they are online (their messages are being
     /// delivered and do not expire).
     fn arm_expiry(&mut self, user: UserId) {
-        let account = self.users[user].state();
-        if account.session.is_some() || account.expiry_due.is_some() {
+        if self.users.session(user).is_some() || self.users[user].state().expiry_due.is_some() {
             return;
         }
         let Some(oldest) = self.outboxes.get(user).oldest() else {
@@ -1627,7 +1671,7 @@ impl Core {
             return; // Stale: a later timer is the live one.
         }
         self.users[user].state_mut().expiry_due = None;
-        if self.users[user].state().session.is_some() {
+        if self.users.session(user).is_some() {
             return; // Re-armed when the user goes offline.
         }
         let ttl = self.config.message_ttl;
@@ -1658,19 +1702,17 @@ impl Core {
     /// Ends a silent connection, or re-arms for the latest activity. The
     /// timer is re-armed lazily here rather than on every line, so a busy
     /// connection costs nothing in the wheel.
-    fn check_heartbeat(&mut self, conn: ConnId, due: Instant, now: Instant) {
+    fn check_heartbeat(&mut self, conn: ConnId, serial: u64, now: Instant) {
         let timeout = self.config.timeout;
-        let Some(state) = self.conns.get_mut(&conn) else {
+        let Some(state) = self.conns.get(&conn) else {
             return;
         };
-        if state.heartbeat_due != due {
+        if state.serial != serial {
             return; // Stale: armed for an earlier connection with this id.
         }
         let next = state.last_seen + timeout;
         if next > now {
-            state.heartbeat_due = next;
-            self.effects
-                .push(Effect::Arm { at: next, timer: Timer::Heartbeat { conn, due: next } });
+            self.effects.push(Effect::Arm { at: next, timer: Timer::Heartbeat { conn, serial } });
             return;
         }
         info!("{} timed out after {}s of silence", self.describe(conn), timeout.as_secs());
@@ -2051,7 +2093,7 @@ mod tests {
         assert!(!h.core.awaits_verification(1), "the new connection waits for nothing");
         assert!(!h.answer_check(), "the answer is for the old connection");
         assert_eq!(h.take(), vec![]);
-        assert!(h.core.users[2].state().session.is_none());
+        assert!(h.core.users.session(2).is_none());
     }
 
     #[test]
@@ -2121,11 +2163,12 @@ mod tests {
     }
 
     #[test]
-    fn an_account_costs_no_state_before_its_first_login_or_after_its_last() {
+    fn an_account_costs_no_state_before_its_first_login_nor_while_idle_or_after_its_last() {
         let mut h = Harness::new();
         assert!(h.core.users.iter().all(|u| !u.has_state()), "nothing preallocated");
         h.login(1, "A");
-        assert!(h.core.users[0].has_state());
+        assert_eq!(h.core.users.session(0), Some(1));
+        assert!(!h.core.users[0].has_state(), "an idle session allocates no state");
         h.line(1, "LOGOUT");
         assert!(!h.core.users[0].has_state(), "logged out with nothing pending");
         h.login(2, "B");
@@ -2133,6 +2176,13 @@ mod tests {
         h.line(2, "LOGOUT");
         assert!(h.core.users[1].has_state(), "a block list is kept");
         assert!(h.core.users[2].has_state(), "as is the count of who blocked C");
+    }
+
+    #[test]
+    fn a_connection_entry_stays_small() {
+        // Every open connection has one, idle or not: what is needed only
+        // during a login is boxed or derived. 216 bytes before that.
+        assert!(std::mem::size_of::<Option<Conn>>() <= 160);
     }
 
     #[test]
@@ -2250,7 +2300,7 @@ mod tests {
         assert_eq!(h.closed, vec![1]);
         let to_b = sent.iter().filter(|(c, line)| *c == 2 && line != "PONG");
         assert_eq!(to_b.count(), 0, "B was active and stays: {sent:?}");
-        assert_eq!(h.core.online.iter().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(h.core.online.iter().collect::<Vec<_>>(), vec![1]);
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Core {
     pub fn census(&self) -> Census {
         let mut census = Census { queued_bytes: self.outboxes.text_bytes(), ..Census::default() };
         for conn in self.conns.slots.iter().flatten() {
-            match (conn.user, &conn.verifying) {
+            match (conn.user(), &conn.verifying) {
                 (Some(_), _) => census.online += 1,
                 (None, Some(_)) => census.verifying += 1,
                 (None, None) => census.logging_in += 1,
@@ -114,7 +114,7 @@ impl Core {
     pub fn sessions(&self, max: usize) -> (Vec<SessionInfo>, usize) {
         // Names sorted as `ONLINE` sorts them (the same sort, so the
         // binary carries one), each found again by name.
-        let mut names: Vec<&str> = self.online.iter().map(|&user| self.name(user)).collect();
+        let mut names: Vec<&str> = self.online.iter().map(|user| self.name(user)).collect();
         names.sort_unstable();
         let total = names.len();
         let list = names
@@ -122,7 +122,7 @@ impl Core {
             .take(max)
             .filter_map(|name| {
                 let user = self.users.find(name)?;
-                let conn = self.users[user].state().session?;
+                let conn = self.users.session(user)?;
                 let state = self.conns.get(&conn)?;
                 let outbox = self.outboxes.get(user);
                 Some(SessionInfo {
@@ -176,7 +176,7 @@ impl Core {
     /// Ends `name`'s session (`BYE kicked [reason]`); they may log in again.
     pub fn kick(&mut self, name: &str, reason: &str, now: Instant) -> Result<(), OperatorError> {
         let user = self.account(name)?;
-        let Some(conn) = self.users[user].state().session else {
+        let Some(conn) = self.users.session(user) else {
             return Err(OperatorError::NotOnline(name.to_owned()));
         };
         let who = self.describe(conn);
@@ -200,7 +200,7 @@ impl Core {
         }
         self.users[user].state_mut().disabled = true;
         self.record(user, |core| Record::Disabled { user: core.name(user).to_owned() });
-        let session = self.users[user].state().session;
+        let session = self.users.session(user);
         match session {
             Some(conn) => {
                 info!("the operator disabled {}; ending the session", self.describe(conn));

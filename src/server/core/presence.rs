@@ -19,9 +19,16 @@
 //! Who hears a notice (not the user's blockers, not those the user
 //! blocked) is the core's decision; this type reads no clock and sends
 //! nothing.
+//!
+//! A recipient's allowance is one number (when their bucket is full
+//! again, in milliseconds), kept only while it is not full: after a burst
+//! of logins every online user has one for a few seconds, so it is
+//! sixteen bytes a recipient rather than a token count and a time.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use super::UserId;
 
@@ -45,12 +52,12 @@ struct Announced {
     login: bool,
 }
 
-/// A recipient's allowance of notices (a token bucket).
-#[derive(Debug, Clone, Copy)]
-struct Allowance {
-    tokens: f64,
-    at: Instant,
-}
+/// The time one notice's token takes to come back, in milliseconds.
+const MS_PER_TOKEN: u64 = (1000.0 / PER_SECOND) as u64;
+
+/// How far ahead of now a bucket's full time may be while a notice is
+/// still allowed: the burst's other tokens (the one taken is its last).
+const TOLERANCE_MS: u64 = (BURST as u64 - 1) * MS_PER_TOKEN;
 
 /// What to do about a user's change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +74,12 @@ pub enum Decision {
 #[derive(Debug, Default)]
 pub struct Presence {
     announced: HashMap<UserId, Announced>,
-    allowance: HashMap<UserId, Allowance>,
+    /// Each recipient whose bucket is not full: when it is full again, in
+    /// milliseconds after `epoch` (the generic cell rate algorithm, which
+    /// behaves exactly like a token bucket).
+    allowance: FxHashMap<UserId, u64>,
+    /// The time the allowances count from: the first one asked for.
+    epoch: Option<Instant>,
 }
 
 impl Presence {
@@ -111,16 +123,20 @@ impl Presence {
 
     /// Whether `recipient` may get one more notice now (and takes it).
     pub fn allow(&mut self, recipient: UserId, now: Instant) -> bool {
-        let allowance =
-            self.allowance.entry(recipient).or_insert(Allowance { tokens: BURST, at: now });
-        let elapsed = now.saturating_duration_since(allowance.at).as_secs_f64();
-        allowance.tokens = (allowance.tokens + elapsed * PER_SECOND).min(BURST);
-        allowance.at = now;
-        if allowance.tokens < 1.0 {
+        let now = self.ms(now);
+        let full_at = self.allowance.entry(recipient).or_insert(now);
+        let full_at_or_now = (*full_at).max(now);
+        if full_at_or_now - now > TOLERANCE_MS {
             return false;
         }
-        allowance.tokens -= 1.0;
+        *full_at = full_at_or_now + MS_PER_TOKEN;
         true
+    }
+
+    /// `at` in milliseconds since the epoch (set by the first call).
+    fn ms(&mut self, at: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(at);
+        u64::try_from(at.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX / 2)
     }
 
     /// Forgets what is no longer needed: users whose last notice is old
@@ -129,10 +145,14 @@ impl Presence {
     pub fn tidy(&mut self, now: Instant) {
         self.announced.retain(|_, a| a.pending || now < a.at + COALESCE);
         // An allowance that has refilled is the same as none.
-        self.allowance.retain(|_, a| {
-            let elapsed = now.saturating_duration_since(a.at).as_secs_f64();
-            a.tokens + elapsed * PER_SECOND < BURST
-        });
+        let now = self.ms(now);
+        self.allowance.retain(|_, full_at| *full_at > now);
+    }
+
+    /// Gives back the room a burst of notices left in the tables.
+    pub fn shrink(&mut self) {
+        self.announced.shrink_to_fit();
+        self.allowance.shrink_to_fit();
     }
 
     /// Entries held.
@@ -206,6 +226,19 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         let allowed = (0..1000).filter(|_| p.allow(7, later)).count();
         assert_eq!(allowed, PER_SECOND as usize);
+    }
+
+    #[test]
+    fn an_emptied_allowance_refills_to_the_burst_and_no_further() {
+        let t0 = Instant::now();
+        let mut p = Presence::default();
+        assert_eq!((0..1000).filter(|_| p.allow(7, t0)).count(), BURST as usize);
+        let half = t0 + Duration::from_secs_f64(BURST / PER_SECOND / 2.0);
+        assert_eq!((0..1000).filter(|_| p.allow(7, half)).count(), BURST as usize / 2);
+        let long_after = t0 + Duration::from_secs(3600);
+        assert_eq!((0..1000).filter(|_| p.allow(7, long_after)).count(), BURST as usize);
+        p.tidy(long_after + Duration::from_secs(3600));
+        assert_eq!(p.len(), 0, "a full allowance is not kept");
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! anything is a name, a password and one empty pointer: everything else
 //! ([`UserState`]) is allocated the first time it is changed. So a
 //! credentials file of a thousand accounts costs little more than the file.
+//! The session (the connection a user is logged in on) is not part of that
+//! state but a word per account beside the list: logging in changes
+//! nothing else, so an idle logged-in user allocates nothing here.
 //!
 //! It knows nothing of what the state means: the core keeps it consistent
 //! (block counts in step with block lists, sessions with connections).
@@ -41,8 +44,6 @@ pub struct User {
 /// What the server keeps about a user beyond their name and password.
 #[derive(Debug, Default)]
 pub struct UserState {
-    /// The connection this user is logged in on.
-    pub session: Option<ConnId>,
     /// Users this user has blocked. Changed only by the core's
     /// `set_block`, which keeps `blocked_by` of the target in step.
     pub blocked: FxHashSet<UserId>,
@@ -67,7 +68,6 @@ pub struct UserState {
 
 /// The state of a user of whom nothing is known yet.
 static UNTOUCHED: UserState = UserState {
-    session: None,
     blocked: FxHashSet::with_hasher(FxBuildHasher),
     blocked_by: 0,
     send_rate: SendRate::FULL,
@@ -83,8 +83,7 @@ static UNTOUCHED: UserState = UserState {
 impl UserState {
     /// Whether this says no more than [`UNTOUCHED`] does at `now`.
     fn is_untouched(&self, now: Instant) -> bool {
-        self.session.is_none()
-            && self.blocked.is_empty()
+        self.blocked.is_empty()
             && self.blocked_by == 0
             && self.send_rate.is_full(now)
             && self.expiry_due.is_none()
@@ -120,8 +119,8 @@ impl User {
         self.state.is_some()
     }
 
-    /// Frees the state once it says nothing any more at `now` (a user who
-    /// logged out with nothing pending).
+    /// Frees the state once it says nothing any more at `now` (a user with
+    /// nothing pending).
     pub fn tidy(&mut self, now: Instant) {
         if self.state.as_deref().is_some_and(|state| state.is_untouched(now)) {
             self.state = None;
@@ -136,7 +135,15 @@ pub struct Users {
     /// Ids, found by the hash of their user's name: the names live in the
     /// list only, not a second time as keys.
     index: HashTable<u32>,
+    /// Each user's session by id, in step with `list`: the connection they
+    /// are logged in on, or [`NO_SESSION`]. Four bytes an account rather
+    /// than a [`UserState`] allocated at every login.
+    sessions: Vec<u32>,
 }
+
+/// In [`Users::sessions`]: not logged in. Connection ids are the event
+/// loop's slab keys, bounded by the connection limit, far below it.
+const NO_SESSION: u32 = u32::MAX;
 
 fn hash(name: &str) -> u64 {
     use std::hash::BuildHasher;
@@ -154,6 +161,7 @@ impl Users {
             }
         }
         users.list.shrink_to_fit();
+        users.sessions.shrink_to_fit();
         users.index.shrink_to_fit(|&id| hash(&users.list[id as usize].name));
         users
     }
@@ -175,7 +183,23 @@ impl Users {
         let list = &self.list;
         self.index.insert_unique(hash(&name), key, |&id| hash(&list[id as usize].name));
         self.list.push(User::new(name, password));
+        self.sessions.push(NO_SESSION);
         id
+    }
+
+    /// The connection `id` is logged in on.
+    #[inline]
+    pub fn session(&self, id: UserId) -> Option<ConnId> {
+        let conn = *self.sessions.get(id)?;
+        (conn != NO_SESSION).then_some(conn as ConnId)
+    }
+
+    /// Records `id`'s session (`None`: logged out). A connection id that
+    /// does not fit (never, see [`NO_SESSION`]) is kept as none.
+    pub fn set_session(&mut self, id: UserId, conn: Option<ConnId>) {
+        if let Some(slot) = self.sessions.get_mut(id) {
+            *slot = conn.and_then(|c| u32::try_from(c).ok()).unwrap_or(NO_SESSION);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -244,15 +268,32 @@ mod tests {
     fn state_is_allocated_when_changed_and_freed_when_it_says_nothing() {
         let mut users = Users::new([("A".into(), plain("pw"))]);
         assert!(users[0].state.is_none());
-        assert_eq!(users[0].state().session, None, "reading allocates nothing");
+        assert_eq!(users[0].state().failures, 0, "reading allocates nothing");
         assert!(users[0].state.is_none());
-        users[0].state_mut().session = Some(3);
+        users[0].state_mut().failures = 1;
         assert!(users[0].state.is_some());
         let now = Instant::now();
         users[0].tidy(now);
-        assert!(users[0].state.is_some(), "still logged in");
-        users[0].state_mut().session = None;
+        assert!(users[0].state.is_some(), "still says something");
+        users[0].state_mut().failures = 0;
         users[0].tidy(now);
         assert!(users[0].state.is_none());
+    }
+
+    #[test]
+    fn a_session_allocates_no_state() {
+        let mut users = Users::new([("A".into(), plain("pw")), ("B".into(), plain("pw"))]);
+        let late = users.add("late".into(), None);
+        assert_eq!(users.session(0), None);
+        users.set_session(0, Some(3));
+        users.set_session(late, Some(7));
+        assert_eq!(
+            (users.session(0), users.session(1), users.session(late)),
+            (Some(3), None, Some(7))
+        );
+        assert!(!users[0].has_state(), "logging in changes no UserState");
+        users.set_session(0, None);
+        assert_eq!(users.session(0), None);
+        assert_eq!(users.session(99), None, "no such user");
     }
 }
