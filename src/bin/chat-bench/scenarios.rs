@@ -487,17 +487,24 @@ fn idle(s: &Settings, connections: usize) -> io::Result<Report> {
     let pid = server.pid().ok_or_else(|| io::Error::other("idle needs a server it started"))?;
     settle();
     let at_rest = load::rss_kib(pid)?;
+    let anon_at_rest = load::anon_kib(pid)?;
     let mut load = Load::connect(server.addr, Speaks::Chat, names, LOGIN_LIMIT)?;
     // Long enough for the server's quiet-time memory release (1 s).
     load.idle(s.quiet(Duration::from_secs(2)))?;
     let loaded = load::rss_kib(pid)?;
+    let anon_loaded = load::anon_kib(pid)?;
     let per_connection = (loaded.saturating_sub(at_rest) * 1024) / load.len().max(1) as u64;
+    // Without the binary's pages the logins first touched (file pages,
+    // shared, a fixed cost): the heap and stacks alone.
+    let anon_per_connection =
+        (anon_loaded.saturating_sub(anon_at_rest) * 1024) / load.len().max(1) as u64;
     drop((load, server));
     let report = Report::new("idle")
         .int("connections", connections as u64)
         .int("rss_idle_kib", at_rest)
         .int("rss_loaded_kib", loaded)
         .int("bytes_per_connection", per_connection)
+        .int("anon_bytes_per_connection", anon_per_connection)
         .int("fd_limit", limit);
     let Some((server, tls)) = s.tls_server(&names_again)? else { return Ok(report) };
     let pid = server.pid().ok_or_else(|| io::Error::other("idle needs a server it started"))?;
