@@ -70,6 +70,9 @@ impl Local {
 }
 
 /// `ms` in the local time zone (UTC if the C library cannot tell).
+// libc marks time_t deprecated on musl (its width is to change with musl
+// 1.2); it is still the type localtime_r takes.
+#[allow(deprecated)]
 pub fn local(ms: u64) -> Local {
     let secs = libc::time_t::try_from(ms / 1000).unwrap_or(libc::time_t::MAX);
     // SAFETY: localtime_r writes only the tm it is given; an all-zero tm is

@@ -433,8 +433,12 @@ impl Console {
             // SAFETY: the thread is alive (it is editing); while rustyline
             // reads, its own handler takes SIGINT (otherwise the client's
             // handler does, and the poll loop is no longer listening).
+            // std's pthread handle is an integer; the libc crate's type is
+            // that integer on glibc but a pointer on musl.
+            #[allow(clippy::unnecessary_cast)]
+            let reader = self.reader.as_pthread_t() as libc::pthread_t;
             unsafe {
-                libc::pthread_kill(self.reader.as_pthread_t(), libc::SIGINT);
+                libc::pthread_kill(reader, libc::SIGINT);
             }
             state = self.shared.lock();
             if state.activity == Activity::Editing {
