@@ -244,3 +244,91 @@ fn a_wrong_log_level_lists_the_right_ones() {
     assert_eq!(code, Some(2));
     assert!(err.contains("[possible values: off, error, warn, info, debug, trace]"), "{err}");
 }
+
+/// Waits for a log line containing `want`; checks it reads as plain words
+/// (a timestamp, a level, no Rust Debug output) and returns it.
+fn expect_log(lines: &std::sync::mpsc::Receiver<String>, want: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(line) = lines.recv_timeout(left) else { break };
+        if line.contains(want) {
+            assert!(starts_with_rfc3339(&line), "{line}");
+            for debug in ["{", "}", "Some(", "\"", "::"] {
+                assert!(!line.contains(debug), "Debug output in {line:?}");
+            }
+            return line;
+        }
+        seen.push(line);
+    }
+    panic!("no log line with {want:?}; saw {seen:#?}");
+}
+
+#[test]
+fn each_event_is_one_plain_line_with_the_user_and_the_address() {
+    let dir = temp_dir("log-events");
+    let credentials = write_credentials(&dir, USERS);
+    let control = dir.join("control");
+    let control = control.to_str().expect("UTF-8 path");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--bind", "127.0.0.1", "--log-level", "info", "--timeout", "2"])
+        .args(["--block-time", "60", "--control", control, "--credentials"])
+        .arg(&credentials)
+        .arg("0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chat-server");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let stderr = child.stderr.take().expect("stderr");
+    let _reaper = Reaper(child);
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("listening line");
+    let port: u16 = first
+        .trim_end()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    let (tx, log) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+
+    // Login and logout.
+    let mut a = Raw::login(port, "A", "A_pwd");
+    expect_log(&log, "user A logged in from 127.0.0.1");
+    a.send("LOGOUT");
+    a.until("BYE logout");
+    expect_log(&log, "user A (127.0.0.1) logged out");
+    // Gone without a word.
+    drop(Raw::login(port, "B", "B_pwd"));
+    expect_log(&log, "user B (127.0.0.1) disconnected without logging out");
+    // Refusals, then the lockout, from another address.
+    let mut c = Raw::connect_from([127, 0, 0, 2], port);
+    c.send("HELLO 1");
+    c.until("HELLO 1 2");
+    for _ in 0..3 {
+        c.send("LOGIN C 1 wrong");
+        let answer = c.line();
+        assert!(answer.starts_with("DENIED "), "{answer}");
+    }
+    expect_log(&log, "refused login for C from 127.0.0.2");
+    expect_log(&log, "account C locked for 60s after 3 failed logins, the last from 127.0.0.2");
+    // Kicked by the operator.
+    let _a = Raw::login(port, "A", "A_pwd");
+    expect_log(&log, "user A logged in from 127.0.0.1");
+    let (code, _, err) = support::run(
+        env!("CARGO_BIN_EXE_chat-server"),
+        &["ctl", "--control", control, "kick", "A", "spamming"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    expect_log(&log, "the operator kicked user A (127.0.0.1): spamming");
+    // Timed out: logged in, then silent past --timeout.
+    let _b = Raw::login(port, "B", "B_pwd");
+    expect_log(&log, "user B (127.0.0.1) timed out after 2s of silence");
+}

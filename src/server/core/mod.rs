@@ -1027,8 +1027,8 @@ impl Core {
     /// The connection closed (end of file, reset, or error) without LOGOUT.
     /// The user goes offline silently, as after Ctrl-C in the original.
     pub fn disconnected(&mut self, conn: ConnId) {
-        if let Some(user) = self.conns.get(&conn).and_then(Conn::user) {
-            info!("user {} disconnected without logging out", self.name(user));
+        if self.conns.get(&conn).and_then(Conn::user).is_some() {
+            info!("{} disconnected without logging out", self.describe(conn));
         }
         self.forget(conn);
     }
@@ -1347,7 +1347,9 @@ impl Core {
     fn start_session(&mut self, conn: ConnId, user: UserId, p2p_port: u16, now: Instant) {
         let replaced = self.users.session(user);
         if let Some(old) = replaced {
-            info!("user {} logged in again; ending the older session", self.name(user));
+            let ip = self.conns.get(&conn).map(|state| state.ip);
+            let ip = ip.map_or_else(String::new, |ip| format!(" from {ip}"));
+            info!("{} logged in again{ip}; ending the older session", self.describe(old));
             self.bye(old, ByeReason::Replaced);
         }
         let Some(state) = self.conns.get_mut(&conn) else {
