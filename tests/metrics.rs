@@ -61,6 +61,9 @@ fn scrape(addr: SocketAddr) -> HashMap<String, u64> {
     let (status, body) = split(&answer);
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(answer.contains("Content-Type: text/plain; version=0.0.4"), "{answer}");
+    // A few hundred lines at most, whatever the load: no series per user
+    // or address, so the answer cannot grow with the number of either.
+    assert!(body.lines().count() <= 300, "{} lines", body.lines().count());
     let mut samples = HashMap::new();
     let mut typed = Vec::new();
     for line in body.lines() {
