@@ -19,6 +19,8 @@ use support::{Server, WAIT};
 
 const LEFT: &str = "\x1b[D";
 const UP: &str = "\x1b[A";
+const DOWN: &str = "\x1b[B";
+const RIGHT: &str = "\x1b[C";
 const HOME: &str = "\x1b[H";
 const END: &str = "\x1b[F";
 const DELETE: &str = "\x1b[3~";
@@ -330,6 +332,9 @@ fn cursor_keys_home_end_and_delete_edit_the_line_and_never_the_password() {
     // Up brings the line back from the session's history.
     a.keys(&format!("{UP}\x7f?\r"));
     b.out.expect_next("A: aXb?");
+    // Up twice and Down once: the last line again; Left twice, Right once.
+    a.keys(&format!("{UP}{UP}{DOWN}{LEFT}{LEFT}{RIGHT}Y\r"));
+    b.out.expect_next("A: aXbY?");
 }
 
 /// The keys the issue asks for: Ctrl-A/E/K/U/W/L, history, and Tab
