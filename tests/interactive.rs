@@ -197,13 +197,14 @@ impl Term {
         self.wait_screen(&format!("the row {row:?}"), |rows| rows.iter().any(|r| r == row));
     }
 
-    /// The non-empty rows from the first one equal to `first` on.
-    fn rows_from(&self, first: &str) -> Vec<String> {
-        let rows = self.rows();
-        let at = rows.iter().position(|r| r == first).unwrap_or_else(|| {
-            panic!("no row {first:?} on the screen: {rows:#?}");
+    /// Waits until the non-empty rows from the first one equal to `first`
+    /// on are exactly `want` (a redraw may come a moment after the line
+    /// that caused it).
+    fn shows_rows_from(&mut self, first: &str, want: &[&str]) {
+        self.wait_screen(&format!("the rows {want:#?}"), |rows| {
+            let Some(at) = rows.iter().position(|r| r == first) else { return false };
+            rows[at..].iter().filter(|r| !r.is_empty()).eq(want.iter())
         });
-        rows[at..].iter().filter(|r| !r.is_empty()).cloned().collect()
     }
 
     fn wait_exit(&mut self) -> ExitStatus {
@@ -296,9 +297,9 @@ fn a_message_arriving_mid_line_redraws_the_prompt_and_the_typed_text() {
     });
     b.send("message A are you typing?");
     a.shows_row("B: are you typing?");
-    assert_eq!(
-        a.rows_from("User B has logged on."),
-        ["User B has logged on.", "B: are you typing?", "> message B hel"]
+    a.shows_rows_from(
+        "User B has logged on.",
+        &["User B has logged on.", "B: are you typing?", "> message B hel"],
     );
     // Typing goes on where it was.
     a.keys("lo\r");
@@ -393,14 +394,14 @@ fn wrapped_and_wide_lines_are_redrawn_whole() {
     b.send("message A incoming");
     b.out.expect_next("Message delivered to A.");
     a.shows_row("B: incoming");
-    assert_eq!(
-        a.rows_from("User B has logged on."),
-        [
+    a.shows_rows_from(
+        "User B has logged on.",
+        &[
             "User B has logged on.",
             "B: incoming",
             "> message B abcdefghijklmnopqr",
-            "stuvwxyz0123456789"
-        ]
+            "stuvwxyz0123456789",
+        ],
     );
     a.keys("\x15");
     a.wait_screen("an empty prompt", |rows| rows.iter().any(|r| r == ">"));
@@ -417,13 +418,13 @@ fn wrapped_and_wide_lines_are_redrawn_whole() {
     b.send("message A wide");
     b.out.expect_next("Message delivered to A.");
     a.shows_row("B: wide");
-    assert_eq!(
-        a.rows_from("B: incoming"),
-        [
+    a.shows_rows_from(
+        "B: incoming",
+        &[
             "B: incoming",
             "B: wide",
-            "> message B \u{6f22}\u{5b57}\u{6f22}\u{5b57}\u{6f22}\u{5b57}\u{6f22}"
-        ]
+            "> message B \u{6f22}\u{5b57}\u{6f22}\u{5b57}\u{6f22}\u{5b57}\u{6f22}",
+        ],
     );
     a.keys("\r");
     b.out.expect_next("A: \u{6f22}\u{5b57}\u{6f22}\u{5b57}\u{6f22}\u{5b57}\u{6f22}");
