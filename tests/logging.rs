@@ -14,12 +14,13 @@ use support::{signal, temp_dir, write_credentials, Client, Raw, USERS, WAIT};
 
 /// A `chat-server` at `--log-level info` whose stderr is a pipe the test
 /// holds (and may close or never read); returns it with its port.
-fn start(name: &str) -> (Child, u16) {
+fn start(name: &str, flags: &[&str]) -> (Child, u16) {
     let dir = temp_dir(name);
     let credentials = write_credentials(&dir, USERS);
     let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
         .args(["--bind", "127.0.0.1", "--log-level", "info", "--credentials"])
         .arg(&credentials)
+        .args(flags)
         .arg("0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -65,7 +66,7 @@ impl Drop for Reaper {
 
 #[test]
 fn a_closed_stderr_does_not_stop_the_server() {
-    let (mut child, port) = start("log-closed");
+    let (mut child, port) = start("log-closed", &[]);
     // The reader goes away, as `head -1` does after its line.
     drop(child.stderr.take());
     let mut server = Reaper(child);
@@ -83,7 +84,7 @@ fn a_closed_stderr_does_not_stop_the_server() {
 #[test]
 fn a_stderr_nobody_reads_does_not_stall_the_server() {
     const BAD_LINES: usize = 5000;
-    let (mut child, port) = start("log-stalled");
+    let (mut child, port) = start("log-stalled", &[]);
     // Held open and never read until the server has exited.
     let mut stderr = child.stderr.take().expect("server stderr");
     let mut server = Reaper(child);
@@ -266,31 +267,12 @@ fn expect_log(lines: &std::sync::mpsc::Receiver<String>, want: &str) -> String {
 
 #[test]
 fn each_event_is_one_plain_line_with_the_user_and_the_address() {
-    let dir = temp_dir("log-events");
-    let credentials = write_credentials(&dir, USERS);
-    let control = dir.join("control");
+    let control = temp_dir("log-events-control").join("control");
     let control = control.to_str().expect("UTF-8 path");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .args(["--bind", "127.0.0.1", "--log-level", "info", "--timeout", "2"])
-        .args(["--block-time", "60", "--control", control, "--credentials"])
-        .arg(&credentials)
-        .arg("0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start chat-server");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let flags = ["--timeout", "2", "--block-time", "60", "--control", control];
+    let (mut child, port) = start("log-events", &flags);
     let stderr = child.stderr.take().expect("stderr");
     let _reaper = Reaper(child);
-    let mut first = String::new();
-    stdout.read_line(&mut first).expect("listening line");
-    let port: u16 = first
-        .trim_end()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
     let (tx, log) = channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
