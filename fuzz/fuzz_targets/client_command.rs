@@ -19,6 +19,6 @@ fuzz_target!(|data: &[u8]| {
         | Command::Unblock { user }
         | Command::GetAddress { user }
         | Command::Consent { user } => assert!(valid_name(user)),
-        Command::Online | Command::Resend | Command::Logout => {}
+        Command::Online | Command::Resend | Command::Help | Command::Logout => {}
     }
 });

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chat::protocol::ServerMsg;
-use chat::server::core::{Core, CoreConfig, Effect, SnapshotCursor};
+use chat::server::core::{Core, CoreConfig, Effect, PasswordCheck, SnapshotCursor};
 use chat::server::credentials::{Account, Secret};
 use libfuzzer_sys::fuzz_target;
 
@@ -55,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
             _ if open[conn] => core.received(conn, rest, now),
             _ => {}
         }
+        let mut checks = Vec::new();
         let mut effects = core.effects();
         while let Some(effect) = effects.next() {
             match effect {
@@ -64,9 +65,14 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Effect::Close { conn } => open[conn] = false,
                 Effect::Arm { at, timer } => timers.push((at, timer)),
+                // Plain passwords are checked at once; a hash would come here.
+                Effect::Verify(job) => checks.push((job.conn, job.serial)),
             }
         }
         drop(effects);
+        for (conn, serial) in checks {
+            core.verified(conn, serial, PasswordCheck::Wrong, now);
+        }
         let _ = core.records().count();
         // A snapshot in small steps, as a journal rewrite takes it.
         let (mut snapshot, mut cursor) = (Vec::new(), Some(SnapshotCursor::default()));
