@@ -76,6 +76,12 @@ fn field<'a>(rest: &mut &'a str, name: &'static str) -> Result<&'a str, ParseErr
         return Err(ParseError::MissingField(name));
     }
     let (head, tail) = split_at_space(s);
+    // A field that ends in a carriage return (only possible when spaces
+    // follow it) would lose it as the last field of an encoded line, whose
+    // trailing returns are stripped (fuzzing found a password doing so).
+    if head.ends_with('\r') {
+        return Err(ParseError::BadField(name));
+    }
     *rest = tail;
     Ok(head)
 }
@@ -784,7 +790,9 @@ impl<'a> ServerMsg<'a> {
                 "kicked" => {
                     let reason = rest.strip_prefix(' ').unwrap_or(rest);
                     *rest = "";
-                    ServerMsg::Kicked { reason: reason.trim_end_matches(' ') }
+                    // Trailing returns go with the spaces: an encoded
+                    // line's last returns are stripped (found by fuzzing).
+                    ServerMsg::Kicked { reason: reason.trim_end_matches([' ', '\r']) }
                 }
                 reason => ServerMsg::Bye { reason: ByeReason::parse(reason)? },
             },
@@ -1306,6 +1314,10 @@ mod tests {
         round_trip_server(ServerMsg::Kicked { reason: "" });
         round_trip_server(ServerMsg::Kicked { reason: "flooding the room, again" });
         assert_eq!(ServerMsg::parse("BYE kicked \r\n"), Ok(ServerMsg::Kicked { reason: "" }));
+        assert_eq!(
+            ServerMsg::parse("BYE kicked  ISG   \r\r\r "),
+            Ok(ServerMsg::Kicked { reason: " ISG" })
+        );
     }
 
     #[test]
@@ -1337,6 +1349,16 @@ mod tests {
             Ok(ClientMsg::Login { user: "A", p2p_port: 0, password: "pw", cert: None })
         );
         assert_eq!(ClientMsg::parse("BROADCAST \r\r"), Err(ParseError::MissingField("message")));
+        // Found by fuzzing: a field ending in a return, spaces after it,
+        // would lose the return once encoded as the line's last field.
+        assert_eq!(
+            ClientMsg::parse("LOGIN MSG 44    4444\r  "),
+            Err(ParseError::BadField("password"))
+        );
+        assert_eq!(
+            ClientMsg::parse("LOGIN A 0 p\rw"),
+            Ok(ClientMsg::Login { user: "A", p2p_port: 0, password: "p\rw", cert: None })
+        );
     }
 
     #[test]
