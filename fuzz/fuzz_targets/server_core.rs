@@ -60,8 +60,12 @@ fuzz_target!(|data: &[u8]| {
         while let Some(effect) = effects.next() {
             match effect {
                 Effect::Send { start, end, .. } => {
-                    let line = std::str::from_utf8(effects.bytes(start, end)).unwrap();
-                    assert!(ServerMsg::parse(line).is_ok(), "unparsable frame {line:?}");
+                    // Several lines for one connection in a row share an effect.
+                    let lines = std::str::from_utf8(effects.bytes(start, end)).unwrap();
+                    assert!(lines.ends_with('\n'), "unterminated output {lines:?}");
+                    for line in lines.lines() {
+                        assert!(ServerMsg::parse(line).is_ok(), "unparsable frame {line:?}");
+                    }
                 }
                 Effect::Close { conn } => open[conn] = false,
                 Effect::Arm { at, timer } => timers.push((at, timer)),
