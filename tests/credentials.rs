@@ -192,3 +192,52 @@ fn shutting_down_with_checks_in_flight_ends_the_verifier_and_exits_0() {
     server.out.expect_next("Server is shutting down.");
     assert_eq!(server.wait_exit().code(), Some(0));
 }
+
+/// Pins process `pid` (all its threads: the verifier too) to processor 0.
+fn pin_to_cpu0(pid: u32) {
+    let task_dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&task_dir).expect("tasks");
+    for task in tasks {
+        let tid: libc::pid_t = task.expect("task").file_name().to_string_lossy().parse().unwrap();
+        // SAFETY: a zeroed cpu_set_t with one bit set, passed with its size.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
+/// Kills the busy process on the way out, whatever happened.
+struct Hog(std::process::Child);
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The verifier runs in the idle scheduling class so as never to delay the
+/// loop; on a processor that another process keeps busy, that class got no
+/// time at all and hashed logins waited for as long as the other process
+/// ran. Once checks starve, the verifier takes a small share.
+#[test]
+fn a_hashed_login_is_answered_while_another_process_keeps_the_processor_busy() {
+    let phc = chat::server::credentials::hash_password("wise@!man").unwrap();
+    let mut server = Server::start_with("hashed-busy-host", &[("yoda", &phc)], &[]);
+    let hog = Hog(Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .expect("start a busy loop"));
+    pin_to_cpu0(hog.0.id());
+    pin_to_cpu0(server.pid());
+    let started = std::time::Instant::now();
+    let mut yoda = Raw::connect(server.port);
+    yoda.send("HELLO 1\nLOGIN yoda 1 wise@!man");
+    assert_eq!(yoda.line(), "HELLO 1 35");
+    assert_eq!(yoda.line(), "WELCOME yoda", "after {:?}", started.elapsed());
+    drop(hog);
+    let warning = server.err.expect_matching("the verifier now takes a small share");
+    assert!(warning.contains("password checks got no processor time"), "{warning}");
+}

@@ -275,6 +275,8 @@ pub struct EventLoop {
     timers: TimerWheel<Timer>,
     /// Checks argon2id passwords on its own thread.
     verifier: Verifier,
+    /// When the verifier's starvation is next to be looked at.
+    verifier_by: Option<Instant>,
     /// Accepting is paused until then after file descriptors ran out.
     accept_paused_until: Option<Instant>,
     /// The listener may have connections waiting: accept at the end of
@@ -353,6 +355,7 @@ impl EventLoop {
             credentials,
             timers: TimerWheel::new(Instant::now()),
             verifier,
+            verifier_by: None,
             accept_paused_until: None,
             accept_pending: false,
             shutting_down: false,
@@ -464,6 +467,7 @@ impl EventLoop {
             held_by,
             core_by,
             self.ops_deadline(),
+            self.verifier_by,
         ]
         .into_iter()
         .flatten()
@@ -525,6 +529,7 @@ impl EventLoop {
         if self.timers.len() > 2 * self.timers_swept + TIMER_SWEEP_SLACK {
             self.sweep_timers();
         }
+        self.verifier_by = self.verifier.tend(Instant::now());
     }
 
     /// After a burst, once quiet: drops unwanted timers and spare room in
