@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
 use std::time::Instant;
 
-use support::{run, signal, temp_dir, write_credentials, Raw, Server, USERS, WAIT};
+use support::{pty, run, signal, temp_dir, write_credentials, Raw, Screen, Server, USERS, WAIT};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chat-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_chat-client");
@@ -104,25 +103,6 @@ fn hash_password_from_a_pipe_reads_one_line_without_a_prompt() {
     assert_eq!(err, "chat-server: no password given (standard input ended)\n");
 }
 
-/// A pseudo-terminal: (master, slave).
-fn pty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: openpty writes two new descriptors into the integers given;
-    // the optional name, termios and winsize arguments are null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just opened and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
-}
-
 fn echo_is_on(fd: &OwnedFd) -> bool {
     // SAFETY: termios is plain data that tcgetattr fills.
     unsafe {
@@ -132,49 +112,10 @@ fn echo_is_on(fd: &OwnedFd) -> bool {
     }
 }
 
-/// What a terminal shows, read by a thread.
-struct Screen {
-    bytes: Receiver<Vec<u8>>,
-    seen: String,
-}
-
-impl Screen {
-    fn new(master: OwnedFd) -> Screen {
-        let mut display = std::fs::File::from(master);
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = display.read(&mut buf) {
-                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-        });
-        Screen { bytes: rx, seen: String::new() }
-    }
-
-    /// Waits until the screen shows `want`; returns what came before it.
-    fn expect(&mut self, want: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(at) = self.seen.find(want) {
-                let before = self.seen[..at].to_owned();
-                self.seen.drain(..at + want.len());
-                return before;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.bytes.recv_timeout(left) {
-                Ok(chunk) => self.seen.push_str(&String::from_utf8_lossy(&chunk)),
-                Err(_) => panic!("terminal never showed {want:?}; it shows {:?}", self.seen),
-            }
-        }
-    }
-}
-
 /// `chat-server --hash-password` on a terminal, typed `first` then
 /// `second`: (exit code, what the terminal showed).
 fn hash_on_a_terminal(first: &str, second: &str) -> (Option<i32>, String) {
-    let (master, slave) = pty();
+    let (master, slave) = pty(80, 24);
     assert!(echo_is_on(&slave));
     let mut child = Command::new(SERVER)
         .arg("--hash-password")
@@ -360,7 +301,7 @@ fn a_state_dir_that_is_a_file_is_named_in_one_line() {
 
 #[test]
 fn interrupting_hash_password_on_a_terminal_restores_its_echo() {
-    let (master, slave) = pty();
+    let (master, slave) = pty(80, 24);
     let mut child = Command::new(SERVER)
         .arg("--hash-password")
         .stdin(Stdio::from(slave.try_clone().expect("dup")))

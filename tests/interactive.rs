@@ -9,13 +9,13 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use support::{Server, WAIT};
+use support::{pty, Server, WAIT};
 
 const LEFT: &str = "\x1b[D";
 const UP: &str = "\x1b[A";
@@ -24,37 +24,6 @@ const RIGHT: &str = "\x1b[C";
 const HOME: &str = "\x1b[H";
 const END: &str = "\x1b[F";
 const DELETE: &str = "\x1b[3~";
-
-/// A pseudo-terminal `cols` wide and `rows` high: (master, slave). Both
-/// are closed on exec, so that no other program a test starts (tests run
-/// in parallel) keeps the terminal open.
-fn pty(cols: u16, rows: u16) -> (OwnedFd, OwnedFd) {
-    let last_error = || std::io::Error::last_os_error();
-    // SAFETY: posix_openpt returns a new descriptor (or -1), owned here.
-    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
-    assert!(master >= 0, "posix_openpt: {}", last_error());
-    // SAFETY: the descriptor was just opened and is owned by nobody else.
-    let master = unsafe { OwnedFd::from_raw_fd(master) };
-    let mut name = [0 as libc::c_char; 128];
-    // SAFETY: the calls act on the master just opened; ptsname_r writes
-    // at most `name.len()` bytes, NUL included.
-    unsafe {
-        assert_eq!(libc::grantpt(master.as_raw_fd()), 0, "grantpt: {}", last_error());
-        assert_eq!(libc::unlockpt(master.as_raw_fd()), 0, "unlockpt: {}", last_error());
-        assert_eq!(libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()), 0);
-    }
-    // SAFETY: `name` is NUL-terminated by ptsname_r; open returns a new
-    // descriptor (or -1), owned here.
-    let slave =
-        unsafe { libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
-    assert!(slave >= 0, "open the terminal: {}", last_error());
-    // SAFETY: as above.
-    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
-    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-    // SAFETY: TIOCSWINSZ reads the winsize given.
-    assert_eq!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) }, 0);
-    (master, slave)
-}
 
 fn termios(fd: &OwnedFd) -> libc::termios {
     // SAFETY: termios is plain data that tcgetattr fills.

@@ -6,14 +6,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
 use std::time::Instant;
 
-use support::{grant_address, signal, wait_until_asleep, Client, Server, WAIT};
+use support::{grant_address, pty, signal, wait_until_asleep, Client, Screen, Server, WAIT};
 
 /// Defect 1: B's last command is a private message to A, whose client is
 /// stopped; B's input then ends. B must not log out as if all were well.
@@ -199,49 +197,12 @@ fn help_lists_every_command_and_dash_h_describes_the_client() {
 
 // --- a person at a terminal -----------------------------------------------
 
-/// A pseudo-terminal: (master, slave).
-fn pty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: openpty writes two new descriptors into the integers given;
-    // the optional name, termios and winsize arguments are null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just opened and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
-}
-
-/// Waits until the terminal has shown `want` after what was matched
-/// before; returns what came before it.
-fn expect_screen(bytes: &Receiver<Vec<u8>>, seen: &mut String, want: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(at) = seen.find(want) {
-            let before = seen[..at].to_owned();
-            seen.drain(..at + want.len());
-            return before;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match bytes.recv_timeout(left) {
-            Ok(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
-            Err(_) => panic!("terminal never showed {want:?}; it shows {seen:?}"),
-        }
-    }
-}
-
 /// Defect 9: with a wrong CHAT_PASSWORD exported in the shell, a person at
 /// a terminal is asked for the password rather than shown the door.
 #[test]
 fn a_wrong_exported_password_is_asked_again_at_a_terminal() {
     let server = Server::start("pty-env", &[]);
-    let (master, slave) = pty();
+    let (master, slave) = pty(80, 24);
     let mut client = Command::new(env!("CARGO_BIN_EXE_chat-client"))
         .args(["--user", "A", "127.0.0.1", &server.port.to_string()])
         .env("CHAT_PASSWORD", "wrong")
@@ -251,24 +212,14 @@ fn a_wrong_exported_password_is_asked_again_at_a_terminal() {
         .spawn()
         .expect("start chat-client on the pty");
     let mut keyboard = std::fs::File::from(master.try_clone().expect("dup"));
-    let mut display = std::fs::File::from(master);
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = display.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = String::new();
+    let mut screen = Screen::new(master);
     // (Any wording: the defect is what follows, not the words.)
-    expect_screen(&rx, &mut seen, "Please try again.");
-    expect_screen(&rx, &mut seen, "Password");
+    screen.expect("Please try again.");
+    screen.expect("Password");
     keyboard.write_all(b"A_pwd\n").expect("type");
-    expect_screen(&rx, &mut seen, "Welcome to the chat system!");
+    screen.expect("Welcome to the chat system!");
     keyboard.write_all(b"logout\n").expect("type");
-    expect_screen(&rx, &mut seen, "Logging out. Bye for now!");
+    screen.expect("Logging out. Bye for now!");
     let deadline = Instant::now() + WAIT;
     let status = loop {
         if let Some(status) = client.try_wait().expect("try_wait") {

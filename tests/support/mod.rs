@@ -7,8 +7,9 @@
 #![allow(dead_code)] // Each test file uses its own subset.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -558,5 +559,75 @@ pub fn without_json_time(line: String) -> String {
     match line[value_start..].find('"') {
         Some(len) => format!("{}{}", &line[..at], &line[value_start + len + 1..]),
         None => line,
+    }
+}
+
+/// A pseudo-terminal `cols` wide and `rows` high: (master, slave). Both
+/// are closed on exec, so that no other program a test starts (tests run
+/// in parallel) keeps the terminal open.
+pub fn pty(cols: u16, rows: u16) -> (OwnedFd, OwnedFd) {
+    let last_error = || std::io::Error::last_os_error();
+    // SAFETY: posix_openpt returns a new descriptor (or -1), owned here.
+    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(master >= 0, "posix_openpt: {}", last_error());
+    // SAFETY: the descriptor was just opened and is owned by nobody else.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: the calls act on the master just opened; ptsname_r writes
+    // at most `name.len()` bytes, NUL included.
+    unsafe {
+        assert_eq!(libc::grantpt(master.as_raw_fd()), 0, "grantpt: {}", last_error());
+        assert_eq!(libc::unlockpt(master.as_raw_fd()), 0, "unlockpt: {}", last_error());
+        assert_eq!(libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()), 0);
+    }
+    // SAFETY: `name` is NUL-terminated by ptsname_r; open returns a new
+    // descriptor (or -1), owned here.
+    let slave =
+        unsafe { libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(slave >= 0, "open the terminal: {}", last_error());
+    // SAFETY: as above.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads the winsize given.
+    assert_eq!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) }, 0);
+    (master, slave)
+}
+
+/// What a terminal shows, read by a thread.
+pub struct Screen {
+    bytes: Receiver<Vec<u8>>,
+    seen: String,
+}
+
+impl Screen {
+    pub fn new(master: OwnedFd) -> Screen {
+        let mut display = std::fs::File::from(master);
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = display.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Screen { bytes: rx, seen: String::new() }
+    }
+
+    /// Waits until the screen shows `want`; returns what came before it.
+    pub fn expect(&mut self, want: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(at) = self.seen.find(want) {
+                let before = self.seen[..at].to_owned();
+                self.seen.drain(..at + want.len());
+                return before;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.bytes.recv_timeout(left) {
+                Ok(chunk) => self.seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(_) => panic!("terminal never showed {want:?}; it shows {:?}", self.seen),
+            }
+        }
     }
 }
