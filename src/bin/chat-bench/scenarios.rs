@@ -553,56 +553,51 @@ fn settle() {
     std::thread::sleep(Duration::from_millis(300));
 }
 
+/// Workers that log in and out as user `u<worker>`, `logins` times in all,
+/// with `login`: how many were done and how many a second.
+fn login_workers<F>(logins: usize, workers: usize, login: F) -> io::Result<(u64, f64)>
+where
+    F: Fn(&str) -> io::Result<()> + Send + Sync + 'static,
+{
+    let login = std::sync::Arc::new(login);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..workers)
+        .map(|w| {
+            let share = logins / workers + usize::from(w < logins % workers);
+            let login = std::sync::Arc::clone(&login);
+            std::thread::spawn(move || -> io::Result<u64> {
+                for _ in 0..share {
+                    login(&format!("u{w}"))?;
+                }
+                Ok(share as u64)
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for thread in threads {
+        done += thread.join().map_err(|_| io::Error::other("login worker panicked"))??;
+    }
+    Ok((done, done as f64 / start.elapsed().as_secs_f64()))
+}
+
 fn login(s: &Settings, logins: usize) -> io::Result<Report> {
     const WORKERS: usize = 8;
     let logins = s.count(logins, 100);
     let names = names(WORKERS);
     let server = s.server(&names)?;
     let addr = server.addr;
-    let start = Instant::now();
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|w| {
-            let share = logins / WORKERS + usize::from(w < logins % WORKERS);
-            std::thread::spawn(move || -> io::Result<u64> {
-                for _ in 0..share {
-                    login_once(addr, &format!("u{w}"))?;
-                }
-                Ok(share as u64)
-            })
-        })
-        .collect();
-    let mut done = 0;
-    for worker in workers {
-        done += worker.join().map_err(|_| io::Error::other("login worker panicked"))??;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
+    let (done, rate) = login_workers(logins, WORKERS, move |user| login_once(addr, user))?;
     let report = Report::new("login")
-        .num("rate", done as f64 / elapsed)
+        .num("rate", rate)
         .int("logins", done)
         .int("lost", 0)
         .int("duplicated", 0);
     drop(server);
     let Some((server, tls)) = s.tls_server(&names)? else { return Ok(report) };
-    let addr = server.addr;
-    let start = Instant::now();
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|w| {
-            let share = logins / WORKERS + usize::from(w < logins % WORKERS);
-            let tls = tls.clone();
-            std::thread::spawn(move || -> io::Result<u64> {
-                for _ in 0..share {
-                    login_once_tls(addr, &format!("u{w}"), &tls)?;
-                }
-                Ok(share as u64)
-            })
-        })
-        .collect();
-    let mut done = 0;
-    for worker in workers {
-        done += worker.join().map_err(|_| io::Error::other("login worker panicked"))??;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok(report.num("tls_rate", done as f64 / elapsed).int("tls_logins", done))
+    let (addr, tls) = (server.addr, tls.clone());
+    let (done, rate) =
+        login_workers(logins, WORKERS, move |user| login_once_tls(addr, user, &tls))?;
+    Ok(report.num("tls_rate", rate).int("tls_logins", done))
 }
 
 /// One full connect, TLS handshake, login, logout, through the shared
