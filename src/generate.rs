@@ -5,7 +5,7 @@
 //! clap command, but not at run time: the generators would add about
 //! 170 KiB to each binary. They are kept in `contrib/man` and
 //! `contrib/completions`, and built into the binaries packed ([`crate::lz`],
-//! by build.rs: a third of their size); a test of each binary renders them
+//! by build.rs: about half their size); a test of each binary renders them
 //! again and fails when a file is stale (run
 //! `CHAT_UPDATE_GENERATED=1 cargo test --bins` to rewrite them).
 //!

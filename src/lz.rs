@@ -1,7 +1,8 @@
 //! A small LZ77 coder for the texts built into the binaries (man pages and
 //! shell completions, see [`crate::generate`]): they are repetitive, and
-//! stored packed they cost a third of the binary they would plain, which
-//! keeps the stripped programs under 1 MiB. The build script packs them
+//! stored packed they take about half the room they would plain (the
+//! server's 26.9 KB come to 13.6 KB), which keeps the stripped programs
+//! under 1 MiB. The build script packs them
 //! with [`pack`] (it includes this file too); the programs unpack them with
 //! [`unpack`] when `--generate` asks.
 //!
